@@ -1,0 +1,29 @@
+package main
+
+// auditQuery is one entry of the README's SQL audit cookbook. The demo prints them, and a test
+// checks that every query here appears verbatim in README.md, so the cookbook cannot drift from
+// the schema.
+type auditQuery struct {
+	title string
+	sql   string
+}
+
+var auditQueries = []auditQuery{
+	{"Runs per policy and status", `SELECT policy, status, count(*) AS runs, sum(attempts) AS api_calls
+FROM image_runs
+GROUP BY policy, status
+ORDER BY policy, status;`},
+	{"Last image per instance (newest accepted or available)", `SELECT DISTINCT ON (instance_id)
+       instance_id, policy, scheduled_at, status, image_name, image_id, request_id
+FROM image_runs
+WHERE status IN ('requested', 'available')
+ORDER BY instance_id, scheduled_at DESC;`},
+	{"Failures in the last 24 hours, with codes", `SELECT finished_at, policy, instance_id, error_code, error_message, attempts
+FROM image_runs
+WHERE status = 'failed' AND finished_at > now() - interval '24 hours'
+ORDER BY finished_at DESC;`},
+	{"Attempts of one run (here: the run with the most attempts)", `SELECT a.attempt, a.action, a.started_at, a.duration_ms, a.request_id, a.error_code
+FROM image_attempts a
+WHERE a.run_id = (SELECT id FROM image_runs ORDER BY attempts DESC, id LIMIT 1)
+ORDER BY a.attempt;`},
+}

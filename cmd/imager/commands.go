@@ -1,0 +1,237 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
+)
+
+// loadPolicies loads and validates the policy files, printing every error as file:line: field: message.
+func loadPolicies(path string, stderr io.Writer) (*policy.Config, bool) {
+	cfg, err := policy.Load(path)
+	if err != nil {
+		var verr *policy.ValidationError
+		if errors.As(err, &verr) {
+			fmt.Fprint(stderr, verr.Error())
+			if !strings.HasSuffix(verr.Error(), "\n") {
+				fmt.Fprintln(stderr)
+			}
+		} else {
+			fmt.Fprintf(stderr, "imager: %v\n", err)
+		}
+		return cfg, false
+	}
+	return cfg, true
+}
+
+func cmdValidate(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	o.policyFlags(fs)
+	count := fs.Int("next", 3, "how many upcoming fire times to print per policy")
+	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	cfg, ok := loadPolicies(o.policies, stderr)
+	if cfg != nil {
+		printNextFires(stdout, cfg, time.Now(), *count)
+	}
+	if !ok {
+		return exitFail
+	}
+	fmt.Fprintf(stdout, "%s: %d policies OK\n", o.policies, len(cfg.Policies))
+	return exitOK
+}
+
+func printNextFires(w io.Writer, cfg *policy.Config, now time.Time, n int) {
+	for _, p := range cfg.Policies {
+		state := ""
+		if !p.Enabled {
+			state = " (disabled: never fired)"
+		}
+		fmt.Fprintf(w, "%s  %q  region %s%s\n", p.Name, p.ScheduleSpec, p.Region, state)
+		for _, t := range policy.NextN(p.Schedule, now, n) {
+			fmt.Fprintf(w, "  %s  (%s)\n", t.In(p.Location).Format("2006-01-02 15:04 MST"), t.UTC().Format(time.RFC3339))
+		}
+	}
+}
+
+func cmdMigrate(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("migrate", flag.ContinueOnError)
+	o.databaseFlags(fs)
+	o.logFlags(fs)
+	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager migrate: %v\n", err)
+		return exitUsage
+	}
+	store, err := history.Open(ctx, o.databaseURL, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager migrate: %v\n", err)
+		return exitFail
+	}
+	defer store.Close()
+	applied, err := store.Migrate(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager migrate: %v\n", err)
+		return exitFail
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(stdout, "database is up to date")
+	}
+	for _, v := range applied {
+		fmt.Fprintf(stdout, "applied %s\n", v)
+	}
+	return exitOK
+}
+
+func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	o.policyFlags(fs)
+	o.databaseFlags(fs)
+	o.logFlags(fs)
+	o.daemonFlags(fs)
+	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager run: %v\n", err)
+		return exitUsage
+	}
+	cfg, ok := loadPolicies(o.policies, stderr)
+	if !ok {
+		return exitFail
+	}
+	d, err := openDaemon(ctx, daemonConfig{opts: o, cfg: cfg}, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager run: %v\n", err)
+		return exitFail
+	}
+	defer d.close()
+	if err := d.start(ctx); err != nil {
+		fmt.Fprintf(stderr, "imager run: %v\n", err)
+		return exitFail
+	}
+	log.Info().Int("policies", len(cfg.Policies)).Str("policies_path", o.policies).Msg("imager running")
+
+	// SIGHUP reloads the policies. The channel has one slot and signal.Notify never blocks, so a
+	// burst of signals collapses into one reload.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info().Dur("grace", o.shutdownGrace).Msg("shutting down: no new fires; waiting for calls in flight")
+			d.close()
+			log.Info().Msg("imager stopped")
+			return exitOK
+		case <-hup:
+			reloadPolicies(d, o.policies, log)
+		}
+	}
+}
+
+// reloadPolicies does all fallible work first; a bad file leaves the running policies in place.
+func reloadPolicies(d *daemon, path string, log zerolog.Logger) {
+	cfg, err := policy.Load(path)
+	if err != nil {
+		log.Error().Str("policies_path", path).Str("errors", err.Error()).Msg("policy reload failed; keeping the previous policies")
+		return
+	}
+	if err := d.sched.Reload(cfg); err != nil {
+		log.Error().Err(err).Str("policies_path", path).Msg("policy reload refused; keeping the previous policies")
+		return
+	}
+	log.Info().Str("policies_path", path).Int("policies", len(cfg.Policies)).Msg("policies reloaded")
+}
+
+// instanceFlags collects repeated --instance flags.
+type instanceFlags []string
+
+func (f *instanceFlags) String() string     { return strings.Join(*f, ",") }
+func (f *instanceFlags) Set(v string) error { *f = append(*f, v); return nil }
+
+func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("once", flag.ContinueOnError)
+	o.policyFlags(fs)
+	o.databaseFlags(fs)
+	o.logFlags(fs)
+	o.daemonFlags(fs)
+	name := fs.String("policy", "", "the policy to fire (required)")
+	var instances instanceFlags
+	fs.Var(&instances, "instance", "only this instance of the policy (repeatable); default: all its targets")
+	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	if *name == "" {
+		fmt.Fprintln(stderr, "imager once: --policy is required (see 'imager once --help')")
+		return exitUsage
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager once: %v\n", err)
+		return exitUsage
+	}
+	cfg, ok := loadPolicies(o.policies, stderr)
+	if !ok {
+		return exitFail
+	}
+	if cfg.Policy(*name) == nil {
+		fmt.Fprintf(stderr, "imager once: --policy: no policy named %q in %s\n", *name, o.policies)
+		return exitUsage
+	}
+	d, err := openDaemon(ctx, daemonConfig{opts: o, cfg: cfg, noCron: true}, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager once: %v\n", err)
+		return exitFail
+	}
+	defer d.close()
+	if err := d.start(ctx); err != nil {
+		fmt.Fprintf(stderr, "imager once: %v\n", err)
+		return exitFail
+	}
+	outcomes, err := d.sched.RunOnce(ctx, *name, instances)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager once: %v\n", err)
+		return exitFail
+	}
+	failed := 0
+	for _, oc := range outcomes {
+		line := fmt.Sprintf("%-14s %-10s %s", oc.InstanceID, oc.Status, oc.ImageName)
+		if oc.ImageID != "" {
+			line += " " + oc.ImageID
+		}
+		if oc.ErrorCode != "" {
+			line += fmt.Sprintf("  %s: %s", oc.ErrorCode, oc.ErrorMessage)
+		}
+		if !oc.Succeeded() {
+			failed++
+		}
+		fmt.Fprintln(stdout, line)
+	}
+	fmt.Fprintf(stdout, "%d slots, %d not accepted\n", len(outcomes), failed)
+	if failed > 0 || ctx.Err() != nil {
+		return exitFail
+	}
+	return exitOK
+}

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// options are the flags and environment shared by the commands. Flags win over environment
+// variables, which win over defaults.
+type options struct {
+	policies      string
+	databaseURL   string
+	logLevel      string
+	logFormat     string
+	listen        string
+	cvmEndpoint   string
+	spoolDir      string
+	shutdownGrace time.Duration
+	apiDryRun     bool
+}
+
+func envOr(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func (o *options) policyFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.policies, "policies", envOr("IMAGER_POLICIES", "policies.yaml"),
+		"policy file or directory of *.yaml/*.yml files (env IMAGER_POLICIES)")
+}
+
+func (o *options) logFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.logLevel, "log-level", envOr("IMAGER_LOG_LEVEL", "info"), "debug, info, warn or error (env IMAGER_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", envOr("IMAGER_LOG_FORMAT", "json"), "json, or console for people (env IMAGER_LOG_FORMAT)")
+}
+
+func (o *options) databaseFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.databaseURL, "database-url", os.Getenv("DATABASE_URL"),
+		"PostgreSQL URL, e.g. postgres://imager@db:5432/imager (env DATABASE_URL)")
+}
+
+func (o *options) daemonFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", os.Getenv("IMAGER_CVM_ENDPOINT"),
+		"override the CVM endpoint for every region, e.g. http://127.0.0.1:18080 (env IMAGER_CVM_ENDPOINT)")
+	fs.StringVar(&o.spoolDir, "spool-dir", envOr("IMAGER_SPOOL_DIR", defaultSpoolDir()),
+		"directory for outcomes written while PostgreSQL is away, replayed when it is back (env IMAGER_SPOOL_DIR)")
+	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second,
+		"on SIGTERM/SIGINT, how long in-flight API calls may take before they are cut off")
+	fs.BoolVar(&o.apiDryRun, "api-dry-run", false, "send CreateImage with DryRun=true: the API checks each request and creates nothing")
+	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for /metrics and /healthz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
+}
+
+func defaultSpoolDir() string {
+	if dir, err := os.UserCacheDir(); err == nil {
+		return dir + "/imager/spool"
+	}
+	return os.TempDir() + "/imager-spool"
+}
+
+// logger builds the process logger from --log-level and --log-format.
+func (o *options) logger(stderr io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(strings.ToLower(o.logLevel))
+	if err != nil || o.logLevel == "" || level > zerolog.ErrorLevel || level < zerolog.DebugLevel {
+		return zerolog.Nop(), fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", o.logLevel)
+	}
+	var w io.Writer
+	switch o.logFormat {
+	case "json":
+		w = stderr
+	case "console":
+		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339}
+	default:
+		return zerolog.Nop(), fmt.Errorf("--log-format: %q is not one of json, console", o.logFormat)
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Logger(), nil
+}

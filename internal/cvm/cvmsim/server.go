@@ -1,0 +1,398 @@
+// Package cvmsim is an in-process simulator of the Tencent Cloud CVM API (version 2017-03-12)
+// for tests, benchmarks and `imager demo`.
+//
+// It speaks the real wire format (POST / with a JSON body, X-TC-* headers, TC3-HMAC-SHA256
+// signatures, HTTP 200 answers with {"Response": ...}), so the official Go SDK can be pointed at
+// it with HttpProfile.Scheme = "HTTP" and HttpProfile.Endpoint = Server.Endpoint(). It holds
+// instances and images per region, enforces per-action limits over any sliding second, answers
+// the documented error codes on their real conditions, and injects faults on demand.
+//
+// Every request is recorded (see Calls) so tests can assert what reached the API and when.
+//
+// Choices where the real API is unknown or where tests need control:
+//   - A created image starts CREATING and becomes NORMAL (or CREATEFAILED when marked by
+//     FailNextImages) once Clock.Now reaches its creation time plus ImageReadyAfter; states
+//     advance lazily whenever the simulator is asked. ImageReadyAfter 0 therefore means the
+//     image is NORMAL by the next call; a negative value keeps it CREATING until CompleteAll.
+//   - Only calls admitted by the limiter count against the limit; rejected calls are recorded in
+//     Calls and counted by MaxInAnySecond.
+//   - Faults are decided after the limiter admits a call and before it is executed. A dropped
+//     call is not executed unless Faults.DropAfterExecute is set. Latency delays every answer of
+//     the affected actions and is measured with a real timer (it is network time, not API time).
+package cvmsim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/rs/zerolog"
+)
+
+// Defaults used when Options leaves a field empty.
+const (
+	DefaultSecretID     = "AKIDsimulator"
+	DefaultSecretKey    = "simulator-secret"
+	DefaultImageQuota   = 500
+	DefaultImageSizeGiB = 50
+	DefaultMaxClockSkew = 5 * time.Minute
+	DefaultRegion       = "ap-guangzhou" // region of an Instance or Image added without one
+)
+
+// APIVersion is the only X-TC-Version the simulator accepts.
+const APIVersion = "2017-03-12"
+
+// The actions the simulator implements.
+const (
+	ActionCreateImage        = "CreateImage"
+	ActionDescribeImages     = "DescribeImages"
+	ActionDeleteImages       = "DeleteImages"
+	ActionDescribeImageQuota = "DescribeImageQuota"
+	ActionDescribeInstances  = "DescribeInstances"
+)
+
+// DefaultLimits returns the per-action limits (calls per sliding second) of the real API.
+func DefaultLimits() map[string]int {
+	return map[string]int{
+		ActionCreateImage:        10,
+		ActionDescribeImages:     40,
+		ActionDeleteImages:       10,
+		ActionDescribeImageQuota: 20,
+		ActionDescribeInstances:  40,
+	}
+}
+
+// Options configures a Server. The zero value is a usable simulator with the real API's limits.
+type Options struct {
+	// SecretID and SecretKey are the one accepted key pair (DefaultSecretID/DefaultSecretKey if empty).
+	SecretID, SecretKey string
+	// Limits overrides DefaultLimits per action; n <= 0 means no limit for that action.
+	Limits map[string]int
+	// Clock drives limits, image progress, CreatedTime and the timestamp check (real clock if nil).
+	Clock clockwork.Clock
+	// ImageReadyAfter is how long a created image stays CREATING. 0: NORMAL by the next call;
+	// negative: CREATING until CompleteAll (or FailImage).
+	ImageReadyAfter time.Duration
+	// ImageQuota is DescribeImageQuota's answer and CreateImage's quota per region
+	// (DefaultImageQuota if 0).
+	ImageQuota int
+	// SeedShape makes CreateImage answer with RequestId only, as the seed's example does.
+	SeedShape bool
+	// RejectReboot makes CreateImage answer UnknownParameter for the seed-era Reboot parameter,
+	// as today's API may do. By default Reboot is accepted.
+	RejectReboot bool
+	// MaxClockSkew is how far X-TC-Timestamp may be from Clock.Now (DefaultMaxClockSkew if 0).
+	// Negative disables the check, for fake clocks far from the real time the SDK signs with.
+	MaxClockSkew time.Duration
+	// Seed seeds the random source of fault decisions; 0 picks a random seed.
+	// (Image and request ids are always random, so they stay unique across simulators.)
+	Seed int64
+	// Logger receives one debug line per call. Secrets are never logged.
+	Logger zerolog.Logger
+}
+
+// Server is the simulator. It is an http.Handler (httptest.NewServer(s) works) and can also
+// listen by itself with Start. All methods are safe for concurrent use.
+type Server struct {
+	secretID  string
+	secretKey string
+	clock     clockwork.Clock
+	maxSkew   time.Duration
+	log       zerolog.Logger
+
+	mu           sync.Mutex
+	limits       map[string]int
+	windows      map[string]*slidingWindow
+	faults       Faults
+	queued       map[string][]string // action -> error codes to answer next, in order
+	rng          *mrand.Rand
+	seedShape    bool
+	rejectReboot bool
+	quota        int
+	readyAfter   time.Duration
+	failNext     int
+	instances    map[string]*Instance
+	instOrder    []string
+	images       map[string]*simImage
+	byName       map[nameKey]int // images per (region, name)
+	creating     map[string]*simImage
+	issued       map[string]struct{} // every image id ever handed out
+	seq          int64
+	calls        []Call
+
+	life      sync.Mutex
+	closing   bool
+	closed    chan struct{}
+	closeOnce sync.Once
+	inflight  sync.WaitGroup
+	httpSrv   *http.Server
+	listener  net.Listener
+	serveDone chan struct{}
+
+	onLatencyWait func() // test hook: called when a handler starts waiting out Latency
+}
+
+// New returns a simulator configured by opts. It does not listen until Start is called.
+func New(opts Options) *Server {
+	s := &Server{
+		secretID:     opts.SecretID,
+		secretKey:    opts.SecretKey,
+		clock:        opts.Clock,
+		maxSkew:      opts.MaxClockSkew,
+		log:          opts.Logger.With().Str("component", "cvmsim").Logger(),
+		limits:       DefaultLimits(),
+		windows:      map[string]*slidingWindow{},
+		queued:       map[string][]string{},
+		seedShape:    opts.SeedShape,
+		rejectReboot: opts.RejectReboot,
+		quota:        opts.ImageQuota,
+		readyAfter:   opts.ImageReadyAfter,
+		instances:    map[string]*Instance{},
+		images:       map[string]*simImage{},
+		byName:       map[nameKey]int{},
+		creating:     map[string]*simImage{},
+		issued:       map[string]struct{}{},
+		closed:       make(chan struct{}),
+	}
+	if s.secretID == "" {
+		s.secretID = DefaultSecretID
+	}
+	if s.secretKey == "" {
+		s.secretKey = DefaultSecretKey
+	}
+	if s.clock == nil {
+		s.clock = clockwork.NewRealClock()
+	}
+	if s.maxSkew == 0 {
+		s.maxSkew = DefaultMaxClockSkew
+	}
+	if s.quota == 0 {
+		s.quota = DefaultImageQuota
+	}
+	for action, n := range opts.Limits {
+		s.limits[action] = n
+	}
+	seed := opts.Seed
+	if seed == 0 {
+		seed = randomSeed()
+	}
+	s.rng = mrand.New(mrand.NewPCG(uint64(seed), uint64(seed)^0x9e3779b97f4a7c15))
+	return s
+}
+
+// Start listens on 127.0.0.1 at a free port and serves until Close. It returns the base URL,
+// e.g. "http://127.0.0.1:41234".
+func (s *Server) Start() (string, error) {
+	return s.Listen("127.0.0.1:0")
+}
+
+// Listen listens on addr (host:port) and serves until Close. It returns the base URL.
+func (s *Server) Listen(addr string) (string, error) {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closing {
+		return "", errors.New("cvmsim: listen: server closed")
+	}
+	if s.httpSrv != nil {
+		return "", errors.New("cvmsim: listen: already listening")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("cvmsim: listen on %s: %w", addr, err)
+	}
+	s.listener = ln
+	s.httpSrv = &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}
+	s.serveDone = make(chan struct{})
+	go func() {
+		defer close(s.serveDone)
+		if err := s.httpSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error().Err(err).Msg("serve")
+		}
+	}()
+	return "http://" + ln.Addr().String(), nil
+}
+
+// URL returns the base URL Start returned, or "" when the server is not listening.
+func (s *Server) URL() string {
+	if ep := s.Endpoint(); ep != "" {
+		return "http://" + ep
+	}
+	return ""
+}
+
+// Endpoint returns "127.0.0.1:PORT" for the SDK's HttpProfile.Endpoint, or "" when the server
+// is not listening.
+func (s *Server) Endpoint() string {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.listener == nil {
+		return ""
+	}
+	return s.listener.Addr().String()
+}
+
+// Close stops listening, aborts pending latency waits, closes open connections and waits for
+// every handler and goroutine of the server to finish. It is idempotent.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		s.life.Lock()
+		s.closing = true
+		srv := s.httpSrv
+		done := s.serveDone
+		s.life.Unlock()
+		close(s.closed)
+		if srv != nil {
+			_ = srv.Close()
+			<-done
+		}
+		s.inflight.Wait()
+	})
+}
+
+// enter registers a handler unless the server is closing.
+func (s *Server) enter() bool {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closing {
+		return false
+	}
+	s.inflight.Add(1)
+	return true
+}
+
+// Faults describes injected failures. The zero value injects nothing.
+type Faults struct {
+	// InternalErrorRate is the share (0..1) of admitted calls answered InternalError without
+	// being executed.
+	InternalErrorRate float64
+	// Latency delays every answer of the affected actions (real time; aborted when the client
+	// gives up or the server closes).
+	Latency time.Duration
+	// DropRate is the share (0..1) of admitted calls whose connection is closed without an answer.
+	DropRate float64
+	// DropAfterExecute executes a dropped call before closing the connection: the client sees a
+	// network error although the call took effect (the ambiguous case).
+	DropAfterExecute bool
+	// Actions limits the faults to these actions; empty means every action.
+	Actions []string
+}
+
+func (f Faults) appliesTo(action string) bool {
+	return len(f.Actions) == 0 || slices.Contains(f.Actions, action)
+}
+
+// SetFaults replaces the injected faults.
+func (s *Server) SetFaults(f Faults) {
+	f.Actions = slices.Clone(f.Actions)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = f
+}
+
+// QueueErrors makes the next len(codes) admitted calls of action answer these error codes, in
+// order, without being executed (after those, calls behave normally). For deterministic tests of
+// error classes, e.g. QueueErrors("CreateImage", "ResourceInUse", "InternalError").
+func (s *Server) QueueErrors(action string, codes ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.queued[action] = append(s.queued[action], codes...)
+}
+
+// SetSeedShape switches CreateImage between answering {ImageId, RequestId} and RequestId only.
+func (s *Server) SetSeedShape(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seedShape = on
+}
+
+// SetRejectReboot switches whether CreateImage answers UnknownParameter for Reboot.
+func (s *Server) SetRejectReboot(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rejectReboot = on
+}
+
+// SetImageQuota sets the custom image quota per region.
+func (s *Server) SetImageQuota(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.quota = n
+}
+
+// SetImageReadyAfter changes how long images created from now on stay CREATING (see Options).
+func (s *Server) SetImageReadyAfter(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.readyAfter = d
+}
+
+// SetLimit sets action's limit per sliding second; n <= 0 removes the limit.
+func (s *Server) SetLimit(action string, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.limits[action] = n
+}
+
+// Call is one request the simulator received.
+type Call struct {
+	Action    string         // X-TC-Action as sent
+	Region    string         // X-TC-Region as sent
+	At        time.Time      // arrival per the simulator's Clock
+	Params    map[string]any // the decoded JSON body (nil if it was not a JSON object); read-only
+	Code      string         // error code answered; "" on success
+	RequestID string         // RequestId answered (also set for dropped calls, which never see it)
+	Dropped   bool           // the connection was closed without an answer
+}
+
+// Calls returns every request received, in arrival order.
+func (s *Server) Calls() []Call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
+}
+
+// ResetCalls forgets the recorded calls (not the limiter's state), e.g. between benchmark runs.
+func (s *Server) ResetCalls() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls = nil
+}
+
+// MaxInAnySecond returns the most calls of action (accepted or rejected) whose arrival times fit
+// in any sliding one-second window [t, t+1s).
+func (s *Server) MaxInAnySecond(action string) int {
+	s.mu.Lock()
+	var times []time.Time
+	for _, c := range s.calls {
+		if c.Action == action {
+			times = append(times, c.At)
+		}
+	}
+	s.mu.Unlock()
+	return MaxInWindow(times, time.Second)
+}
+
+// waitLatency waits d of real time; it reports false when the client went away or the server
+// is closing first.
+func (s *Server) waitLatency(ctx context.Context, d time.Duration) bool {
+	if s.onLatencyWait != nil {
+		s.onLatencyWait()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-s.closed:
+		return false
+	}
+}

@@ -1,0 +1,305 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// runColumns is the select list scanRun reads, in its order.
+const runColumns = `id, policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+	image_name, COALESCE(image_id, ''), image_size_gib, COALESCE(request_id, ''),
+	COALESCE(error_code, ''), COALESCE(error_message, ''), attempts, daemon_id`
+
+func scanRun(row pgx.Row) (Run, error) {
+	var r Run
+	var status string
+	err := row.Scan(&r.ID, &r.Policy, &r.InstanceID, &r.Region, &r.ScheduledAt, &r.StartedAt, &r.FinishedAt,
+		&status, &r.ImageName, &r.ImageID, &r.ImageSizeGiB, &r.RequestID, &r.ErrorCode, &r.ErrorMessage,
+		&r.Attempts, &r.DaemonID)
+	if err != nil {
+		return Run{}, err
+	}
+	r.Status = Status(status)
+	r.ScheduledAt = r.ScheduledAt.UTC()
+	r.StartedAt = r.StartedAt.UTC()
+	if r.FinishedAt != nil {
+		t := r.FinishedAt.UTC()
+		r.FinishedAt = &t
+	}
+	return r, nil
+}
+
+// queryRuns runs a query selecting runColumns and collects the rows.
+func (s *Store) queryRuns(ctx context.Context, sql string, args ...any) ([]Run, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, s.translate(err)
+	}
+	defer rows.Close()
+	var runs []Run
+	for rows.Next() {
+		r, err := scanRun(rows)
+		if err != nil {
+			return nil, s.translate(err)
+		}
+		runs = append(runs, r)
+	}
+	return runs, s.translate(rows.Err())
+}
+
+// RunClaim inserts the run row for (policy, instance, slot). When the slot is already claimed,
+// by this or another daemon, it returns the existing row and claimed false. A terminal claim
+// (skipped, missed, failed) is finished at StartedAt.
+func (s *Store) RunClaim(ctx context.Context, p RunClaimParams) (Run, bool, error) {
+	switch {
+	case p.Status != StatusPending && p.Status != StatusSkipped && p.Status != StatusMissed && p.Status != StatusFailed:
+		return Run{}, false, fmt.Errorf("claim run: status %q: %w", p.Status, ErrInvalid)
+	case p.Policy == "" || p.InstanceID == "" || p.ScheduledAt.IsZero() || p.StartedAt.IsZero():
+		return Run{}, false, fmt.Errorf("claim run: policy, instance, slot and start time are required: %w", ErrInvalid)
+	}
+	var finishedAt *time.Time
+	if p.Status.Terminal() {
+		finishedAt = &p.StartedAt
+	}
+	r, err := scanRun(s.pool.QueryRow(ctx, `
+INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+	image_name, error_code, error_message, daemon_id, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11, now())
+ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
+RETURNING `+runColumns,
+		p.Policy, p.InstanceID, p.Region, p.ScheduledAt, p.StartedAt, finishedAt, string(p.Status),
+		p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID))
+	if err == nil {
+		return r, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return Run{}, false, fmt.Errorf("claim run %s/%s at %s: %w", p.Policy, p.InstanceID, p.ScheduledAt.UTC().Format(time.RFC3339), s.translate(err))
+	}
+	// Claimed before; the claimer has committed (ON CONFLICT waited for it), so this sees the row.
+	r, err = scanRun(s.pool.QueryRow(ctx, `SELECT `+runColumns+` FROM image_runs
+WHERE policy = $1 AND instance_id = $2 AND scheduled_at = $3`, p.Policy, p.InstanceID, p.ScheduledAt))
+	if err != nil {
+		return Run{}, false, fmt.Errorf("read claimed run %s/%s at %s: %w", p.Policy, p.InstanceID, p.ScheduledAt.UTC().Format(time.RFC3339), notFound(s.translate(err)))
+	}
+	return r, false, nil
+}
+
+// RunGet returns one run.
+func (s *Store) RunGet(ctx context.Context, runID int64) (Run, error) {
+	r, err := scanRun(s.pool.QueryRow(ctx, `SELECT `+runColumns+` FROM image_runs WHERE id = $1`, runID))
+	if err != nil {
+		return Run{}, fmt.Errorf("run %d: %w", runID, notFound(s.translate(err)))
+	}
+	return r, nil
+}
+
+// RunRename records the name a pending run will try next (after InvalidImageName.Duplicate).
+// Renaming again to the same name changes nothing.
+func (s *Store) RunRename(ctx context.Context, runID int64, imageName string) error {
+	if err := checkRename(runID, imageName); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_name = $2, updated_at = now()
+WHERE id = $1 AND (status = 'pending' OR image_name = $2)`, runID, imageName)
+	if err != nil {
+		return fmt.Errorf("rename run %d: %w", runID, s.translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return s.unchanged(ctx, runID, "rename run")
+	}
+	return nil
+}
+
+// RunRequested records an accepted CreateImage on a pending run: status requested, the image id
+// (may be empty: found by name later) and the accepted RequestId. Recording the same RequestId
+// again (a replay) changes nothing but a missing image id; another RequestId on a run that is no
+// longer pending is ErrConflict.
+func (s *Store) RunRequested(ctx context.Context, runID int64, imageID, requestID string) error {
+	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET
+	image_id = CASE WHEN status = 'pending' THEN COALESCE(NULLIF($2, ''), image_id)
+	                ELSE COALESCE(image_id, NULLIF($2, '')) END,
+	status = CASE WHEN status = 'pending' THEN 'requested' ELSE status END,
+	request_id = NULLIF($3, ''),
+	updated_at = now()
+WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF($3, ''))`, runID, imageID, requestID)
+	if err != nil {
+		return fmt.Errorf("record request of run %d: %w", runID, s.translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return s.unchanged(ctx, runID, "record request of run")
+	}
+	return nil
+}
+
+// RunFinish moves a pending or requested run to the terminal status p.Status. Finishing a run
+// again with the status it already has (a replay) changes nothing; any other change of a
+// finished run is ErrConflict.
+func (s *Store) RunFinish(ctx context.Context, p RunFinishParams) error {
+	if err := checkFinish(p); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET status = $2, error_code = NULLIF($3, ''),
+	error_message = NULLIF($4, ''), image_size_gib = COALESCE($5, image_size_gib), finished_at = $6, updated_at = now()
+WHERE id = $1 AND status IN ('pending', 'requested')`,
+		p.RunID, string(p.Status), p.ErrorCode, p.ErrorMessage, p.ImageSizeGiB, p.FinishedAt)
+	if err != nil {
+		return fmt.Errorf("finish run %d: %w", p.RunID, s.translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return s.unchangedUnless(ctx, p.RunID, "finish run", p.Status)
+	}
+	return nil
+}
+
+// RunAvailable records that a run's image is usable (NORMAL): status available, finished at at,
+// its size and, when given, its image id. Marking an available run available again changes nothing.
+func (s *Store) RunAvailable(ctx context.Context, runID int64, sizeGiB *int64, imageID string, at time.Time) error {
+	if err := checkAvailable(runID, at); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET status = 'available', image_size_gib = COALESCE($2, image_size_gib),
+	image_id = COALESCE(NULLIF($3, ''), image_id), finished_at = $4, error_code = NULL, error_message = NULL, updated_at = now()
+WHERE id = $1 AND status IN ('pending', 'requested')`, runID, sizeGiB, imageID, at)
+	if err != nil {
+		return fmt.Errorf("mark run %d available: %w", runID, s.translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return s.unchangedUnless(ctx, runID, "mark run available", StatusAvailable)
+	}
+	return nil
+}
+
+// RunSetImageID records the image id of a run found by exact name after a CreateImage response
+// without ImageId. Setting the id the run already has changes nothing; another id is ErrConflict.
+func (s *Store) RunSetImageID(ctx context.Context, runID int64, imageID string) error {
+	if err := checkImageID(runID, imageID); err != nil {
+		return err
+	}
+	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_id = $2, updated_at = now()
+WHERE id = $1 AND (image_id IS NULL OR image_id = $2)`, runID, imageID)
+	if err != nil {
+		return fmt.Errorf("set image id of run %d: %w", runID, s.translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return s.unchanged(ctx, runID, "set image id of run")
+	}
+	return nil
+}
+
+// RunsUnfinished lists runs in status pending or requested, oldest slot first (crash recovery).
+func (s *Store) RunsUnfinished(ctx context.Context) ([]Run, error) {
+	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
+WHERE status IN ('pending', 'requested') ORDER BY scheduled_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("list unfinished runs: %w", err)
+	}
+	return runs, nil
+}
+
+// RunsRequested lists up to limit runs in status requested, oldest slot first: the images whose
+// completion is still to be tracked. limit <= 0 lists them all.
+func (s *Store) RunsRequested(ctx context.Context, limit int) ([]Run, error) {
+	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
+WHERE status = 'requested' ORDER BY scheduled_at, id LIMIT $1`, limitArg(limit))
+	if err != nil {
+		return nil, fmt.Errorf("list requested runs: %w", err)
+	}
+	return runs, nil
+}
+
+// RunsAvailable lists the available runs of one policy and instance, newest slot first: the
+// candidates and keepers of a retention pass.
+func (s *Store) RunsAvailable(ctx context.Context, policy, instanceID string) ([]Run, error) {
+	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
+WHERE policy = $1 AND instance_id = $2 AND status = 'available' ORDER BY scheduled_at DESC, id DESC`, policy, instanceID)
+	if err != nil {
+		return nil, fmt.Errorf("list available runs of %s/%s: %w", policy, instanceID, err)
+	}
+	return runs, nil
+}
+
+// RunsRecent lists up to limit runs whose slot is at or after since, newest first
+// (imager history). limit <= 0 lists them all.
+func (s *Store) RunsRecent(ctx context.Context, since time.Time, limit int) ([]Run, error) {
+	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
+WHERE scheduled_at >= $1 ORDER BY scheduled_at DESC, id DESC LIMIT $2`, since, limitArg(limit))
+	if err != nil {
+		return nil, fmt.Errorf("list recent runs: %w", err)
+	}
+	return runs, nil
+}
+
+// limitArg turns "no limit" (<= 0) into SQL NULL, which LIMIT reads as ALL.
+func limitArg(limit int) *int64 {
+	if limit <= 0 {
+		return nil
+	}
+	l := int64(limit)
+	return &l
+}
+
+// unchanged explains an update of a run that matched no row: the run does not exist
+// (ErrNotFound) or its state does not allow the change (ErrConflict).
+func (s *Store) unchanged(ctx context.Context, runID int64, what string) error {
+	return s.unchangedUnless(ctx, runID, what, "")
+}
+
+// unchangedUnless is unchanged, but a run already in status ok is not an error: the change was
+// made before (a replay).
+func (s *Store) unchangedUnless(ctx context.Context, runID int64, what string, ok Status) error {
+	var status string
+	err := s.pool.QueryRow(ctx, `SELECT status FROM image_runs WHERE id = $1`, runID).Scan(&status)
+	if err != nil {
+		return fmt.Errorf("%s %d: %w", what, runID, notFound(s.translate(err)))
+	}
+	if ok != "" && Status(status) == ok {
+		return nil
+	}
+	return fmt.Errorf("%s %d: run is %s: %w", what, runID, status, ErrConflict)
+}
+
+// notFound turns pgx.ErrNoRows into ErrNotFound.
+func notFound(err error) error {
+	if errors.Is(err, pgx.ErrNoRows) {
+		return ErrNotFound
+	}
+	return err
+}
+
+// The check functions refuse values the schema cannot hold, before any SQL (and before a
+// Recorder spools a write that could never be applied).
+
+func checkRename(runID int64, imageName string) error {
+	if imageName == "" {
+		return fmt.Errorf("rename run %d: empty name: %w", runID, ErrInvalid)
+	}
+	return nil
+}
+
+func checkFinish(p RunFinishParams) error {
+	if !p.Status.Terminal() {
+		return fmt.Errorf("finish run %d: status %q is not terminal: %w", p.RunID, p.Status, ErrInvalid)
+	}
+	if p.FinishedAt.IsZero() {
+		return fmt.Errorf("finish run %d: no finish time: %w", p.RunID, ErrInvalid)
+	}
+	return nil
+}
+
+func checkAvailable(runID int64, at time.Time) error {
+	if at.IsZero() {
+		return fmt.Errorf("mark run %d available: no finish time: %w", runID, ErrInvalid)
+	}
+	return nil
+}
+
+func checkImageID(runID int64, imageID string) error {
+	if imageID == "" {
+		return fmt.Errorf("set image id of run %d: empty id: %w", runID, ErrInvalid)
+	}
+	return nil
+}

@@ -1,0 +1,56 @@
+package policy
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strings"
+)
+
+// FieldError is one problem found in a policy file, located precisely enough for an operator to
+// jump to it: the file, the 1-based line (0 when the problem is not tied to a line), and the dotted
+// path of the field (e.g. `policies[2].schedule`; empty for YAML syntax errors).
+type FieldError struct {
+	File    string
+	Line    int
+	Field   string
+	Message string
+}
+
+// Error formats the problem as `file:line: field: message`.
+func (e FieldError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	b.WriteString(": ")
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Message)
+	return b.String()
+}
+
+// ValidationError holds every problem found while loading policies, so `imager validate` can report
+// them all at once instead of one per run. Errors are ordered by file, then line, then field.
+type ValidationError struct {
+	Errors []FieldError
+}
+
+// Error prints every problem, one `file:line: field: message` per line.
+func (e *ValidationError) Error() string {
+	lines := make([]string, len(e.Errors))
+	for i, fe := range e.Errors {
+		lines[i] = fe.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// sortFieldErrors orders errors by file, line and field so output is stable and reads top-down.
+func sortFieldErrors(errs []FieldError) {
+	slices.SortStableFunc(errs, func(a, b FieldError) int {
+		return cmp.Or(cmp.Compare(a.File, b.File), cmp.Compare(a.Line, b.Line), cmp.Compare(a.Field, b.Field))
+	})
+}

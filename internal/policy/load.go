@@ -1,0 +1,385 @@
+package policy
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+	_ "time/tzdata" // policies name IANA zones; do not depend on the host (or container) having tzdata
+
+	"gopkg.in/yaml.v3"
+)
+
+// FileVersion is the only `version:` this package reads.
+const FileVersion = 1
+
+// Load reads the policies at path: one YAML file, or a directory whose *.yaml and *.yml files
+// (not hidden ones, not subdirectories) are merged in name order. Decoding is strict and every
+// problem is collected: the error is then a *ValidationError listing each one with file and line.
+// Alongside a *ValidationError, Load also returns a Config holding the policies that validated on
+// their own, so `imager validate` can still show their fire times; never run such a Config. Other
+// errors (the path cannot be read) are returned alone.
+func Load(path string) (*Config, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("read policies: %w", err)
+	}
+	if !info.IsDir() {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
+		return load(path, []source{{name: path, data: data}}, time.Now())
+	}
+	entries, err := os.ReadDir(path) // sorted by name
+	if err != nil {
+		return nil, fmt.Errorf("read policies: %w", err)
+	}
+	var srcs []source
+	for _, e := range entries {
+		name := e.Name()
+		ext := filepath.Ext(name)
+		if e.IsDir() || strings.HasPrefix(name, ".") || (ext != ".yaml" && ext != ".yml") {
+			continue
+		}
+		file := filepath.Join(path, name)
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("read policies: %w", err)
+		}
+		srcs = append(srcs, source{name: file, data: data})
+	}
+	if len(srcs) == 0 {
+		return nil, fmt.Errorf("read policies: no *.yaml or *.yml files in directory %s", path)
+	}
+	return load(path, srcs, time.Now())
+}
+
+// LoadBytes loads one policy file held in memory; name is used in error messages. It behaves as
+// Load does for a single file.
+func LoadBytes(name string, data []byte) (*Config, error) {
+	return load(name, []source{{name: name, data: data}}, time.Now())
+}
+
+// Policy returns the policy with that name, or nil.
+func (c *Config) Policy(name string) *Policy {
+	if c.byName != nil {
+		return c.byName[name]
+	}
+	for _, p := range c.Policies {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+type source struct {
+	name string
+	data []byte
+}
+
+// Defaults for settings a file leaves out.
+const (
+	DefaultCreateImageRate    = 10
+	DefaultDescribeImagesRate = 20
+	DefaultWorkers            = 4
+	DefaultDuplicateRetries   = 3
+	DefaultImageTimeout       = 4 * time.Hour
+	DefaultMinKeep            = 1
+)
+
+// DefaultAPI returns the `api:` settings used when a file does not set them.
+func DefaultAPI() API {
+	return API{
+		CreateImageRate:    DefaultCreateImageRate,
+		DescribeImagesRate: DefaultDescribeImagesRate,
+		Workers:            DefaultWorkers,
+		Retry: Retry{
+			Transient: Backoff{Initial: time.Second, Max: 30 * time.Second, Attempts: 5},
+			Throttled: Backoff{Initial: time.Second, Max: 10 * time.Second, Attempts: 10},
+			Busy:      Backoff{Initial: 30 * time.Second, Max: 5 * time.Minute, MaxElapsed: 15 * time.Minute},
+			Duplicate: DefaultDuplicateRetries,
+		},
+	}
+}
+
+var (
+	policyNameRe = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
+	regionRe     = regexp.MustCompile(`^[a-z]{2}-[a-z0-9-]+$`)
+	instanceRe   = regexp.MustCompile(`^ins-[a-z0-9]{8}$`)
+	diskRe       = regexp.MustCompile(`^disk-[a-z0-9]{8}$`)
+)
+
+const (
+	instanceWhat = "an instance id (ins- followed by 8 lowercase letters or digits)"
+	diskWhat     = "a disk id (disk- followed by 8 lowercase letters or digits)"
+)
+
+// fileResult is what one file contributed.
+type fileResult struct {
+	unreadable bool // a syntax error or alias overflow: what it defines is unknown
+	api        *API
+	apiAt      pos
+	defaults   *rawDefaults
+	policies   []*rawPolicy
+}
+
+// load decodes every source, merges them, applies defaults and validates. label names the whole
+// input in errors not tied to one file.
+func load(label string, srcs []source, now time.Time) (*Config, error) {
+	var errs []FieldError
+	cfg := &Config{API: DefaultAPI(), byName: map[string]*Policy{}}
+	var apiAt, defAt pos
+	var defaults *rawDefaults
+	var raws []*rawPolicy
+	unreadable := false
+	for _, src := range srcs {
+		cfg.Sources = append(cfg.Sources, src.name)
+		fr := decodeFile(src.name, src.data, &errs)
+		unreadable = unreadable || fr.unreadable
+		if fr.api != nil {
+			if apiAt.file != "" {
+				errs = append(errs, FieldError{File: src.name, Line: fr.apiAt.line, Field: "api",
+					Message: fmt.Sprintf("the api block may appear in one file only; it is already in %s", apiAt)})
+			} else {
+				cfg.API, apiAt = *fr.api, fr.apiAt
+			}
+		}
+		if fr.defaults != nil {
+			if defAt.file != "" {
+				errs = append(errs, FieldError{File: src.name, Line: fr.defaults.at.line, Field: "defaults",
+					Message: fmt.Sprintf("the defaults block may appear in one file only; it is already in %s", defAt)})
+			} else {
+				defaults, defAt = fr.defaults, fr.defaults.at
+			}
+		}
+		raws = append(raws, fr.policies...)
+	}
+	if defaults == nil {
+		// A file that could not be read may have held the defaults: then a policy without a
+		// region says nothing new, and the syntax error is the one to fix.
+		defaults = &rawDefaults{unknown: unreadable}
+	}
+
+	b := builder{errs: &errs, def: defaults, now: now}
+	firstAt := map[string]pos{}
+	for _, rp := range raws {
+		p, ok := b.build(rp)
+		if rp.name.set {
+			if first, dup := firstAt[rp.name.v]; dup {
+				errs = append(errs, FieldError{File: rp.name.at.file, Line: rp.name.at.line, Field: join(rp.field, "name"),
+					Message: fmt.Sprintf("duplicate policy name %q (already defined at %s)", rp.name.v, first)})
+				continue
+			}
+			firstAt[rp.name.v] = rp.name.at
+		}
+		if ok {
+			cfg.Policies = append(cfg.Policies, p)
+			cfg.byName[p.Name] = p
+		}
+	}
+	if len(raws) == 0 && len(errs) == 0 {
+		errs = append(errs, FieldError{File: label, Field: "policies", Message: "no policies defined"})
+	}
+	if len(errs) > 0 {
+		sortFieldErrors(errs)
+		return cfg, &ValidationError{Errors: errs}
+	}
+	return cfg, nil
+}
+
+// parseYAML decodes data into its first document node; yaml.v3 is trusted not to panic, but a
+// policy file must never crash the daemon, so a panic becomes an error.
+func parseYAML(data []byte) (doc *yaml.Node, extra *yaml.Node, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			doc, extra, err = nil, nil, fmt.Errorf("yaml: cannot parse: %v", r)
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	doc = &yaml.Node{}
+	if err := dec.Decode(doc); err != nil {
+		return nil, nil, err
+	}
+	next := &yaml.Node{}
+	switch err := dec.Decode(next); {
+	case errors.Is(err, io.EOF):
+		return doc, nil, nil
+	case err != nil:
+		return doc, nil, err
+	}
+	return doc, next, nil
+}
+
+var yamlLineRe = regexp.MustCompile(`^yaml: (?:line (\d+): )?`)
+
+// syntaxError turns a yaml.v3 error ("yaml: line 3: did not find expected key") into a FieldError.
+func syntaxError(file string, err error) FieldError {
+	msg := err.Error()
+	line := 0
+	if m := yamlLineRe.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = msg[len(m[0]):]
+	}
+	return FieldError{File: file, Line: line, Message: "invalid YAML: " + msg}
+}
+
+func countNodes(n *yaml.Node, depth int) int {
+	if n == nil || depth > 10_000 {
+		return 0
+	}
+	c := 1
+	for _, e := range n.Content {
+		c += countNodes(e, depth+1)
+	}
+	return c
+}
+
+// decodeFile decodes one file's top level: version, api, defaults, policies.
+func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
+	var fr fileResult
+	doc, extra, err := parseYAML(data)
+	if errors.Is(err, io.EOF) {
+		*errs = append(*errs, FieldError{File: file, Line: 1, Field: "version", Message: "the file is empty; it needs at least `version: 1`"})
+		return fr
+	}
+	if err != nil {
+		*errs = append(*errs, syntaxError(file, err))
+		fr.unreadable = true
+		if doc == nil {
+			return fr
+		}
+	}
+	if extra != nil {
+		*errs = append(*errs, FieldError{File: file, Line: extra.Line, Message: "only one YAML document per file (remove the `---`)"})
+	}
+	root := doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	d := &decoder{file: file, errs: errs, budget: countNodes(root, 0) + aliasBudget}
+	version := false
+	keys := map[string]func(pair){
+		"version": func(p pair) {
+			version = true
+			v := d.integer(p.v, "version", 0, 1<<30)
+			if v.set && v.v != FileVersion {
+				d.errorf(v.at.line, "version", "unsupported version %d: this imager reads version %d", v.v, FileVersion)
+			}
+		},
+		"api": func(p pair) {
+			a := d.api(p.v)
+			fr.api, fr.apiAt = &a, d.at(p.k)
+		},
+		"defaults": func(p pair) {
+			fr.defaults = d.defaults(p.v, d.at(p.k))
+		},
+		"policies": func(p pair) {
+			n := d.resolve(p.v)
+			if n == nil || isNull(n) {
+				return
+			}
+			if n.Kind != yaml.SequenceNode {
+				d.errorf(n.Line, "policies", "expected a list of policies, got %s", kindName(n))
+				return
+			}
+			for i, e := range n.Content {
+				if rp := d.policy(e, index("policies", i)); rp != nil {
+					fr.policies = append(fr.policies, rp)
+				}
+			}
+		},
+	}
+	// Top-level keys starting with "x-" are free for the file's own use, such as anchors to merge
+	// into policies (as in Compose files).
+	if root.Kind == yaml.MappingNode {
+		for i := 0; i < len(root.Content); i += 2 {
+			if k := root.Content[i]; k.Kind == yaml.ScalarNode && strings.HasPrefix(k.Value, "x-") {
+				keys[k.Value] = func(pair) {}
+			}
+		}
+	}
+	top := d.mapping(root, "", 0, keys)
+	if d.overflow {
+		return fileResult{unreadable: true} // decoding was cut short: judge nothing else in this file
+	}
+	if top != nil && isNull(top) {
+		*errs = append(*errs, FieldError{File: file, Line: max(top.Line, 1), Field: "version", Message: "the file is empty; it needs at least `version: 1`"})
+		return fr
+	}
+	if top != nil && !version {
+		d.errorf(max(top.Line, 1), "version", "required: add `version: %d`", FileVersion)
+	}
+	return fr
+}
+
+// api decodes the `api:` block over the defaults.
+func (d *decoder) api(n *yaml.Node) API {
+	a := DefaultAPI()
+	setInt := func(dst *int, field string, lo, hi int) func(pair) {
+		return func(p pair) {
+			if v := d.integer(p.v, field, lo, hi); v.set {
+				*dst = v.v
+			}
+		}
+	}
+	d.mapping(n, "api", 1, map[string]func(pair){
+		"create_image_rate":    setInt(&a.CreateImageRate, "api.create_image_rate", 1, 1000),
+		"describe_images_rate": setInt(&a.DescribeImagesRate, "api.describe_images_rate", 1, 40),
+		"workers":              setInt(&a.Workers, "api.workers", 1, 256),
+		"retry": func(p pair) {
+			d.mapping(p.v, "api.retry", 2, map[string]func(pair){
+				"transient": func(p pair) { d.backoff(p, "api.retry.transient", &a.Retry.Transient) },
+				"throttled": func(p pair) { d.backoff(p, "api.retry.throttled", &a.Retry.Throttled) },
+				"busy":      func(p pair) { d.backoff(p, "api.retry.busy", &a.Retry.Busy) },
+				"duplicate": setInt(&a.Retry.Duplicate, "api.retry.duplicate", 0, 10),
+			})
+		},
+	})
+	return a
+}
+
+// backoff decodes one error class's backoff over its defaults and checks it can end.
+func (d *decoder) backoff(p pair, field string, b *Backoff) {
+	var maxLine int
+	n := d.mapping(p.v, field, 3, map[string]func(pair){
+		"initial": func(p pair) {
+			if v := d.duration(p.v, join(field, "initial"), time.Millisecond); v.set {
+				b.Initial = v.v
+			}
+		},
+		"max": func(p pair) {
+			if v := d.duration(p.v, join(field, "max"), time.Millisecond); v.set {
+				b.Max, maxLine = v.v, v.at.line
+			}
+		},
+		"attempts": func(p pair) {
+			if v := d.integer(p.v, join(field, "attempts"), 0, 1000); v.set {
+				b.Attempts = v.v
+			}
+		},
+		"max_elapsed": func(p pair) {
+			if v := d.duration(p.v, join(field, "max_elapsed"), 0); v.set {
+				b.MaxElapsed = v.v
+			}
+		},
+	})
+	if n == nil {
+		return
+	}
+	if b.Max < b.Initial {
+		line := cmp.Or(maxLine, p.k.Line)
+		d.errorf(line, join(field, "max"), "max %s is less than initial %s", formatDuration(b.Max), formatDuration(b.Initial))
+	}
+	if b.Attempts == 0 && b.MaxElapsed == 0 {
+		d.errorf(p.k.Line, field, "retries would never stop: set attempts or max_elapsed")
+	}
+}

@@ -1,0 +1,105 @@
+// Package policy loads, validates and renders imager's YAML policy files (PRODUCT.md section 3):
+// which instances to image, when, and how the images are named, tagged and retained.
+package policy
+
+import (
+	"time"
+)
+
+// Config is the validated result of loading one policy file or a directory of them.
+type Config struct {
+	API      API
+	Policies []*Policy // in file order (files sorted by name)
+	Sources  []string  // the files read
+
+	byName map[string]*Policy
+}
+
+// API holds the account-wide API settings (the `api:` block).
+type API struct {
+	CreateImageRate    int // CreateImage calls per sliding second (default 10)
+	DescribeImagesRate int // DescribeImages calls per second (default 20, API limit 40)
+	Workers            int // CreateImage calls in flight at once (default 4)
+	Retry              Retry
+}
+
+// Retry holds the backoff settings per error class (`api.retry`), configurable so tests run fast.
+type Retry struct {
+	Transient Backoff // default: initial 1s, max 30s, attempts 5
+	Throttled Backoff // default: initial 1s, max 10s, attempts 10
+	Busy      Backoff // default: initial 30s, max 5m, max_elapsed 15m
+	Duplicate int     // fresh names to try after InvalidImageName.Duplicate (default 3)
+}
+
+// Backoff is exponential backoff with full jitter: delay n is a random duration in
+// [Initial*2^(n-1)/2, min(Max, Initial*2^(n-1))]. The call is abandoned after Attempts calls in
+// all (when > 0) or once MaxElapsed has passed since the first call (when > 0).
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Attempts   int
+	MaxElapsed time.Duration
+}
+
+// Policy is one validated policy with defaults applied.
+type Policy struct {
+	Name         string
+	File         string // where it was defined, for messages
+	Line         int
+	ScheduleSpec string
+	Schedule     Schedule
+	Region       string
+	Location     *time.Location // the policy's time zone (CRON_TZ= in the schedule wins for firing)
+	Instances    []string       // explicit targets (ins-xxxxxxxx)
+	Select       *Selector      // tag-selected targets, nil when not set
+	Image        ImageSpec
+	Retention    *Retention // nil when not set: images are never pruned
+	Enabled      bool
+
+	// Parsed templates, set by Load. Hand-built policies leave them nil and the render functions
+	// parse the strings above instead.
+	nameTmpl template
+	descTmpl template
+	tagTmpls map[string]template
+}
+
+// ImageSpec is how each image of the policy is made.
+type ImageSpec struct {
+	NameTemplate        string // default "{policy}-{instance}-{time}"
+	DescriptionTemplate string // empty: no description is sent
+	ForcePoweroff       *bool  // nil: not sent
+	Sysprep             *bool
+	Reboot              *bool
+	DataDisks           DataDisks
+	Tags                map[string]string // values may use the name placeholders
+	Timeout             time.Duration     // completion timeout (default 4h)
+}
+
+// DataDisks selects the data disks of a whole-machine image.
+type DataDisks struct {
+	All bool     // `data_disks: all`
+	IDs []string // `data_disks: [disk-xxxxxxxx, ...]`
+}
+
+// Selector picks targets by tag at every fire (`select:`).
+type Selector struct {
+	Tags    map[string]string
+	Zones   []string
+	Exclude []string
+}
+
+// Retention bounds the images kept per (policy, instance) (`retention:`).
+type Retention struct {
+	KeepLast        int           // 0: no count limit
+	MaxAge          time.Duration // 0: no age limit
+	MinKeep         int           // default 1; never keep fewer available images
+	DeleteSnapshots bool
+}
+
+// Schedule yields a policy's slots: nominal fire times.
+type Schedule interface {
+	// Next returns the first slot strictly after t. Slots in a skipped DST hour fire once at the
+	// jump; slots in a repeated hour fire once (at the first occurrence). @every slots are aligned
+	// to multiples of the interval since the Unix epoch, so they agree across restarts and replicas.
+	Next(t time.Time) time.Time
+}

@@ -1,0 +1,110 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/imager-dev/imager/internal/history"
+)
+
+// Outcome is where one run of a RunOnce stands once this stage is over for it: requested,
+// failed, skipped or missed — or pending when its image could not be checked, or when the slot
+// was already claimed by another run that is still going.
+type Outcome struct {
+	Policy       string
+	InstanceID   string
+	Slot         time.Time
+	RunID        int64 // 0 when no row could be written
+	ImageName    string
+	ImageID      string // empty until known (the API may answer without it)
+	RequestID    string // of the accepted CreateImage
+	Status       history.Status
+	ErrorCode    string
+	ErrorMessage string
+	Attempts     int // API calls made for the run by this daemon (and recorded before it)
+	// AlreadyClaimed is set when the slot's row existed before this run (another daemon or an
+	// earlier run of the same second): nothing was sent and the fields describe that row.
+	AlreadyClaimed bool
+}
+
+// Succeeded reports whether the run's CreateImage was accepted (or its image adopted).
+func (o Outcome) Succeeded() bool {
+	return o.Status == history.StatusRequested || o.Status == history.StatusAvailable
+}
+
+func outcomeFromRun(r history.Run) Outcome {
+	return Outcome{
+		Policy:       r.Policy,
+		InstanceID:   r.InstanceID,
+		Slot:         r.ScheduledAt,
+		RunID:        r.ID,
+		ImageName:    r.ImageName,
+		ImageID:      r.ImageID,
+		RequestID:    r.RequestID,
+		Status:       r.Status,
+		ErrorCode:    r.ErrorCode,
+		ErrorMessage: r.ErrorMessage,
+		Attempts:     r.Attempts,
+	}
+}
+
+// RunOnce fires one policy now, through exactly the path of a scheduled fire (same pool, pace,
+// retries and history), with the current instant truncated to the second (UTC) as the slot. It
+// targets the given instances, which must be targets of the policy, or all of its targets when
+// none are given, and returns once every run has an outcome, in the order of the targets. The
+// scheduler must be started. If ctx ends first, RunOnce returns its error and the runs go on.
+func (s *Scheduler) RunOnce(ctx context.Context, policyName string, instances []string) ([]Outcome, error) {
+	p := s.policyByName(policyName)
+	if p == nil {
+		return nil, fmt.Errorf("unknown policy %q (known: %s)", policyName, strings.Join(s.policyNames(), ", "))
+	}
+	s.mu.Lock()
+	running := s.started && !s.stopping
+	s.mu.Unlock()
+	if !running {
+		return nil, errors.New("scheduler is not running")
+	}
+
+	slot := s.clock.Now().UTC().Truncate(time.Second)
+	targets := s.targets(ctx, p)
+	if len(instances) > 0 {
+		for _, id := range instances {
+			if !slices.Contains(targets, id) {
+				return nil, fmt.Errorf("instance %s is not a target of policy %s", id, p.Name)
+			}
+		}
+		targets = dedupe(instances)
+	}
+	if len(targets) == 0 {
+		return nil, fmt.Errorf("policy %s has no targets", p.Name)
+	}
+
+	jobs := s.fire(p, slot, targets)
+	if !s.enqueueAll(jobs, true) {
+		return nil, errors.New("scheduler is stopping")
+	}
+	outcomes := make([]Outcome, 0, len(jobs))
+	for _, j := range jobs {
+		select {
+		case <-j.done:
+			outcomes = append(outcomes, j.outcome)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("run policy %s: %w", p.Name, ctx.Err())
+		}
+	}
+	return outcomes, nil
+}
+
+// policyNames lists the loaded policies' names.
+func (s *Scheduler) policyNames() []string {
+	cfg := s.cfg.Load()
+	names := make([]string, 0, len(cfg.Policies))
+	for _, p := range cfg.Policies {
+		names = append(names, p.Name)
+	}
+	return names
+}

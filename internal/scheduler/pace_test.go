@@ -1,0 +1,155 @@
+package scheduler
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/stretchr/testify/require"
+)
+
+func TestPaceLimiterKeepsEverySlidingSecondUnderTheRate(t *testing.T) {
+	t.Parallel()
+	for _, rate := range []int{1, 10, 40, 100} {
+		t.Run(time.Duration(rate).String(), func(t *testing.T) {
+			t.Parallel()
+			clk := clockwork.NewFakeClockAt(t0)
+			p := NewPaceLimiter(clk, rate, PaceOptions{})
+			const n = 200
+			sends := make([]time.Time, n)
+			for i := range sends {
+				sends[i] = p.reserve(clk.Now()) // all queued at once
+			}
+			require.LessOrEqual(t, maxInAnySecond(sends), rate)
+
+			makespan := sends[n-1].Sub(sends[0])
+			want := time.Duration(float64(n-1) / (float64(rate) * (1 - DefaultPaceMargin)) * float64(time.Second))
+			require.InDelta(t, float64(want), float64(makespan), float64(time.Millisecond))
+			// At least 97% of the rate while work is queued.
+			require.GreaterOrEqual(t, float64(n-1)/makespan.Seconds(), 0.97*float64(rate))
+		})
+	}
+}
+
+func TestPaceLimiterIdleBucketAdmitsOneCallNotABurst(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 10, PaceOptions{})
+	clk.Advance(time.Hour) // a long idle time must not store up tokens
+	first, second := p.reserve(clk.Now()), p.reserve(clk.Now())
+	require.Equal(t, clk.Now(), first)
+	require.InDelta(t, float64(time.Second)/9.8, float64(second.Sub(first)), float64(time.Microsecond))
+}
+
+func TestPaceLimiterWaitUsesTheClock(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 10, PaceOptions{})
+	require.NoError(t, p.Wait(ctx)) // the first call goes at once
+
+	done := make(chan error, 1)
+	go func() { done <- p.Wait(ctx) }()
+	require.NoError(t, clk.BlockUntilContext(ctx, 1))
+	clk.Advance(100 * time.Millisecond) // not yet: 1/9.8 s = 102.04 ms
+	select {
+	case err := <-done:
+		t.Fatalf("Wait returned %v before its turn", err)
+	default:
+	}
+	clk.Advance(3 * time.Millisecond)
+	require.NoError(t, <-done)
+
+	// A cancelled wait returns the context's error.
+	cctx, cancel := context.WithCancel(ctx)
+	go func() { done <- p.Wait(cctx) }()
+	require.NoError(t, clk.BlockUntilContext(ctx, 1))
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
+}
+
+func TestPaceLimiterThrottleHalvesThenRestores(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 10, PaceOptions{Cooldown: 5 * time.Second})
+	require.InDelta(t, 9.8, p.Rate(), 1e-9)
+
+	p.Throttle()
+	require.InDelta(t, 4.9, p.Rate(), 1e-9)
+	a := p.reserve(clk.Now())
+	b := p.reserve(clk.Now())
+	require.InDelta(t, float64(time.Second)/4.9, float64(b.Sub(a)), float64(time.Microsecond), "throttled spacing")
+
+	// Another rejection in the same second (another worker, same burst) does not halve again.
+	clk.Advance(500 * time.Millisecond)
+	p.Throttle()
+	require.InDelta(t, 4.9, p.Rate(), 1e-9)
+	// One more than a second after the halving does.
+	clk.Advance(600 * time.Millisecond)
+	p.Throttle()
+	require.InDelta(t, 2.45, p.Rate(), 1e-9)
+
+	// The cool-down runs from the last throttle.
+	clk.Advance(4 * time.Second)
+	require.InDelta(t, 2.45, p.Rate(), 1e-9)
+	clk.Advance(time.Second)
+	require.InDelta(t, 9.8, p.Rate(), 1e-9)
+}
+
+func TestPaceLimiterHalvingHasAFloor(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 16, PaceOptions{Margin: 0.5})
+	for range 20 {
+		p.Throttle()
+		clk.Advance(time.Second)
+	}
+	require.InDelta(t, 16*0.5/16, p.Rate(), 1e-9)
+}
+
+func TestPaceLimiterRateIncreaseKeepsQueuedReservationsInOrder(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 5, PaceOptions{})
+	var sends []time.Time
+	for range 5 {
+		sends = append(sends, p.reserve(clk.Now()))
+	}
+	p.SetRate(10)
+	for range 20 {
+		sends = append(sends, p.reserve(clk.Now()))
+	}
+	for i := 1; i < len(sends); i++ {
+		require.False(t, sends[i].Before(sends[i-1]), "reservation %d acts before %d", i, i-1)
+	}
+	require.LessOrEqual(t, maxInAnySecond(sends), 10)
+	require.InDelta(t, 9.8, p.Rate(), 1e-9)
+}
+
+func TestPaceLimiterSetRateKeepsTheCooldown(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 10, PaceOptions{Cooldown: 5 * time.Second})
+	p.Throttle()
+	p.SetRate(20)
+	require.InDelta(t, 9.8, p.Rate(), 1e-9) // 20 × 0.98 halved
+	clk.Advance(5 * time.Second)
+	require.InDelta(t, 19.6, p.Rate(), 1e-9)
+	p.SetRate(0)
+	require.InDelta(t, 0.98, p.Rate(), 1e-9, "rates below 1 are raised to 1")
+}
+
+func BenchmarkPaceLimiter(b *testing.B) {
+	clk := clockwork.NewFakeClockAt(t0)
+	p := NewPaceLimiter(clk, 100, PaceOptions{})
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		// Each call is due at once: the clock moves one interval per call, as when draining a queue.
+		clk.Advance(11 * time.Millisecond)
+		if err := p.Wait(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,360 @@
+// Package scheduler turns policies into CreateImage calls: it fires each policy on its schedule,
+// makes one run per (policy, instance, slot), and sends the runs' calls through one worker pool
+// and one pace shared by every policy, with retries by error class, recording every slot and
+// every call in history.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
+)
+
+// DefaultShutdownGrace is how long Stop lets in-flight calls finish.
+const DefaultShutdownGrace = 30 * time.Second
+
+// historyTimeout bounds one history write, in real time: it guards against a hung database, it
+// decides no behaviour a test would control with the clock.
+const historyTimeout = 10 * time.Second
+
+// maxSkippedSlots bounds the walk over slots that passed while the daemon could not fire.
+const maxSkippedSlots = 100000
+
+// Options configures a Scheduler. Config, CVM and History are required.
+type Options struct {
+	Config  *policy.Config
+	CVM     CVM
+	History History
+	// Clock decides every wait, fire and backoff; nil means the real clock.
+	Clock  clockwork.Clock
+	Logger zerolog.Logger
+	// DaemonID is recorded on every run this daemon claims; empty means hostname-pid.
+	DaemonID string
+	// APIDryRun sends every CreateImage with DryRun set: the API checks it and creates nothing.
+	APIDryRun bool
+	// Rand draws backoff jitter; nil means a randomly seeded source. It is used under a lock.
+	Rand *rand.Rand
+	// OnQuotaExceeded is called when CreateImage answers ImageQuotaLimitExceeded; returning true
+	// (after freeing room, e.g. by retention) retries the run once. Nil means the run fails.
+	OnQuotaExceeded func(ctx context.Context, p *policy.Policy) (retry bool)
+	// ResolveTargets returns the full list of a policy's target instances at a fire when the
+	// policy has a `select:`. Nil means only p.Instances are targeted (select is logged as unresolved).
+	ResolveTargets func(ctx context.Context, p *policy.Policy) ([]string, error)
+	// ResolveDataDisks returns the data disk ids of an instance for `image.data_disks: all`.
+	// Nil means such runs fail with code DataDisksUnresolved.
+	ResolveDataDisks func(ctx context.Context, p *policy.Policy, instanceID string) ([]string, error)
+	// ShutdownGrace is how long Stop lets in-flight calls finish before cancelling them; 0 means
+	// DefaultShutdownGrace.
+	ShutdownGrace time.Duration
+	// Pace tunes the CreateImage and DescribeImages paces; zero means the defaults.
+	Pace PaceOptions
+	// DisableCron runs the pool without firing any schedule: `imager once` fires only what it
+	// is asked to, while a daemon on the same database keeps the schedules.
+	DisableCron bool
+}
+
+// Scheduler fires policies and runs their CreateImage calls. Create it with New, run it with
+// Start, and end it with Stop.
+type Scheduler struct {
+	opts         Options
+	cvm          CVM
+	hist         History
+	clock        clockwork.Clock
+	log          zerolog.Logger
+	daemonID     string
+	workers      int
+	cfg          atomic.Pointer[policy.Config]
+	pace         *PaceLimiter // CreateImage
+	describePace *PaceLimiter // DescribeImages
+
+	rngMu sync.Mutex
+	rng   *rand.Rand
+
+	mu        sync.Mutex
+	queue     jobQueue
+	started   bool
+	stopping  bool // no new work is dispatched; queued and returned jobs become leftovers
+	stopped   bool // leftovers recorded
+	leftovers []*job
+
+	wake   chan struct{} // one slot: the queue changed
+	reload chan struct{} // one slot: the config changed
+	idle   chan struct{} // one token per idle worker
+	work   chan *job     // dispatcher → workers
+
+	baseCtx    context.Context // Start's context without its cancellation: history writes
+	stopCtx    context.Context // cancelled when stopping: no new fires, dispatches or calls
+	stopCancel context.CancelFunc
+	callCtx    context.Context // cancelled at the end of the shutdown grace: in-flight calls
+	callCancel context.CancelFunc
+
+	life     sync.Mutex // serialises Start and the beginning of Stop
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// New checks opts and returns a Scheduler that is not yet running.
+func New(opts Options) (*Scheduler, error) {
+	if opts.Config == nil {
+		return nil, errors.New("scheduler: no policy config")
+	}
+	if opts.CVM == nil || opts.History == nil {
+		return nil, errors.New("scheduler: CVM client and history store are required")
+	}
+	if err := checkAPI(opts.Config.API); err != nil {
+		return nil, err
+	}
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.DaemonID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			host = "imager"
+		}
+		opts.DaemonID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = DefaultShutdownGrace
+	}
+	api := opts.Config.API
+	s := &Scheduler{
+		opts:         opts,
+		cvm:          opts.CVM,
+		hist:         opts.History,
+		clock:        opts.Clock,
+		log:          opts.Logger.With().Str("component", "scheduler").Logger(),
+		daemonID:     opts.DaemonID,
+		workers:      api.Workers,
+		pace:         NewPaceLimiter(opts.Clock, api.CreateImageRate, opts.Pace),
+		describePace: NewPaceLimiter(opts.Clock, describeRate(api), opts.Pace),
+		rng:          opts.Rand,
+		baseCtx:      context.Background(),
+		wake:         make(chan struct{}, 1),
+		reload:       make(chan struct{}, 1),
+		idle:         make(chan struct{}, api.Workers),
+		work:         make(chan *job, api.Workers),
+	}
+	s.cfg.Store(opts.Config)
+	return s, nil
+}
+
+func checkAPI(api policy.API) error {
+	if api.CreateImageRate < 1 {
+		return fmt.Errorf("scheduler: create_image_rate must be at least 1, not %d", api.CreateImageRate)
+	}
+	if api.Workers < 1 {
+		return fmt.Errorf("scheduler: workers must be at least 1, not %d", api.Workers)
+	}
+	return nil
+}
+
+func describeRate(api policy.API) int {
+	if api.DescribeImagesRate < 1 {
+		return 20
+	}
+	return api.DescribeImagesRate
+}
+
+// Start takes over the runs a previous daemon left pending, then starts the workers, the
+// dispatcher and the cron loop. Cancelling ctx stops firing and dispatching as Stop does, but only
+// Stop records what did not finish and waits for the goroutines: call Stop in every case.
+func (s *Scheduler) Start(ctx context.Context) error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	s.mu.Lock()
+	if s.started || s.stopping {
+		s.mu.Unlock()
+		return errors.New("scheduler: already started or stopped")
+	}
+	s.started = true
+	s.mu.Unlock()
+
+	s.baseCtx = context.WithoutCancel(ctx)
+	s.stopCtx, s.stopCancel = context.WithCancel(ctx)
+	s.callCtx, s.callCancel = context.WithCancel(s.baseCtx)
+
+	if err := s.recoverRuns(ctx); err != nil {
+		s.stopCancel()
+		s.callCancel()
+		s.mu.Lock()
+		s.started = false
+		s.mu.Unlock()
+		return err
+	}
+
+	for range s.workers {
+		s.idle <- struct{}{}
+		s.wg.Add(1)
+		go s.worker()
+	}
+	s.wg.Add(1)
+	go s.dispatch()
+	if !s.opts.DisableCron {
+		s.wg.Add(1)
+		go s.cronLoop()
+	}
+	s.log.Info().Int("workers", s.workers).Int("create_image_rate", s.cfg.Load().API.CreateImageRate).
+		Int("policies", len(s.cfg.Load().Policies)).Str("daemon_id", s.daemonID).Msg("scheduler started")
+	return nil
+}
+
+// recoverRuns queues every run left pending by a previous daemon (crashed or cut off between
+// the call and the database write). Each first looks its image up by exact name and adopts it
+// when found; otherwise it is sent again under its recorded name.
+func (s *Scheduler) recoverRuns(ctx context.Context) error {
+	runs, err := s.hist.RunsUnfinished(ctx)
+	if err != nil {
+		return fmt.Errorf("recover unfinished runs: %w", err)
+	}
+	n := 0
+	for _, r := range runs {
+		if r.Status != history.StatusPending {
+			continue // requested runs are followed to completion elsewhere
+		}
+		j := &job{
+			policy:      s.policyByName(r.Policy),
+			region:      r.Region,
+			instance:    r.InstanceID,
+			slot:        r.ScheduledAt,
+			run:         r,
+			claimed:     true,
+			name:        r.ImageName,
+			attemptBase: r.Attempts,
+			ambiguous:   true, // the previous daemon may have sent it
+			recovered:   true,
+			lookupFirst: true,
+		}
+		s.enqueue(j, s.clock.Now())
+		n++
+	}
+	if n > 0 {
+		s.log.Info().Int("runs", n).Msg("recovering runs left pending")
+	}
+	return nil
+}
+
+// Stop stops firing and dispatching, lets in-flight calls finish within the shutdown grace
+// (then cancels them), records what did not finish, and waits for every goroutine. Runs never
+// claimed are recorded as missed; claimed runs waiting to retry fail with code Shutdown; a call
+// cut off by the grace deadline, or made ambiguous by a network error, leaves its run pending for
+// the next start to reconcile by name. Stop is idempotent and safe to call before Start.
+func (s *Scheduler) Stop() {
+	s.stopOnce.Do(func() {
+		s.life.Lock() // a Start in progress finishes first
+		s.mu.Lock()
+		s.stopping = true
+		started := s.started
+		s.mu.Unlock()
+		s.life.Unlock()
+		if !started {
+			return
+		}
+		s.stopCancel()
+
+		done := make(chan struct{})
+		go func() {
+			s.wg.Wait()
+			close(done)
+		}()
+		grace := s.clock.NewTimer(s.opts.ShutdownGrace)
+		select {
+		case <-done:
+		case <-grace.Chan():
+			s.log.Warn().Dur("grace", s.opts.ShutdownGrace).Msg("shutdown grace over; cancelling calls in flight")
+			s.callCancel()
+			<-done
+		}
+		grace.Stop()
+		s.callCancel()
+		s.recordLeftovers()
+		s.log.Info().Msg("scheduler stopped")
+	})
+}
+
+// recordLeftovers records every job that did not finish. Every goroutine has returned.
+func (s *Scheduler) recordLeftovers() {
+	s.mu.Lock()
+	left := append(s.leftovers, s.queue.drain()...)
+	s.leftovers = nil
+	s.stopped = true
+	s.mu.Unlock()
+	for len(s.work) > 0 {
+		left = append(left, <-s.work)
+	}
+	for _, j := range left {
+		switch {
+		case !j.claimed:
+			s.claimTerminal(j, history.StatusMissed, msgShutdownMissed)
+		case j.ambiguous || (j.recovered && !j.sent):
+			s.jobLog(j).Warn().Msg("run left pending at shutdown; the next start reconciles it by name")
+			s.finish(j, s.outcome(j, history.StatusPending, "", "left pending at shutdown"))
+		case !j.sent:
+			s.finishRun(j, history.StatusMissed, "", msgShutdownMissed)
+		default:
+			msg := msgShutdownWaiting
+			if j.lastErr != nil {
+				msg = fmt.Sprintf("%s (last error %s: %s)", msgShutdownWaiting, j.lastErr.Code, j.lastErr.Message)
+			}
+			s.fail(j, CodeShutdown, msg)
+		}
+	}
+}
+
+// Reload swaps in a new policy config: schedules are recomputed, the paces take the new rates.
+// The number of workers is fixed at Start; a change takes effect at the next start. A nil or
+// invalid config is refused and the running one stays.
+func (s *Scheduler) Reload(cfg *policy.Config) error {
+	if cfg == nil {
+		return errors.New("scheduler: reload: no policy config")
+	}
+	if err := checkAPI(cfg.API); err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	s.cfg.Store(cfg)
+	s.pace.SetRate(cfg.API.CreateImageRate)
+	s.describePace.SetRate(describeRate(cfg.API))
+	if cfg.API.Workers != s.workers {
+		s.log.Warn().Int("workers", s.workers).Int("configured_workers", cfg.API.Workers).
+			Msg("the number of workers changes at the next start")
+	}
+	s.log.Info().Int("policies", len(cfg.Policies)).Int("create_image_rate", cfg.API.CreateImageRate).
+		Msg("policies reloaded")
+	s.signal(s.reload)
+	return nil
+}
+
+// policyByName returns the loaded policy with that name, or nil.
+func (s *Scheduler) policyByName(name string) *policy.Policy {
+	for _, p := range s.cfg.Load().Policies {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// jobLog is the logger for one run.
+func (s *Scheduler) jobLog(j *job) *zerolog.Logger {
+	name := j.run.Policy
+	if j.policy != nil {
+		name = j.policy.Name
+	}
+	l := s.log.With().Str("policy", name).Str("instance", j.instance).Time("slot", j.slot).
+		Str("image_name", j.name).Logger()
+	return &l
+}

@@ -1,0 +1,452 @@
+package scheduler
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/imager-dev/imager/internal/cvm"
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
+)
+
+func TestNewRejectsBadOptions(t *testing.T) {
+	t.Parallel()
+	good := func() Options {
+		return Options{Config: testConfig(10, 4), CVM: newFakeCVM(nil), History: &fakeHistory{}}
+	}
+	cases := map[string]func(o *Options){
+		"no config":  func(o *Options) { o.Config = nil },
+		"no cvm":     func(o *Options) { o.CVM = nil },
+		"no history": func(o *Options) { o.History = nil },
+		"zero rate":  func(o *Options) { o.Config.API.CreateImageRate = 0 },
+		"no workers": func(o *Options) { o.Config.API.Workers = 0 },
+	}
+	for name, breakIt := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			o := good()
+			breakIt(&o)
+			_, err := New(o)
+			require.Error(t, err)
+		})
+	}
+	s, err := New(good())
+	require.NoError(t, err)
+	require.NotEmpty(t, s.daemonID, "a daemon id by default")
+	s.Stop() // before Start: nothing to do, and no error
+	require.Error(t, s.Start(context.Background()), "a stopped scheduler does not start")
+}
+
+func TestCronFiresOneRunPerTargetAtTheSlot(t *testing.T) {
+	t.Parallel()
+	p := scheduled(t, testPolicy("hourly", "ins-hr000001", "ins-hr000002", "ins-hr000001"), "@every 1h")
+	h := newHarness(t, testConfig(10, 2, p))
+	h.start()
+
+	slot := t0.Add(time.Hour)
+	for _, want := range []time.Time{slot, slot.Add(time.Hour)} {
+		require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1)) // the cron timer
+		h.clk.Advance(want.Sub(h.clk.Now()))
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool {
+				n := 0
+				for _, r := range runs {
+					if r.ScheduledAt.Equal(want) && r.Status == history.StatusRequested {
+						n++
+					}
+				}
+				return n == 2
+			})
+		}()
+		h.drive(done, 10*time.Millisecond)
+	}
+	runs, _, _ := h.hist.snapshot()
+	require.Len(t, runs, 4, "one run per distinct target per slot")
+	for _, r := range runs {
+		require.Equal(t, "hourly", r.Policy)
+		require.Equal(t, history.StatusRequested, r.Status)
+	}
+	require.Contains(t, h.logs.String(), `"message":"policy fired"`)
+}
+
+func TestCronFiresOnlyTheLatestSlotAfterAClockJump(t *testing.T) {
+	t.Parallel()
+	p := scheduled(t, testPolicy("jump", "ins-jmp00001"), "@every 1h")
+	h := newHarness(t, testConfig(10, 1, p))
+	h.start()
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1))
+	h.clk.Advance(5*time.Hour + 30*time.Minute) // slots 13:00 … 17:00 passed
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool { return len(runs) == 1 && runs[0].Status == history.StatusRequested })
+	}()
+	h.drive(done, 10*time.Millisecond)
+	run := h.runByInstance("jump", "ins-jmp00001")
+	require.Equal(t, t0.Add(5*time.Hour), run.ScheduledAt)
+	require.Contains(t, h.logs.String(), `"slots_passed":4`)
+}
+
+func TestDisabledPolicyRecordsSkippedRuns(t *testing.T) {
+	t.Parallel()
+	p := scheduled(t, testPolicy("off", "ins-off00001", "ins-off00002"), "@every 1h")
+	p.Enabled = false
+	h := newHarness(t, testConfig(10, 1, p))
+	h.start()
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1))
+	h.clk.Advance(time.Hour)
+	require.NoError(t, h.hist.waitFor(h.ctx, func(runs []history.Run) bool { return len(runs) == 2 }))
+	runs, _, _ := h.hist.snapshot()
+	for _, r := range runs {
+		require.Equal(t, history.StatusSkipped, r.Status)
+		require.Equal(t, "policy disabled", r.ErrorMessage)
+		require.Equal(t, t0.Add(time.Hour), r.ScheduledAt)
+		require.NotNil(t, r.FinishedAt)
+	}
+	calls, _ := h.cvm.snapshot()
+	require.Empty(t, calls)
+
+	// RunOnce takes the same path.
+	h.clk.Advance(time.Second) // another slot than the fire's
+	out, err := h.s.RunOnce(h.ctx, "off", nil)
+	require.NoError(t, err)
+	require.Len(t, out, 2)
+	require.Equal(t, history.StatusSkipped, out[0].Status)
+	require.Equal(t, "policy disabled", out[0].ErrorMessage)
+	require.False(t, out[0].AlreadyClaimed)
+	require.Equal(t, t0.Add(time.Hour+time.Second), out[0].Slot)
+}
+
+func TestRunOnce(t *testing.T) {
+	t.Parallel()
+	targets := []string{"ins-one00001", "ins-one00002", "ins-one00003"}
+	h := newHarness(t, testConfig(10, 2, testPolicy("one", targets...), testPolicy("two", "ins-two00001")))
+
+	_, err := h.s.RunOnce(h.ctx, "one", nil)
+	require.ErrorContains(t, err, "not running")
+	h.start()
+
+	_, err = h.s.RunOnce(h.ctx, "three", nil)
+	require.ErrorContains(t, err, `unknown policy "three" (known: one, two)`)
+	_, err = h.s.RunOnce(h.ctx, "one", []string{"ins-one00002", "ins-two00001"})
+	require.ErrorContains(t, err, "instance ins-two00001 is not a target of policy one")
+
+	h.clk.Advance(750 * time.Millisecond) // the slot is the current second
+	out := h.once(10*time.Millisecond, "one", "ins-one00003", "ins-one00001")
+	require.Len(t, out, 2)
+	require.Equal(t, "ins-one00003", out[0].InstanceID)
+	require.Equal(t, "ins-one00001", out[1].InstanceID)
+	for _, o := range out {
+		require.Equal(t, history.StatusRequested, o.Status)
+		require.True(t, o.Succeeded())
+		require.Equal(t, t0, o.Slot)
+		require.Equal(t, time.UTC, o.Slot.Location())
+		run := h.runByInstance("one", o.InstanceID)
+		require.Equal(t, o.RunID, run.ID)
+		require.Equal(t, o.RequestID, run.RequestID)
+	}
+
+	// A run a few seconds later is another slot; no instances means every target.
+	h.clk.Advance(3 * time.Second)
+	slot := h.clk.Now().Truncate(time.Second)
+	out = h.once(10*time.Millisecond, "one")
+	require.Len(t, out, 3)
+	for _, o := range out {
+		require.Equal(t, history.StatusRequested, o.Status)
+		require.Equal(t, slot, o.Slot)
+		require.False(t, o.AlreadyClaimed)
+	}
+
+	// RunOnce returns when its context ends; the runs go on.
+	ctx, cancel := context.WithCancel(h.ctx)
+	cancel()
+	_, err = h.s.RunOnce(ctx, "two", nil)
+	require.ErrorIs(t, err, context.Canceled)
+}
+
+func TestStopRecordsQueuedSlotsAsMissed(t *testing.T) {
+	t.Parallel()
+	targets := []string{"ins-stp00001", "ins-stp00002", "ins-stp00003"}
+	h := newHarness(t, testConfig(10, 1, testPolicy("stop", targets...)))
+	started, release := make(chan struct{}), make(chan struct{})
+	h.cvm.script(targets[0], blockUntil(started, release))
+	h.start()
+
+	c := h.goRunOnce("stop")
+	<-started // the first call is in flight, the other two queued behind the only worker
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h.s.Stop()
+	}()
+	<-h.s.stopCtx.Done()
+	close(release) // the in-flight call ends within the grace
+	<-stopped
+	<-c.done
+	require.NoError(t, c.err)
+
+	require.Equal(t, history.StatusRequested, c.out[0].Status, "the call in flight finished and was recorded")
+	for _, o := range c.out[1:] {
+		require.Equal(t, history.StatusMissed, o.Status)
+		require.Equal(t, "daemon shut down before the slot was sent", o.ErrorMessage)
+	}
+	require.Equal(t, 1, h.cvm.count("CreateImage"))
+	for _, id := range targets[1:] {
+		run := h.runByInstance("stop", id)
+		require.Equal(t, history.StatusMissed, run.Status)
+		require.Equal(t, "daemon shut down before the slot was sent", run.ErrorMessage)
+		require.Zero(t, run.Attempts)
+	}
+
+	h.s.Stop() // idempotent
+	_, err := h.s.RunOnce(h.ctx, "stop", nil)
+	require.Error(t, err)
+}
+
+func TestStopFailsRunsWaitingToRetry(t *testing.T) {
+	t.Parallel()
+	const inst = "ins-stw00001"
+	h := newHarness(t, testConfig(10, 1, testPolicy("wait", inst)))
+	h.cvm.script(inst, apiError("InternalError", cvm.ClassTransient))
+	h.start()
+
+	c := h.goRunOnce("wait")
+	require.False(t, h.waitWaiters(1, c.done)) // in the queue for its retry
+	h.s.Stop()
+	<-c.done
+	require.NoError(t, c.err)
+	o := c.out[0]
+	require.Equal(t, history.StatusFailed, o.Status)
+	require.Equal(t, CodeShutdown, o.ErrorCode)
+	require.Contains(t, o.ErrorMessage, "daemon shut down while the run waited to retry")
+	require.Contains(t, o.ErrorMessage, "InternalError")
+	run := h.runByInstance("wait", inst)
+	require.Equal(t, history.StatusFailed, run.Status)
+	require.Equal(t, CodeShutdown, run.ErrorCode)
+	require.Equal(t, 1, run.Attempts)
+}
+
+func TestStopCancelsCallsAfterTheGraceAndLeavesThemPending(t *testing.T) {
+	t.Parallel()
+	const inst = "ins-grc00001"
+	h := newHarness(t, testConfig(10, 1, testPolicy("grace", inst)), func(o *Options) { o.ShutdownGrace = 10 * time.Second })
+	started := make(chan struct{})
+	h.cvm.script(inst, blockUntil(started, nil)) // answers only when its context is cancelled
+	h.start()
+
+	c := h.goRunOnce("grace")
+	<-started
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h.s.Stop()
+	}()
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1)) // the grace timer
+	select {
+	case <-stopped:
+		t.Fatal("Stop returned with a call in flight before the grace ended")
+	default:
+	}
+	h.clk.Advance(10 * time.Second)
+	<-stopped
+	<-c.done
+	require.NoError(t, c.err)
+	require.Equal(t, history.StatusPending, c.out[0].Status)
+
+	run := h.runByInstance("grace", inst)
+	require.Equal(t, history.StatusPending, run.Status, "reconciled by name at the next start")
+	att := h.hist.attemptsOf(run.ID)
+	require.Len(t, att, 1)
+	require.Equal(t, cvm.CodeTimeout, att[0].ErrorCode)
+}
+
+func TestRecoveryAdoptsOrResendsPendingRuns(t *testing.T) {
+	t.Parallel()
+	p := testPolicy("rec", "ins-rec00001", "ins-rec00002", "ins-rec00003")
+	slot := t0.Add(-time.Hour)
+	h := newHarness(t, testConfig(10, 1, p))
+	name := func(inst string) string { return policy.ImageName(p, inst, slot, 0) }
+	seed := func(policyName, inst string, attempts int) int64 {
+		return h.hist.seed(history.Run{Policy: policyName, InstanceID: inst, Region: "ap-beijing", ScheduledAt: slot,
+			StartedAt: slot, Status: history.StatusPending, ImageName: name(inst), Attempts: attempts, DaemonID: "crashed"})
+	}
+	made := seed("rec", "ins-rec00001", 1)    // the crash came after CreateImage: the image exists
+	lost := seed("rec", "ins-rec00002", 0)    // the crash came before CreateImage
+	gone := seed("gone", "ins-rec00003", 1)   // its policy was removed; its image exists
+	orphan := seed("gone", "ins-rec00004", 0) // removed policy, no image
+	h.hist.seed(history.Run{Policy: "rec", InstanceID: "ins-rec00003", ScheduledAt: slot, Status: history.StatusRequested,
+		ImageName: "tracked-elsewhere"})
+	h.cvm.dropTags = true
+	h.cvm.addImage(cvm.Image{ID: "img-made", Name: name("ins-rec00001")})
+	h.cvm.addImage(cvm.Image{ID: "img-gone", Name: name("ins-rec00003")})
+	h.start()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool {
+			for _, id := range []int64{made, lost, gone, orphan} {
+				if runs[id-1].Status == history.StatusPending {
+					return false
+				}
+			}
+			return true
+		})
+	}()
+	h.drive(done, 10*time.Millisecond)
+	runs, _, _ := h.hist.snapshot()
+
+	require.Equal(t, history.StatusRequested, runs[made-1].Status)
+	require.Equal(t, "img-made", runs[made-1].ImageID)
+	require.Equal(t, []string{"DescribeImages"}, actions(h.hist.attemptsOf(made)))
+	require.Equal(t, 2, h.hist.attemptsOf(made)[0].Attempt, "attempt numbers go on from history")
+
+	require.Equal(t, history.StatusRequested, runs[lost-1].Status)
+	require.Equal(t, []string{"DescribeImages", "CreateImage"}, actions(h.hist.attemptsOf(lost)))
+	creates := h.cvm.callsOf("CreateImage")
+	require.Len(t, creates, 1, "only the run whose image is missing is sent again")
+	require.Equal(t, name("ins-rec00002"), creates[0].Create.ImageName, "under its recorded name")
+	require.Equal(t, "ap-beijing", creates[0].Region, "in the run's region")
+
+	require.Equal(t, history.StatusRequested, runs[gone-1].Status)
+	require.Equal(t, "img-gone", runs[gone-1].ImageID)
+	require.Equal(t, history.StatusFailed, runs[orphan-1].Status)
+	require.Equal(t, codePolicyNotFound, runs[orphan-1].ErrorCode)
+
+	for _, c := range h.cvm.callsOf("DescribeImages") {
+		require.Equal(t, "image-name", c.Describe.Filters[0].Name)
+	}
+}
+
+func TestRecoveryLeavesARunPendingWhenItsImageCannotBeLookedUp(t *testing.T) {
+	t.Parallel()
+	const inst = "ins-lku00001"
+	p := testPolicy("lookup", inst)
+	h := newHarness(t, testConfig(10, 1, p))
+	id := h.hist.seed(history.Run{Policy: "lookup", InstanceID: inst, Region: "ap-guangzhou", ScheduledAt: t0,
+		StartedAt: t0, Status: history.StatusPending, ImageName: policy.ImageName(p, inst, t0, 0), DaemonID: "crashed"})
+	h.cvm.describe = func(cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error, bool) {
+		return cvm.DescribeImagesOutput{}, &cvm.APIError{Action: "DescribeImages", Code: "InternalError", Message: "boom",
+			RequestID: "req-describe", Class: cvm.ClassTransient}, true
+	}
+	h.start()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool { return runs[0].Attempts == testRetry.Transient.Attempts })
+	}()
+	h.drive(done, time.Second)
+	require.NoError(t, h.logs.waitFor(h.ctx, "the run stays pending until the next start"))
+	require.Zero(t, h.cvm.count("CreateImage"), "never resent without knowing whether the image exists")
+	run := h.runByInstance("lookup", inst)
+	require.Equal(t, id, run.ID)
+	require.Equal(t, history.StatusPending, run.Status)
+	require.Equal(t, []string{"DescribeImages", "DescribeImages", "DescribeImages"}, actions(h.hist.attemptsOf(id)))
+}
+
+func TestStartFailsWhenHistoryCannotListUnfinishedRuns(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, testConfig(10, 1, testPolicy("x", "ins-x0000001")))
+	h.hist.unfinishedErr = errFake
+	err := h.s.Start(h.ctx)
+	require.ErrorIs(t, err, errFake)
+	require.ErrorContains(t, err, "recover unfinished runs")
+	h.s.Stop()
+}
+
+func actions(att []history.Attempt) []string {
+	var out []string
+	for _, a := range att {
+		out = append(out, a.Action)
+	}
+	return out
+}
+
+func TestReload(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, testConfig(10, 2, testPolicy("old", "ins-old00001")))
+	h.start()
+	require.InDelta(t, 9.8, h.s.pace.Rate(), 1e-9)
+
+	cfg := testConfig(5, 3, scheduled(t, testPolicy("new", "ins-new00001"), "@every 1h"))
+	require.NoError(t, h.s.Reload(cfg))
+	require.InDelta(t, 4.9, h.s.pace.Rate(), 1e-9)
+	require.Contains(t, h.logs.String(), "the number of workers changes at the next start")
+
+	bad := testConfig(0, 2)
+	require.Error(t, h.s.Reload(bad))
+	require.Error(t, h.s.Reload(nil))
+	require.InDelta(t, 4.9, h.s.pace.Rate(), 1e-9, "a refused reload keeps the running config")
+
+	_, err := h.s.RunOnce(h.ctx, "old", nil)
+	require.ErrorContains(t, err, "unknown policy")
+
+	// The new policy's schedule is armed.
+	h.base = 1
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1))
+	h.clk.Advance(time.Hour)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool {
+			return slices.ContainsFunc(runs, func(r history.Run) bool { return r.Policy == "new" && r.Status == history.StatusRequested })
+		})
+	}()
+	h.drive(done, 10*time.Millisecond)
+	require.Equal(t, t0.Add(time.Hour), h.runByInstance("new", "ins-new00001").ScheduledAt)
+}
+
+func TestSelectTargetsComeFromTheHook(t *testing.T) {
+	t.Parallel()
+	p := testPolicy("sel", "ins-listed01")
+	p.Select = &policy.Selector{Tags: map[string]string{"env": "prod"}}
+	cases := []struct {
+		name string
+		hook func(context.Context, *policy.Policy) ([]string, error)
+		want []string
+		log  string
+	}{
+		{
+			name: "resolved",
+			hook: func(_ context.Context, p *policy.Policy) ([]string, error) {
+				return []string{"ins-listed01", "ins-tagged01", "ins-tagged01"}, nil
+			},
+			want: []string{"ins-listed01", "ins-tagged01"},
+		},
+		{
+			name: "resolution failed",
+			hook: func(context.Context, *policy.Policy) ([]string, error) { return nil, errFake },
+			want: []string{"ins-listed01"},
+			log:  "cannot resolve the policy's select",
+		},
+		{
+			name: "no hook",
+			want: []string{"ins-listed01"},
+			log:  "select is not resolved by this build",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, testConfig(10, 1, p), func(o *Options) { o.ResolveTargets = tc.hook })
+			h.start()
+			out := h.once(10*time.Millisecond, "sel")
+			var got []string
+			for _, o := range out {
+				require.Equal(t, history.StatusRequested, o.Status)
+				got = append(got, o.InstanceID)
+			}
+			require.Equal(t, tc.want, got)
+			if tc.log != "" {
+				require.Contains(t, h.logs.String(), tc.log)
+			}
+		})
+	}
+}

@@ -1,0 +1,13 @@
+// Package migrations holds imager's database schema as numbered SQL files, embedded in the
+// binary. history.Migrate applies each file once, in name order, in its own transaction.
+//
+// The schema is a public contract that operators query with plain SQL: add columns and tables in
+// a new file; never rename or drop without a migration and a note in the README.
+package migrations
+
+import "embed"
+
+// FS holds the migration files (0001_init.sql, ...).
+//
+//go:embed *.sql
+var FS embed.FS
