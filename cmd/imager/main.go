@@ -48,7 +48,15 @@ const (
 	exitUsage = 2 // bad flags or arguments
 )
 
+// run is main without os.Exit: SIGINT/SIGTERM cancel the command's context.
 func run(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return dispatch(ctx, args, stdout, stderr)
+}
+
+// dispatch runs the command named by args[0]; tests call it with their own context.
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -58,8 +66,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
-			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
 			return c.run(ctx, args[1:], stdout, stderr)
 		}
 	}

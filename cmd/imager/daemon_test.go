@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+)
+
+// logLines feeds the daemon's stderr, line by line, to the test.
+type logLines struct {
+	lines chan string
+}
+
+func newLogLines(r io.Reader) *logLines {
+	l := &logLines{lines: make(chan string, 1024)}
+	go func() {
+		defer close(l.lines)
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			l.lines <- sc.Text()
+		}
+	}()
+	return l
+}
+
+// waitFor returns the first line containing want; it fails the test when the stream ends first.
+func (l *logLines) waitFor(t *testing.T, want string) string {
+	t.Helper()
+	for line := range l.lines {
+		if strings.Contains(line, want) {
+			return line
+		}
+	}
+	t.Fatalf("log ended without %q", want)
+	return ""
+}
+
+// TestRunReloadsOnSIGHUPAndStopsCleanly drives `imager run`: a bad reload keeps the running
+// policies and says why (with file:line), a good one swaps them, and cancellation (SIGTERM)
+// stops the daemon with exit 0.
+func TestRunReloadsOnSIGHUPAndStopsCleanly(t *testing.T) {
+	e := newE2E(t)
+	policies := e.writePolicies(t, "version: 1\npolicies:\n  - {name: one, schedule: '0 3 * * *', region: ap-guangzhou, instances: [ins-aaaaaaaa]}\n")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	logs := newLogLines(pr)
+	done := make(chan int, 1)
+	go func() {
+		done <- dispatch(ctx, e.daemonArgs("run", policies), io.Discard, pw)
+		pw.Close()
+	}()
+	logs.waitFor(t, "imager running")
+
+	require.NoError(t, os.WriteFile(policies, []byte("version: 1\npolicies:\n  - {name: one, schedule: '0 99 * * *', region: ap-guangzhou, instances: [ins-aaaaaaaa]}\n"), 0o600))
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	line := logs.waitFor(t, "policy reload failed")
+	require.Contains(t, line, policies+":3: policies[0].schedule")
+
+	require.NoError(t, os.WriteFile(policies, []byte("version: 1\npolicies:\n  - {name: one, schedule: '0 3 * * *', region: ap-guangzhou, instances: [ins-aaaaaaaa]}\n  - {name: two, schedule: '0 4 * * *', region: ap-guangzhou, instances: [ins-bbbbbbbb]}\n"), 0o600))
+	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))
+	require.Contains(t, logs.waitFor(t, "policies reloaded"), `"policies":2`)
+
+	cancel()
+	logs.waitFor(t, "imager stopped")
+	require.Equal(t, 0, <-done)
+	for range logs.lines { // drain
+	}
+}
+
+// TestDemoRunsAndPrintsTheAudit runs the README's first quick-start command in-process.
+func TestDemoRunsAndPrintsTheAudit(t *testing.T) {
+	var out bytes.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	require.NoError(t, runDemo(ctx, demoSettings{faultRate: 0.1}, zerolog.Nop(), &out))
+	s := out.String()
+	require.Contains(t, s, "0 rejected with RequestLimitExceeded")
+	require.Regexp(t, `at most (10|[1-9]) in any sliding second`, s)
+	require.Contains(t, s, "InvalidInstanceId.NotFound")
+	require.Contains(t, s, "InvalidInstance.NotSupported")
+	for _, q := range auditQueries {
+		require.Contains(t, s, q.title)
+	}
+}
