@@ -68,10 +68,6 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 		return nil, err
 	}
 
-	if err := os.MkdirAll(dc.opts.spoolDir, 0o700); err != nil {
-		d.close()
-		return nil, fmt.Errorf("--spool-dir: %w", err)
-	}
 	d.recorder, err = history.NewRecorder(store, dc.opts.spoolDir, log.With().Str("component", "spool").Logger())
 	if err != nil {
 		d.close()
@@ -115,7 +111,9 @@ func (d *daemon) close() {
 		d.sched.Stop()
 	}
 	if d.recorder != nil {
-		d.recorder.Stop()
+		if err := d.recorder.Close(); err != nil {
+			d.log.Error().Err(err).Msg("closing the history spool")
+		}
 	}
 	if d.store != nil {
 		d.store.Close()

@@ -83,14 +83,15 @@ func WithWriteTimeout(d time.Duration) RecorderOption {
 }
 
 // NewRecorder opens the spool in spoolDir (created if missing, locked against other processes)
-// and loads the writes waiting in it; Start replays them.
+// and loads the writes waiting in it; Start replays them. log is used as given (the caller tags
+// it with its component).
 func NewRecorder(store *Store, spoolDir string, log zerolog.Logger, opts ...RecorderOption) (*Recorder, error) {
 	if spoolDir == "" {
 		return nil, fmt.Errorf("history spool: no directory: %w", ErrInvalid)
 	}
 	r := &Recorder{
 		store:        store,
-		log:          log.With().Str("component", "history-spool").Logger(),
+		log:          log,
 		clock:        clockwork.NewRealClock(),
 		interval:     DefaultReplayInterval,
 		writeTimeout: DefaultWriteTimeout,
@@ -341,8 +342,10 @@ func (r *Recorder) replayLogged(ctx context.Context) (int, error) {
 	return n, err
 }
 
-// Stop ends the replay loop and waits for it. Writes still work (and spool) after Stop. It is
-// safe to call more than once, and without Start.
+// Stop ends the replay loop, waits for it, and replays what is still spooled one last time, so
+// that an outage that ended since the last interval leaves nothing behind at shutdown (what the
+// database still cannot take stays in the file for the next start). Writes still work, and
+// spool, after Stop. It is safe to call more than once, and without Start.
 func (r *Recorder) Stop() {
 	r.runMu.Lock()
 	defer r.runMu.Unlock()
@@ -352,6 +355,7 @@ func (r *Recorder) Stop() {
 	r.cancel()
 	<-r.done
 	r.cancel = nil
+	_, _ = r.replayLogged(context.Background())
 }
 
 // Close stops the loop and releases the spool file and its lock. Writes spooled and not yet

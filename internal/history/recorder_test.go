@@ -399,3 +399,24 @@ func TestRecorderClosedRefusesToSpool(t *testing.T) {
 	require.ErrorIs(t, err, history.ErrUnavailable, "a write that cannot be kept is reported, not dropped silently")
 	require.True(t, errors.Is(err, history.ErrUnavailable))
 }
+
+func TestRecorderStopReplaysWhatIsLeft(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	o := newOutage(t)
+	rec := newRecorder(t, o.via, t.TempDir(), history.WithClock(clockwork.NewFakeClock()))
+	run, _, err := rec.RunClaim(ctx, claimParams("web-nightly", "ins-6pb6lrmy", slot))
+	require.NoError(t, err)
+	require.NoError(t, rec.Start(ctx))
+
+	o.proxy.down()
+	require.NoError(t, rec.RunRequested(ctx, run.ID, "img-1", "req-1"))
+	require.Equal(t, 1, rec.Pending())
+	o.proxy.up() // back before the next interval (the fake clock never reaches it)
+
+	rec.Stop()
+	require.Zero(t, rec.Pending(), "the daemon's shutdown flushed the spool")
+	got, err := o.direct.RunGet(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, "req-1", got.RequestID)
+}

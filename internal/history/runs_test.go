@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/history"
@@ -330,4 +332,34 @@ func TestSchemaRefusesImpossibleRows(t *testing.T) {
 		_, err := s.Pool().Exec(ctx, sql)
 		require.Error(t, err, name)
 	}
+}
+
+func TestTerminatedConnectionIsUnavailableThenRecovers(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, dbURL := newStoreURL(t)
+	cfg, err := pgxpool.ParseConfig(dbURL)
+	require.NoError(t, err)
+	cfg.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false } // hand out the dead connection
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	s := history.NewStore(pool, zerolog.Nop())
+	run := claim(t, s, "web-nightly", "ins-6pb6lrmy", slot)
+
+	// An administrator (or a failover) ends every session of the database.
+	admin := mustPool(t, dbURL)
+	var terminated int
+	require.NoError(t, admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000))
+FROM (SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() OFFSET 0) others`).Scan(&terminated))
+	require.Positive(t, terminated)
+
+	err = s.RunRequested(ctx, run.ID, "img-1", "req-1")
+	require.ErrorIs(t, err, history.ErrUnavailable)
+
+	// The pool dropped its dead connections: the retry dials afresh and succeeds.
+	require.NoError(t, s.RunRequested(ctx, run.ID, "img-1", "req-1"))
+	got, err := s.RunGet(ctx, run.ID)
+	require.NoError(t, err)
+	require.Equal(t, history.StatusRequested, got.Status)
 }

@@ -28,10 +28,10 @@ type Store struct {
 	log  zerolog.Logger
 }
 
-// Open connects to the database at dbURL and checks that it answers. Its errors are one line
-// that never contains the password: ErrNoDatabaseURL for an empty URL, an error wrapping
-// ErrUnavailable when the server cannot be reached, and plain errors for a malformed URL,
-// rejected credentials or a missing database.
+// Open connects to the database at dbURL and checks that it answers; log is used as given (the
+// caller tags it with its component). Its errors are one line that never contains the password:
+// ErrNoDatabaseURL for an empty URL, an error wrapping ErrUnavailable when the server cannot be
+// reached, and plain errors for a malformed URL, rejected credentials or a missing database.
 func Open(ctx context.Context, dbURL string, log zerolog.Logger) (*Store, error) {
 	if strings.TrimSpace(dbURL) == "" {
 		return nil, ErrNoDatabaseURL
@@ -62,14 +62,13 @@ func Open(ctx context.Context, dbURL string, log zerolog.Logger) (*Store, error)
 		pool.Close()
 		return nil, openError(err, where, cfg.ConnConfig.User, secrets)
 	}
-	log = log.With().Str("component", "history").Logger()
 	log.Info().Str("database", where).Msg("database connected")
 	return &Store{pool: pool, log: log}, nil
 }
 
 // NewStore wraps a pool the caller made (and closes). Open is the usual way in.
 func NewStore(pool *pgxpool.Pool, log zerolog.Logger) *Store {
-	return &Store{pool: pool, log: log.With().Str("component", "history").Logger()}
+	return &Store{pool: pool, log: log}
 }
 
 // Close closes the pool. It is safe to call more than once.
@@ -158,9 +157,9 @@ func oneLine(s string) string {
 // passwordPatterns find password values in connection strings that may not even parse.
 var passwordPatterns = []*regexp.Regexp{
 	regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://[^/?#@]*?:([^/?#]*)@`), // scheme://user:PASSWORD@host
-	regexp.MustCompile(`[?&]password=([^&#]*)`),                          // ?password=PASSWORD
-	regexp.MustCompile(`password\s*=\s*'((?:[^'\\]|\\.)*)'`),             // password='PASS WORD'
-	regexp.MustCompile(`password\s*=\s*([^\s']\S*)`),                     // password=PASSWORD
+	regexp.MustCompile(`[?&]password=([^&#]*)`),                           // ?password=PASSWORD
+	regexp.MustCompile(`password\s*=\s*'((?:[^'\\]|\\.)*)'`),              // password='PASS WORD'
+	regexp.MustCompile(`password\s*=\s*([^\s']\S*)`),                      // password=PASSWORD
 }
 
 // passwordsIn returns every password value found in the connection string s, in the forms it may
