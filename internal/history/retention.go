@@ -1,0 +1,90 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// Queries of retention passes (package retention) and of the README's retention cookbook.
+
+// RunsRetainable lists the runs a retention pass weighs for one policy: available, with an image
+// id, and whose image imager has not deleted (no image_deletions row in status deleted). Images
+// with an open deletion (pending or failed) are listed: the pass retries those. instanceID ""
+// lists every instance of the policy. Order: instance id, then newest slot first.
+func (s *Store) RunsRetainable(ctx context.Context, policy, instanceID string) ([]Run, error) {
+	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
+WHERE policy = $1 AND ($2 = '' OR instance_id = $2) AND status = 'available' AND image_id IS NOT NULL
+	AND NOT EXISTS (SELECT 1 FROM image_deletions d WHERE d.image_id = image_runs.image_id AND d.status = 'deleted')
+ORDER BY instance_id, scheduled_at DESC, id DESC`, policy, instanceID)
+	if err != nil {
+		return nil, fmt.Errorf("list retainable runs of %s: %w", policyInstance(policy, instanceID), err)
+	}
+	return runs, nil
+}
+
+// DeletionsOpen lists the deletions of one policy that are not done (pending, or failed and due
+// for a retry), oldest decision first. instanceID "" lists every instance of the policy.
+func (s *Store) DeletionsOpen(ctx context.Context, policy, instanceID string) ([]Deletion, error) {
+	out, err := s.queryDeletions(ctx, `SELECT `+deletionColumns+` FROM image_deletions
+WHERE status <> 'deleted' AND policy = $1 AND ($2 = '' OR instance_id = $2)
+ORDER BY requested_at, id`, policy, instanceID)
+	if err != nil {
+		return nil, fmt.Errorf("list open deletions of %s: %w", policyInstance(policy, instanceID), err)
+	}
+	return out, nil
+}
+
+// DeletionsRecent lists the deletions decided at or after since, in any status, newest decision
+// first ("images pruned in the last 7 days").
+func (s *Store) DeletionsRecent(ctx context.Context, since time.Time) ([]Deletion, error) {
+	out, err := s.queryDeletions(ctx, `SELECT `+deletionColumns+` FROM image_deletions
+WHERE requested_at >= $1 ORDER BY requested_at DESC, id DESC`, since)
+	if err != nil {
+		return nil, fmt.Errorf("list deletions since %s: %w", since.UTC().Format(time.RFC3339), err)
+	}
+	return out, nil
+}
+
+// LastFailedPerInstance returns, for every (policy, instance) whose latest image run failed, that
+// run, ordered by policy and instance. Runs that made no image attempt (skipped, missed) and runs
+// still pending are passed over: the latest of requested, available and failed decides.
+func (s *Store) LastFailedPerInstance(ctx context.Context) ([]Run, error) {
+	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM (
+	SELECT DISTINCT ON (policy, instance_id) id AS last_id, status AS last_status FROM image_runs
+	WHERE status IN ('requested', 'available', 'failed')
+	ORDER BY policy, instance_id, scheduled_at DESC, id DESC
+) last JOIN image_runs ON image_runs.id = last.last_id
+WHERE last.last_status = 'failed'
+ORDER BY policy, instance_id`)
+	if err != nil {
+		return nil, fmt.Errorf("instances whose last image failed: %w", err)
+	}
+	return runs, nil
+}
+
+// queryDeletions runs a query selecting deletionColumns and collects the rows.
+func (s *Store) queryDeletions(ctx context.Context, sql string, args ...any) ([]Deletion, error) {
+	rows, err := s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, s.translate(err)
+	}
+	defer rows.Close()
+	var out []Deletion
+	for rows.Next() {
+		d, err := scanDeletion(rows)
+		if err != nil {
+			return nil, s.translate(err)
+		}
+		out = append(out, d)
+	}
+	return out, s.translate(rows.Err())
+}
+
+// policyInstance names a policy, or one instance of it, in messages.
+func policyInstance(policy, instanceID string) string {
+	if instanceID == "" {
+		return policy
+	}
+	return policy + "/" + instanceID
+}
