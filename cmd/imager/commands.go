@@ -120,7 +120,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return exitFail
 	}
-	d, err := openDaemon(ctx, daemonConfig{opts: o, cfg: cfg}, log)
+	d, err := openDaemon(ctx, daemonConfig{opts: o, cfg: cfg, pollInterval: o.pollInterval}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager run: %v\n", err)
 		return exitFail
@@ -130,13 +130,12 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager run: %v\n", err)
 		return exitFail
 	}
-	log.Info().Int("policies", len(cfg.Policies)).Str("policies_path", o.policies).Msg("imager running")
-
 	// SIGHUP reloads the policies. The channel has one slot and signal.Notify never blocks, so a
 	// burst of signals collapses into one reload.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	log.Info().Int("policies", len(cfg.Policies)).Str("policies_path", o.policies).Msg("imager running")
 	for {
 		select {
 		case <-ctx.Done():
@@ -200,7 +199,7 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager once: --policy: no policy named %q in %s\n", *name, o.policies)
 		return exitUsage
 	}
-	d, err := openDaemon(ctx, daemonConfig{opts: o, cfg: cfg, noCron: true}, log)
+	d, err := openDaemon(ctx, daemonConfig{opts: o, cfg: cfg, noCron: true, pollInterval: o.pollInterval}, log)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
@@ -215,21 +214,44 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
 	}
+	// Follow every accepted image until it is usable or failed; the tracker runs the retention
+	// pass of each instance before it reports the run terminal.
+	var requested []int64
+	for _, oc := range outcomes {
+		if oc.Status == history.StatusRequested {
+			requested = append(requested, oc.RunID)
+		}
+	}
+	if len(requested) > 0 {
+		log.Info().Int("images", len(requested)).Msg("waiting for the images to become usable")
+		d.tracker.Kick()
+		final, err := d.tracker.WaitTerminal(ctx, requested)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager once: waiting for images: %v\n", err)
+			return exitFail
+		}
+		for i, oc := range outcomes {
+			if r, ok := final[oc.RunID]; ok {
+				outcomes[i].Status, outcomes[i].ImageID = r.Status, r.ImageID
+				outcomes[i].ErrorCode, outcomes[i].ErrorMessage = r.ErrorCode, r.ErrorMessage
+			}
+		}
+	}
 	failed := 0
 	for _, oc := range outcomes {
 		line := fmt.Sprintf("%-14s %-10s %s", oc.InstanceID, oc.Status, oc.ImageName)
 		if oc.ImageID != "" {
 			line += " " + oc.ImageID
 		}
-		if oc.ErrorCode != "" {
+		if oc.ErrorCode != "" || oc.ErrorMessage != "" {
 			line += fmt.Sprintf("  %s: %s", oc.ErrorCode, oc.ErrorMessage)
 		}
-		if !oc.Succeeded() {
+		if oc.Status != history.StatusAvailable {
 			failed++
 		}
 		fmt.Fprintln(stdout, line)
 	}
-	fmt.Fprintf(stdout, "%d slots, %d not accepted\n", len(outcomes), failed)
+	fmt.Fprintf(stdout, "%d slots, %d not available\n", len(outcomes), failed)
 	if failed > 0 || ctx.Err() != nil {
 		return exitFail
 	}

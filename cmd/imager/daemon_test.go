@@ -88,8 +88,9 @@ func TestDemoRunsAndPrintsTheAudit(t *testing.T) {
 	s := out.String()
 	require.Contains(t, s, "0 rejected with RequestLimitExceeded")
 	require.Regexp(t, `at most (10|[1-9]) in any sliding second`, s)
-	require.Contains(t, s, "InvalidInstanceId.NotFound")
 	require.Contains(t, s, "InvalidInstance.NotSupported")
+	require.Regexp(t, `web-nightly +available +72 `, s)
+	require.Equal(t, 24, strings.Count(s, "keep_last 2: 3rd newest available image"), "one pruned image per web instance")
 	for _, q := range auditQueries {
 		require.Contains(t, s, q.title)
 	}

@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,8 +17,10 @@ import (
 	tccommon "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/scheduler"
 )
 
 //go:embed demo.yaml
@@ -72,7 +76,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		return err
 	}
 
-	sim := cvmsim.New(cvmsim.Options{Logger: log.With().Str("component", "cvmsim").Logger()})
+	sim := cvmsim.New(cvmsim.Options{ImageReadyAfter: time.Second, Logger: log.With().Str("component", "cvmsim").Logger()})
 	endpoint, err := sim.Start()
 	if err != nil {
 		return err
@@ -99,7 +103,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	defer os.RemoveAll(spool)
 	opts := options{databaseURL: dbURL, cvmEndpoint: endpoint, spoolDir: spool, shutdownGrace: 5 * time.Second}
 	cred := tccommon.NewCredential(cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey)
-	d, err := openDaemon(ctx, daemonConfig{opts: opts, cfg: cfg, credential: cred}, log)
+	d, err := openDaemon(ctx, daemonConfig{opts: opts, cfg: cfg, credential: cred, pollInterval: 500 * time.Millisecond}, log)
 	if err != nil {
 		return err
 	}
@@ -112,17 +116,31 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		len(cfg.Policies), cfg.API.CreateImageRate, s.faultRate*100)
 	started := time.Now()
 	var wg sync.WaitGroup
+	results := make([][]scheduler.Outcome, len(cfg.Policies))
 	errs := make([]error, len(cfg.Policies))
 	for i, p := range cfg.Policies {
-		wg.Go(func() { _, errs[i] = d.sched.RunOnce(ctx, p.Name, nil) })
+		wg.Go(func() { results[i], errs[i] = d.sched.RunOnce(ctx, p.Name, nil) })
 	}
 	wg.Wait()
-	for _, err := range errs {
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	elapsed := time.Since(started)
+	if err := waitUsable(ctx, d, out, slices.Concat(results...)); err != nil {
+		return err
+	}
+	// Two more fires of web-nightly (keep_last: 2): the tracker's retention pass after each
+	// prunes the oldest image of every instance.
+	for range 2 {
+		fmt.Fprintln(out, "imager demo: firing web-nightly again (retention keeps the 2 newest images per instance) ...")
+		outs, err := d.sched.RunOnce(ctx, "web-nightly", nil)
 		if err != nil {
 			return err
 		}
+		if err := waitUsable(ctx, d, out, outs); err != nil {
+			return err
+		}
 	}
-	elapsed := time.Since(started)
 
 	calls, throttled := 0, 0
 	for _, c := range sim.Calls() {
@@ -133,7 +151,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 			}
 		}
 	}
-	fmt.Fprintf(out, "\nPacing seen by the simulator: %d CreateImage calls in %.1fs, at most %d in any sliding second (limit %d), %d rejected with RequestLimitExceeded.\n",
+	fmt.Fprintf(out, "\nPacing seen by the simulator: %d CreateImage calls (the first fire took %.1fs), at most %d in any sliding second (limit %d), %d rejected with RequestLimitExceeded.\n",
 		calls, elapsed.Seconds(), sim.MaxInAnySecond(cvmsim.ActionCreateImage), cfg.API.CreateImageRate, throttled)
 
 	if err := printAudit(ctx, out, dbURL); err != nil {
@@ -147,6 +165,20 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		}
 	}
 	return nil
+}
+
+// waitUsable follows the accepted images of outs until each is NORMAL or failed.
+func waitUsable(ctx context.Context, d *daemon, out io.Writer, outs []scheduler.Outcome) error {
+	var ids []int64
+	for _, o := range outs {
+		if o.Status == history.StatusRequested {
+			ids = append(ids, o.RunID)
+		}
+	}
+	fmt.Fprintf(out, "imager demo: %d images accepted; following them with DescribeImages until they are usable ...\n", len(ids))
+	d.tracker.Kick()
+	_, err := d.tracker.WaitTerminal(ctx, ids)
+	return err
 }
 
 // printAudit runs the README's audit cookbook against the demo database.

@@ -56,7 +56,7 @@ func (e *e2e) writePolicies(t *testing.T, body string) string {
 
 func (e *e2e) daemonArgs(cmd, policies string) []string {
 	return []string{cmd, "--policies", policies, "--database-url", e.dbURL, "--cvm-endpoint", e.url,
-		"--spool-dir", filepath.Join(e.dir, "spool"), "--log-level", "debug"}
+		"--spool-dir", filepath.Join(e.dir, "spool"), "--log-level", "debug", "--poll-interval", "200ms"}
 }
 
 func instanceIDs(prefix string, n int) []string {
@@ -93,7 +93,7 @@ policies:
 
 	code, stdout, stderr := e.imager(t, append(e.daemonArgs("once", policies), "--policy", "fleet-nightly-long-name-policy")...)
 	require.Equalf(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
-	require.Contains(t, stdout, "40 slots, 0 not accepted")
+	require.Contains(t, stdout, "40 slots, 0 not available")
 	require.NotContains(t, stderr, cvmsim.DefaultSecretKey, "the secret key leaked into the logs")
 
 	var creates []cvmsim.Call
@@ -128,7 +128,7 @@ policies:
 		       count(*) FILTER (WHERE EXISTS (
 		           SELECT 1 FROM image_attempts a
 		           WHERE a.run_id = r.id AND a.request_id = r.request_id AND a.error_code IS NULL))
-		FROM image_runs r WHERE r.status = 'requested' AND r.image_id IS NOT NULL`).Scan(&runs, &withAttempt))
+		FROM image_runs r WHERE r.status = 'available' AND r.image_id IS NOT NULL`).Scan(&runs, &withAttempt))
 	require.Equal(t, 40, runs)
 	require.Equal(t, 40, withAttempt)
 	for _, c := range creates {
@@ -155,16 +155,20 @@ policies:
 `)
 	code, stdout, stderr := e.imager(t, append(e.daemonArgs("once", policies), "--policy", "mixed")...)
 	require.Equalf(t, 1, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
-	require.Contains(t, stdout, "3 slots, 2 not accepted")
+	require.Contains(t, stdout, "3 slots, 2 not available")
 
 	rows := runRows(t, e.dbURL)
-	require.Equal(t, "requested/1/", rows["ins-good0001"])
+	require.Equal(t, "available/2/", rows["ins-good0001"])
 	require.Equal(t, "failed/1/InvalidInstance.NotSupported", rows["ins-old00001"])
-	require.Equal(t, "failed/1/InvalidInstanceId.NotFound", rows["ins-gone0001"])
+	require.Equal(t, "skipped/0/InvalidInstanceId.NotFound", rows["ins-gone0001"])
+	creates := 0
 	for _, c := range e.sim.Calls() {
-		require.Equal(t, "true", c.Params["Reboot"], "reboot: true must reach the wire as \"true\"")
+		if c.Action == cvmsim.ActionCreateImage {
+			creates++
+			require.Equal(t, "true", c.Params["Reboot"], "reboot: true must reach the wire as \"true\"")
+		}
 	}
-	require.Len(t, e.sim.Calls(), 3, "permanent errors are not retried")
+	require.Equal(t, 2, creates, "permanent errors are not retried; the gone instance is skipped before any CreateImage")
 }
 
 // TestOnceRetriesTransientErrorsAsAttempts: InternalError answers are retried, each call an
@@ -183,11 +187,11 @@ policies:
 `)
 	code, stdout, stderr := e.imager(t, append(e.daemonArgs("once", policies), "--policy", "flaky")...)
 	require.Equalf(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
-	require.Equal(t, "requested/3/", runRows(t, e.dbURL)["ins-flaky001"])
+	require.Equal(t, "available/4/", runRows(t, e.dbURL)["ins-flaky001"])
 
 	conn := connect(t, e.dbURL)
 	rows, err := conn.Query(context.Background(),
-		`SELECT attempt, coalesce(error_code, ''), request_id FROM image_attempts ORDER BY attempt`)
+		`SELECT attempt, coalesce(error_code, ''), request_id FROM image_attempts WHERE action = 'CreateImage' ORDER BY attempt`)
 	require.NoError(t, err)
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (string, error) {
 		var n int

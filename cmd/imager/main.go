@@ -35,6 +35,8 @@ func commands() []command {
 		{"run", "run the daemon: migrate, schedule every policy, dispatch, record (SIGHUP reloads policies)", cmdRun},
 		{"once", "fire one policy now through the same pool, pacing and history; exit 0 only if every slot succeeded", cmdOnce},
 		{"validate", "check policy files, print every error as file:line, then each policy's next fire times", cmdValidate},
+		{"next", "upcoming fires of every policy and how many targets each would have now", cmdNext},
+		{"prune", "apply retention now, or list what it would delete (--dry-run)", cmdPrune},
 		{"migrate", "apply database migrations (idempotent; run does it too)", cmdMigrate},
 		{"demo", "the whole daemon against the built-in CVM simulator and a throwaway PostgreSQL; prints the audit", cmdDemo},
 		{"version", "print version and commit", cmdVersion},

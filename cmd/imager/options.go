@@ -22,6 +22,7 @@ type options struct {
 	cvmEndpoint   string
 	spoolDir      string
 	shutdownGrace time.Duration
+	pollInterval  time.Duration
 	apiDryRun     bool
 }
 
@@ -54,6 +55,8 @@ func (o *options) daemonFlags(fs *flag.FlagSet) {
 		"directory for outcomes written while PostgreSQL is away, replayed when it is back (env IMAGER_SPOOL_DIR)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second,
 		"on SIGTERM/SIGINT, how long in-flight API calls may take before they are cut off")
+	fs.DurationVar(&o.pollInterval, "poll-interval", 30*time.Second,
+		"how often images being made are checked with DescribeImages (batched, 100 per call)")
 	fs.BoolVar(&o.apiDryRun, "api-dry-run", false, "send CreateImage with DryRun=true: the API checks each request and creates nothing")
 	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for /metrics and /healthz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
 }

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -104,25 +105,87 @@ func stopTimer(t clockwork.Timer) {
 
 // fireScheduled fires p's slot from the cron loop.
 func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
-	jobs := s.fire(p, slot, s.targets(s.stopCtx, p))
+	targets, skipped := s.targets(s.stopCtx, p)
+	jobs := s.fire(s.stopCtx, p, slot, withSkipped(targets, skipped), skipped)
 	// A fire during shutdown is set aside and recorded as missed by Stop.
 	s.enqueueAll(jobs, false)
 }
 
-// fire makes one job per target for p's slot. A disabled policy's jobs are recorded as skipped at
-// once and come back finished; the others must be queued by the caller.
-func (s *Scheduler) fire(p *policy.Policy, slot time.Time, targets []string) []*job {
-	s.log.Info().Str("policy", p.Name).Time("slot", slot).Strs("targets", targets).
-		Bool("enabled", p.Enabled).Msg("policy fired")
-	jobs := make([]*job, 0, len(targets))
-	for _, inst := range targets {
-		j := newJob(p, inst, slot)
-		if !p.Enabled {
-			s.claimTerminal(j, history.StatusSkipped, msgPolicyDisabled)
+// withSkipped returns targets followed by the skipped instances not among them, sorted: the
+// order of a fire's runs.
+func withSkipped(targets []string, skipped map[string]string) []string {
+	order := slices.Clone(targets)
+	extra := make([]string, 0, len(skipped))
+	for id := range skipped {
+		if !slices.Contains(targets, id) {
+			extra = append(extra, id)
 		}
-		jobs = append(jobs, j)
 	}
+	slices.Sort(extra)
+	return append(order, extra...)
+}
+
+// fire makes one job per instance of order for p's slot. Runs that are not to be sent are
+// claimed in their terminal status at once and their jobs come back finished: every run of a
+// disabled policy (skipped), the instances in skipped (skipped, with the reason), and those the
+// BeforeFire hook refuses (failed, ImageQuotaLimitExceeded). The caller queues the others.
+func (s *Scheduler) fire(ctx context.Context, p *policy.Policy, slot time.Time, order []string, skipped map[string]string) []*job {
+	s.log.Info().Str("policy", p.Name).Time("slot", slot).Strs("targets", order).
+		Int("skipped", len(skipped)).Bool("enabled", p.Enabled).Msg("policy fired")
+	jobs := make([]*job, 0, len(order))
+	var send []*job
+	for _, inst := range order {
+		j := newJob(p, inst, slot)
+		jobs = append(jobs, j)
+		reason, skip := skipped[inst]
+		switch {
+		case !p.Enabled:
+			s.claimTerminal(j, history.StatusSkipped, "", msgPolicyDisabled)
+		case skip:
+			s.jobLog(j).Warn().Str("reason", reason).Msg("target skipped")
+			s.claimTerminal(j, history.StatusSkipped, codeTargetGone, reason)
+		default:
+			send = append(send, j)
+		}
+	}
+	s.refuseBeforeFire(ctx, p, slot, send)
 	return jobs
+}
+
+// refuseBeforeFire asks the BeforeFire hook which of the jobs about to be sent must not be, and
+// records those as failed.
+func (s *Scheduler) refuseBeforeFire(ctx context.Context, p *policy.Policy, slot time.Time, send []*job) {
+	if s.opts.BeforeFire == nil || len(send) == 0 {
+		return
+	}
+	instances := make([]string, len(send))
+	for i, j := range send {
+		instances[i] = j.instance
+	}
+	refused, err := s.opts.BeforeFire(ctx, p, instances)
+	if err != nil {
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).
+			Msg("cannot check the fire before sending (image quota); sending every slot")
+		return
+	}
+	var refusedIDs []string
+	reason := ""
+	for _, j := range send {
+		r, ok := refused[j.instance]
+		if !ok {
+			continue
+		}
+		if reason == "" {
+			reason = r
+		}
+		refusedIDs = append(refusedIDs, j.instance)
+		s.claimTerminal(j, history.StatusFailed, codeQuotaExceeded, r)
+	}
+	if len(refusedIDs) > 0 {
+		s.log.Error().Str("policy", p.Name).Str("region", p.Region).Time("slot", slot).
+			Str("error_code", codeQuotaExceeded).Strs("refused", refusedIDs).Int("sent", len(send)-len(refusedIDs)).
+			Str("reason", reason).Msg("image quota: slots of this fire fail without being sent")
+	}
 }
 
 // enqueueAll queues the jobs of one fire that are not finished yet, all at once so they keep
@@ -159,21 +222,22 @@ func isDone(j *job) bool {
 	}
 }
 
-// targets returns the instances p fires on now.
-func (s *Scheduler) targets(ctx context.Context, p *policy.Policy) []string {
-	if p.Select != nil {
-		if s.opts.ResolveTargets == nil {
+// targets returns the instances p fires on now, and those to record as skipped with the reason.
+func (s *Scheduler) targets(ctx context.Context, p *policy.Policy) ([]string, map[string]string) {
+	if s.opts.ResolveTargets == nil {
+		if p.Select != nil {
 			s.log.Warn().Str("policy", p.Name).Msg("select is not resolved by this build; only the listed instances are targeted")
-		} else {
-			ids, err := s.opts.ResolveTargets(ctx, p)
-			if err == nil {
-				return dedupe(ids)
-			}
-			s.log.Error().Err(err).Str("policy", p.Name).
-				Msg("cannot resolve the policy's select; only the listed instances are targeted")
 		}
+		return dedupe(p.Instances), nil
 	}
-	return dedupe(p.Instances)
+	ids, skipped, err := s.opts.ResolveTargets(ctx, p)
+	if err != nil {
+		s.log.Error().Err(err).Str("policy", p.Name).
+			Msg("cannot resolve the policy's targets; only the listed instances are targeted")
+		return dedupe(p.Instances), nil
+	}
+	ids = slices.DeleteFunc(dedupe(ids), func(id string) bool { _, skip := skipped[id]; return skip })
+	return ids, skipped
 }
 
 func dedupe(ids []string) []string {
@@ -188,8 +252,9 @@ func dedupe(ids []string) []string {
 	return out
 }
 
-// claimTerminal records a slot that a rule decided not to send (status skipped or missed).
-func (s *Scheduler) claimTerminal(j *job, status history.Status, message string) {
+// claimTerminal records a slot that a rule decided not to send (status skipped, missed, or
+// failed with code).
+func (s *Scheduler) claimTerminal(j *job, status history.Status, code, message string) {
 	now := s.clock.Now()
 	ctx, cancel := s.historyContext()
 	run, claimed, err := s.hist.RunClaim(ctx, history.RunClaimParams{
@@ -201,19 +266,23 @@ func (s *Scheduler) claimTerminal(j *job, status history.Status, message string)
 		DaemonID:     s.daemonID,
 		StartedAt:    now,
 		Status:       status,
+		ErrorCode:    code,
 		ErrorMessage: message,
 	})
 	cancel()
 	switch {
 	case err != nil:
 		s.jobLog(j).Error().Err(err).Str("status", string(status)).Msg("cannot record the slot")
-		s.finish(j, s.outcome(j, status, codeHistoryUnavailable, message))
+		if code == "" {
+			code = codeHistoryUnavailable
+		}
+		s.finish(j, s.outcome(j, status, code, message))
 	case !claimed:
 		o := outcomeFromRun(run)
 		o.AlreadyClaimed = true
 		s.finish(j, o)
 	default:
 		j.run, j.claimed = run, true
-		s.finish(j, s.outcome(j, status, "", message))
+		s.finish(j, s.outcome(j, status, code, message))
 	}
 }

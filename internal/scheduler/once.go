@@ -53,9 +53,10 @@ func outcomeFromRun(r history.Run) Outcome {
 }
 
 // RunOnce fires one policy now, through exactly the path of a scheduled fire (same pool, pace,
-// retries and history), with the current instant truncated to the second (UTC) as the slot. It
-// targets the given instances, which must be targets of the policy, or all of its targets when
-// none are given, and returns once every run has an outcome, in the order of the targets. The
+// retries, ResolveTargets and BeforeFire hooks, and history), with the current instant truncated
+// to the second (UTC) as the slot. It targets the given instances, which must be targets of the
+// policy (or instances ResolveTargets skips), or all of its targets when none are given, and
+// returns once every run has an outcome, in the order of the targets. The
 // scheduler must be started. If ctx ends first, RunOnce returns its error and the runs go on.
 func (s *Scheduler) RunOnce(ctx context.Context, policyName string, instances []string) ([]Outcome, error) {
 	p := s.policyByName(policyName)
@@ -70,20 +71,21 @@ func (s *Scheduler) RunOnce(ctx context.Context, policyName string, instances []
 	}
 
 	slot := s.clock.Now().UTC().Truncate(time.Second)
-	targets := s.targets(ctx, p)
+	targets, skipped := s.targets(ctx, p)
+	order := withSkipped(targets, skipped)
 	if len(instances) > 0 {
 		for _, id := range instances {
-			if !slices.Contains(targets, id) {
+			if _, skip := skipped[id]; !skip && !slices.Contains(targets, id) {
 				return nil, fmt.Errorf("instance %s is not a target of policy %s", id, p.Name)
 			}
 		}
-		targets = dedupe(instances)
+		order = dedupe(instances)
 	}
-	if len(targets) == 0 {
+	if len(order) == 0 {
 		return nil, fmt.Errorf("policy %s has no targets", p.Name)
 	}
 
-	jobs := s.fire(p, slot, targets)
+	jobs := s.fire(ctx, p, slot, order, skipped)
 	if !s.enqueueAll(jobs, true) {
 		return nil, errors.New("scheduler is stopping")
 	}

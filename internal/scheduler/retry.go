@@ -21,6 +21,8 @@ const (
 	codeDataDisksUnresolved = "DataDisksUnresolved"
 	codeUnclassified        = "UnclassifiedError"
 	codeDryRunOperation     = "DryRunOperation" // the API's answer to a DryRun whose checks passed
+	codeQuotaExceeded       = "ImageQuotaLimitExceeded"
+	codeTargetGone          = "InvalidInstanceId.NotFound" // a listed instance DescribeInstances no longer knows
 )
 
 // Messages recorded on runs that were not sent.

@@ -48,9 +48,19 @@ type Options struct {
 	// OnQuotaExceeded is called when CreateImage answers ImageQuotaLimitExceeded; returning true
 	// (after freeing room, e.g. by retention) retries the run once. Nil means the run fails.
 	OnQuotaExceeded func(ctx context.Context, p *policy.Policy) (retry bool)
-	// ResolveTargets returns the full list of a policy's target instances at a fire when the
-	// policy has a `select:`. Nil means only p.Instances are targeted (select is logged as unresolved).
-	ResolveTargets func(ctx context.Context, p *policy.Policy) ([]string, error)
+	// ResolveTargets returns, at every fire of every policy (scheduled and RunOnce), the full list
+	// of the policy's target instances now: its listed instances and its `select:` matches. An
+	// instance in skipped (a listed instance that no longer exists) gets a run in status skipped
+	// with error_code InvalidInstanceId.NotFound, the reason as error_message, and is not sent. On an error only p.Instances are
+	// targeted. Nil means only p.Instances are targeted (a select is logged as unresolved).
+	ResolveTargets func(ctx context.Context, p *policy.Policy) (targets []string, skipped map[string]string, err error)
+	// BeforeFire is called at every fire (scheduled and RunOnce) of an enabled policy with the
+	// instances about to be claimed and sent, before any is claimed. Each instance in refused is
+	// claimed as failed with error code ImageQuotaLimitExceeded and the reason as error_message,
+	// and is not sent; one error line is logged per fire that refuses anything. On an error
+	// nothing is refused (a warning is logged). Nil refuses nothing. It is the image quota check
+	// (lifecycle.QuotaGate.Check).
+	BeforeFire func(ctx context.Context, p *policy.Policy, instances []string) (refused map[string]string, err error)
 	// ResolveDataDisks returns the data disk ids of an instance for `image.data_disks: all`.
 	// Nil means such runs fail with code DataDisksUnresolved.
 	ResolveDataDisks func(ctx context.Context, p *policy.Policy, instanceID string) ([]string, error)
@@ -59,6 +69,10 @@ type Options struct {
 	ShutdownGrace time.Duration
 	// Pace tunes the CreateImage and DescribeImages paces; zero means the defaults.
 	Pace PaceOptions
+	// DescribePace, when set, is the DescribeImages pace to use, so that components built
+	// before the scheduler (the quota gate, the completion tracker, retention) can share it; its
+	// rate is set to api.describe_images_rate now and at every Reload. Nil makes one.
+	DescribePace *PaceLimiter
 	// DisableCron runs the pool without firing any schedule: `imager once` fires only what it
 	// is asked to, while a daemon on the same database keeps the schedules.
 	DisableCron bool
@@ -141,13 +155,18 @@ func New(opts Options) (*Scheduler, error) {
 		daemonID:     opts.DaemonID,
 		workers:      api.Workers,
 		pace:         NewPaceLimiter(opts.Clock, api.CreateImageRate, opts.Pace),
-		describePace: NewPaceLimiter(opts.Clock, describeRate(api), opts.Pace),
+		describePace: opts.DescribePace,
 		rng:          opts.Rand,
 		baseCtx:      context.Background(),
 		wake:         make(chan struct{}, 1),
 		reload:       make(chan struct{}, 1),
 		idle:         make(chan struct{}, api.Workers),
 		work:         make(chan *job, api.Workers),
+	}
+	if s.describePace == nil {
+		s.describePace = NewPaceLimiter(opts.Clock, describeRate(api), opts.Pace)
+	} else {
+		s.describePace.SetRate(describeRate(api))
 	}
 	s.cfg.Store(opts.Config)
 	return s, nil
@@ -299,7 +318,7 @@ func (s *Scheduler) recordLeftovers() {
 	for _, j := range left {
 		switch {
 		case !j.claimed:
-			s.claimTerminal(j, history.StatusMissed, msgShutdownMissed)
+			s.claimTerminal(j, history.StatusMissed, "", msgShutdownMissed)
 		case j.ambiguous || (j.recovered && !j.sent):
 			s.jobLog(j).Warn().Msg("run left pending at shutdown; the next start reconciles it by name")
 			s.finish(j, s.outcome(j, history.StatusPending, "", "left pending at shutdown"))
@@ -358,3 +377,12 @@ func (s *Scheduler) jobLog(j *job) *zerolog.Logger {
 		Str("image_name", j.name).Logger()
 	return &l
 }
+
+// DescribePace is the pace of DescribeImages calls (api.describe_images_rate). Everything that
+// calls DescribeImages for this account (crash recovery here, completion tracking and retention
+// elsewhere) waits on this one limiter, so together they stay under the API's limit.
+func (s *Scheduler) DescribePace() *PaceLimiter { return s.describePace }
+
+// Config returns the policy config in effect now (the last one given to New or Reload), for
+// components that follow the same policies (completion tracking reads image.timeout).
+func (s *Scheduler) Config() *policy.Config { return s.cfg.Load() }

@@ -3,6 +3,9 @@ package scheduler
 import (
 	"context"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +40,17 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	s, err := New(good())
 	require.NoError(t, err)
 	require.NotEmpty(t, s.daemonID, "a daemon id by default")
+	require.InDelta(t, 20*(1-DefaultPaceMargin), s.DescribePace().Rate(), 1e-9)
+
+	// A DescribeImages pace made beforehand is the one used, at the configured rate.
+	shared := NewPaceLimiter(nil, 1, PaceOptions{})
+	o := good()
+	o.DescribePace = shared
+	withShared, err := New(o)
+	require.NoError(t, err)
+	require.Same(t, shared, withShared.DescribePace())
+	require.InDelta(t, 20*(1-DefaultPaceMargin), shared.Rate(), 1e-9)
+	require.Same(t, o.Config, withShared.Config())
 	s.Stop() // before Start: nothing to do, and no error
 	require.Error(t, s.Start(context.Background()), "a stopped scheduler does not start")
 }
@@ -407,24 +421,25 @@ func TestSelectTargetsComeFromTheHook(t *testing.T) {
 	t.Parallel()
 	p := testPolicy("sel", "ins-listed01")
 	p.Select = &policy.Selector{Tags: map[string]string{"env": "prod"}}
+	type resolve = func(context.Context, *policy.Policy) ([]string, map[string]string, error)
 	cases := []struct {
 		name string
-		hook func(context.Context, *policy.Policy) ([]string, error)
+		hook resolve
 		want []string
 		log  string
 	}{
 		{
 			name: "resolved",
-			hook: func(_ context.Context, p *policy.Policy) ([]string, error) {
-				return []string{"ins-listed01", "ins-tagged01", "ins-tagged01"}, nil
+			hook: func(_ context.Context, p *policy.Policy) ([]string, map[string]string, error) {
+				return []string{"ins-listed01", "ins-tagged01", "ins-tagged01"}, nil, nil
 			},
 			want: []string{"ins-listed01", "ins-tagged01"},
 		},
 		{
 			name: "resolution failed",
-			hook: func(context.Context, *policy.Policy) ([]string, error) { return nil, errFake },
+			hook: func(context.Context, *policy.Policy) ([]string, map[string]string, error) { return nil, nil, errFake },
 			want: []string{"ins-listed01"},
-			log:  "cannot resolve the policy's select",
+			log:  "cannot resolve the policy's targets",
 		},
 		{
 			name: "no hook",
@@ -444,6 +459,178 @@ func TestSelectTargetsComeFromTheHook(t *testing.T) {
 				got = append(got, o.InstanceID)
 			}
 			require.Equal(t, tc.want, got)
+			if tc.log != "" {
+				require.Contains(t, h.logs.String(), tc.log)
+			}
+		})
+	}
+}
+
+// goneResolver targets the policy's listed instances but skips those in gone.
+func goneResolver(gone ...string) func(context.Context, *policy.Policy) ([]string, map[string]string, error) {
+	return func(_ context.Context, p *policy.Policy) ([]string, map[string]string, error) {
+		skipped := map[string]string{}
+		var targets []string
+		for _, id := range p.Instances {
+			if slices.Contains(gone, id) {
+				skipped[id] = "instance " + id + " no longer exists"
+				continue
+			}
+			targets = append(targets, id)
+		}
+		return targets, skipped, nil
+	}
+}
+
+func TestResolveTargetsSkipsInstancesWithTheReason(t *testing.T) {
+	t.Parallel()
+	const gone = "ins-gone0001"
+	p := testPolicy("listed", "ins-here0001", gone, "ins-here0002")
+	h := newHarness(t, testConfig(10, 1, p), func(o *Options) { o.ResolveTargets = goneResolver(gone) })
+	h.start()
+
+	out := h.once(10*time.Millisecond, "listed")
+	require.Len(t, out, 3)
+	require.Equal(t, []string{"ins-here0001", "ins-here0002", gone},
+		[]string{out[0].InstanceID, out[1].InstanceID, out[2].InstanceID}, "targets first, then the skipped")
+	require.Equal(t, history.StatusRequested, out[0].Status)
+	require.Equal(t, history.StatusRequested, out[1].Status)
+	require.Equal(t, history.StatusSkipped, out[2].Status)
+	require.Equal(t, "instance ins-gone0001 no longer exists", out[2].ErrorMessage)
+
+	r := h.runByInstance("listed", gone)
+	require.Equal(t, history.StatusSkipped, r.Status)
+	require.Equal(t, "instance ins-gone0001 no longer exists", r.ErrorMessage)
+	require.NotNil(t, r.FinishedAt)
+	for _, c := range h.cvm.callsOf("CreateImage") {
+		require.NotEqual(t, gone, c.Create.InstanceID, "a skipped instance is not sent")
+	}
+	require.Equal(t, 2, h.cvm.count("CreateImage"))
+
+	// Asking for the skipped instance by name is allowed and records it skipped again (new slot).
+	h.clk.Advance(time.Second)
+	out = h.once(10*time.Millisecond, "listed", gone)
+	require.Len(t, out, 1)
+	require.Equal(t, history.StatusSkipped, out[0].Status)
+	require.Equal(t, 2, h.cvm.count("CreateImage"))
+}
+
+func TestScheduledFireSkipsAndRefusesThroughTheHooks(t *testing.T) {
+	t.Parallel()
+	const gone, full = "ins-gone0001", "ins-full0001"
+	p := scheduled(t, testPolicy("nightly", "ins-ok000001", gone, full), "@every 1h")
+	var seen [][]string
+	var mu sync.Mutex
+	h := newHarness(t, testConfig(10, 1, p), func(o *Options) {
+		o.ResolveTargets = goneResolver(gone)
+		o.BeforeFire = func(_ context.Context, p *policy.Policy, instances []string) (map[string]string, error) {
+			mu.Lock()
+			seen = append(seen, slices.Clone(instances))
+			mu.Unlock()
+			return map[string]string{full: "quota of ap-guangzhou is full", "ins-notmine1": "not in this fire"}, nil
+		}
+	})
+	h.start()
+
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1))
+	h.clk.Advance(time.Hour)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool {
+			return len(runs) == 3 && slices.ContainsFunc(runs, func(r history.Run) bool {
+				return r.InstanceID == "ins-ok000001" && r.Status == history.StatusRequested
+			})
+		})
+	}()
+	h.drive(done, 10*time.Millisecond)
+
+	mu.Lock()
+	require.Equal(t, [][]string{{"ins-ok000001", full}}, seen, "the hook sees only the slots about to be sent")
+	mu.Unlock()
+	r := h.runByInstance("nightly", gone)
+	require.Equal(t, history.StatusSkipped, r.Status)
+	r = h.runByInstance("nightly", full)
+	require.Equal(t, history.StatusFailed, r.Status)
+	require.Equal(t, "ImageQuotaLimitExceeded", r.ErrorCode)
+	require.Equal(t, "quota of ap-guangzhou is full", r.ErrorMessage)
+	require.Equal(t, 1, h.cvm.count("CreateImage"))
+	require.Equal(t, "ins-ok000001", h.cvm.callsOf("CreateImage")[0].Create.InstanceID)
+	require.Equal(t, 1, strings.Count(h.logs.String(), "image quota: slots of this fire fail without being sent"))
+}
+
+func TestBeforeFireInRunOnce(t *testing.T) {
+	t.Parallel()
+	ids := []string{"ins-bf000001", "ins-bf000002", "ins-bf000003"}
+	cases := []struct {
+		name      string
+		disabled  bool
+		refuse    map[string]string
+		err       error
+		wantCalls int // BeforeFire calls
+		want      []history.Status
+		log       string
+	}{
+		{
+			name:      "refuses the last slots",
+			refuse:    map[string]string{ids[1]: "no room", ids[2]: "no room"},
+			wantCalls: 1,
+			want:      []history.Status{history.StatusRequested, history.StatusFailed, history.StatusFailed},
+			log:       `"level":"error","component":"scheduler","policy":"bf","region":"ap-guangzhou"`,
+		},
+		{
+			name:      "refuses nothing",
+			wantCalls: 1,
+			want:      []history.Status{history.StatusRequested, history.StatusRequested, history.StatusRequested},
+		},
+		{
+			name:      "an error refuses nothing",
+			refuse:    map[string]string{ids[0]: "ignored with the error"},
+			err:       errFake,
+			wantCalls: 1,
+			want:      []history.Status{history.StatusRequested, history.StatusRequested, history.StatusRequested},
+			log:       "sending every slot",
+		},
+		{
+			name:     "a disabled policy is not checked",
+			disabled: true,
+			refuse:   map[string]string{ids[0]: "no room"},
+			want:     []history.Status{history.StatusSkipped, history.StatusSkipped, history.StatusSkipped},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := testPolicy("bf", ids...)
+			p.Enabled = !tc.disabled
+			var calls atomic.Int32
+			h := newHarness(t, testConfig(10, 2, p), func(o *Options) {
+				o.BeforeFire = func(_ context.Context, got *policy.Policy, instances []string) (map[string]string, error) {
+					calls.Add(1)
+					require.Equal(t, "bf", got.Name)
+					require.Equal(t, ids, instances)
+					return tc.refuse, tc.err
+				}
+			})
+			h.start()
+			out := h.once(10*time.Millisecond, "bf")
+			require.Equal(t, int32(tc.wantCalls), calls.Load())
+			sent := 0
+			for i, o := range out {
+				require.Equal(t, tc.want[i], o.Status, o.InstanceID)
+				if o.Status == history.StatusFailed {
+					require.Equal(t, "ImageQuotaLimitExceeded", o.ErrorCode)
+					require.Equal(t, "no room", o.ErrorMessage)
+					r := h.runByInstance("bf", o.InstanceID)
+					require.Equal(t, history.StatusFailed, r.Status)
+					require.Equal(t, "ImageQuotaLimitExceeded", r.ErrorCode)
+					require.Equal(t, "no room", r.ErrorMessage)
+				}
+				if o.Status == history.StatusRequested {
+					sent++
+				}
+			}
+			require.Equal(t, sent, h.cvm.count("CreateImage"), "refused slots are not sent")
 			if tc.log != "" {
 				require.Contains(t, h.logs.String(), tc.log)
 			}

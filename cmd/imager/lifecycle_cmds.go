@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/rs/zerolog"
+	tccommon "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
+
+	"github.com/imager-dev/imager/internal/cvm"
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/retention"
+	"github.com/imager-dev/imager/internal/targets"
+)
+
+// newCVMClient builds the CVM client from --cvm-endpoint and the SDK's credential chain.
+func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger) (*cvm.Client, error) {
+	if cred == nil {
+		c, err := cvm.LoadCredential()
+		if err != nil {
+			return nil, err
+		}
+		cred = c
+	}
+	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Credential: cred, Logger: log.With().Str("component", "cvm").Logger()})
+}
+
+func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("next", flag.ContinueOnError)
+	o.policyFlags(fs)
+	o.logFlags(fs)
+	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", envOr("IMAGER_CVM_ENDPOINT", ""), "override the CVM endpoint for every region (env IMAGER_CVM_ENDPOINT)")
+	count := fs.Int("count", 3, "upcoming fires to show per policy")
+	offline := fs.Bool("offline", false, "do not ask the API: count only the listed instances, leave selectors unresolved")
+	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager next: %v\n", err)
+		return exitUsage
+	}
+	cfg, ok := loadPolicies(o.policies, stderr)
+	if !ok {
+		return exitFail
+	}
+	var resolver *targets.Resolver
+	if !*offline {
+		client, err := newCVMClient(o, nil, log)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager next: %v (or use --offline)\n", err)
+			return exitFail
+		}
+		defer client.Close()
+		resolver = targets.NewResolver(targets.Options{CVM: client, Logger: log.With().Str("component", "targets").Logger()})
+	}
+	now := time.Now()
+	code := exitOK
+	for _, p := range cfg.Policies {
+		targetsNow := fmt.Sprintf("%d listed instances", len(p.Instances))
+		switch {
+		case resolver != nil:
+			ids, skipped, err := resolver.Resolve(ctx, p)
+			if err != nil {
+				targetsNow = fmt.Sprintf("targets unknown: %v", err)
+				code = exitFail
+				break
+			}
+			targetsNow = fmt.Sprintf("%d targets now", len(ids))
+			if len(skipped) > 0 {
+				targetsNow += fmt.Sprintf(", %d listed instances gone (would be skipped)", len(skipped))
+			}
+		case p.Select != nil:
+			targetsNow += " + selector (not resolved: --offline)"
+		}
+		state := ""
+		if !p.Enabled {
+			state = ", disabled: never fired"
+		}
+		fmt.Fprintf(stdout, "%s  %q  %s  (%s%s)\n", p.Name, p.ScheduleSpec, p.Region, targetsNow, state)
+		for _, t := range policy.NextN(p.Schedule, now, *count) {
+			fmt.Fprintf(stdout, "  %s  (in %s)\n", t.In(p.Location).Format("2006-01-02 15:04 MST"), t.Sub(now).Round(time.Minute))
+		}
+	}
+	return code
+}
+
+func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("prune", flag.ContinueOnError)
+	o.policyFlags(fs)
+	o.databaseFlags(fs)
+	o.logFlags(fs)
+	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", envOr("IMAGER_CVM_ENDPOINT", ""), "override the CVM endpoint for every region (env IMAGER_CVM_ENDPOINT)")
+	name := fs.String("policy", "", "only this policy (default: every policy with retention)")
+	dryRun := fs.Bool("dry-run", false, "list each image that would be deleted and why; delete nothing")
+	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
+		return code
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager prune: %v\n", err)
+		return exitUsage
+	}
+	cfg, ok := loadPolicies(o.policies, stderr)
+	if !ok {
+		return exitFail
+	}
+	if *name != "" {
+		p := cfg.Policy(*name)
+		if p == nil {
+			fmt.Fprintf(stderr, "imager prune: --policy: no policy named %q in %s\n", *name, o.policies)
+			return exitUsage
+		}
+		if p.Retention == nil {
+			fmt.Fprintf(stderr, "imager prune: --policy: policy %q has no retention rule; nothing to prune\n", *name)
+			return exitUsage
+		}
+	}
+	store, err := history.Open(ctx, o.databaseURL, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager prune: %v\n", err)
+		return exitFail
+	}
+	defer store.Close()
+	if _, err := store.Migrate(ctx); err != nil {
+		fmt.Fprintf(stderr, "imager prune: migrate: %v\n", err)
+		return exitFail
+	}
+	client, err := newCVMClient(o, nil, log)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager prune: %v\n", err)
+		return exitFail
+	}
+	defer client.Close()
+	pruner := retention.NewPruner(retention.Options{
+		CVM: client, History: store, Config: func() *policy.Config { return cfg },
+		Clock: clockwork.NewRealClock(), Logger: log.With().Str("component", "retention").Logger(),
+	})
+
+	decisions, err := pruner.Plan(ctx, *name)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager prune: %v\n", err)
+		return exitFail
+	}
+	verb := "would delete"
+	if !*dryRun {
+		verb = "deleting"
+	}
+	for _, d := range decisions {
+		fmt.Fprintf(stdout, "%s %s %s (%s/%s): %s\n", verb, d.ImageID, d.ImageName, d.Policy, d.InstanceID, d.Reason)
+	}
+	if *dryRun {
+		fmt.Fprintf(stdout, "%d images would be deleted (dry run: nothing deleted)\n", len(decisions))
+		return exitOK
+	}
+	var deleted int
+	if *name != "" {
+		deleted, err = pruner.PrunePolicy(ctx, *name)
+	} else {
+		deleted, err = pruner.PruneAll(ctx)
+	}
+	fmt.Fprintf(stdout, "%d images deleted\n", deleted)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager prune: %v\n", err)
+		return exitFail
+	}
+	return exitOK
+}

@@ -1,0 +1,82 @@
+// Package lifecycle follows imager's images after CreateImage was accepted, and keeps fires
+// inside the region's image quota.
+//
+// The Tracker polls DescribeImages for every run in status requested until its image is NORMAL
+// (run available), CREATEFAILED, past the policy's image.timeout, or gone; its state lives only in
+// PostgreSQL, so it resumes after a restart. The QuotaGate checks, before a fire, that the
+// region's custom image quota has room for the fire's slots, pruning first when it can.
+package lifecycle
+
+import (
+	"context"
+	"time"
+
+	"github.com/imager-dev/imager/internal/cvm"
+	"github.com/imager-dev/imager/internal/history"
+)
+
+// TrackerHistory is what the Tracker needs from history. *history.Store implements it; wrap a
+// *history.Recorder with RecorderHistory so writes are spooled while the database is away.
+type TrackerHistory interface {
+	// RunsRequested lists runs in status requested, oldest slot first (limit <= 0: all).
+	RunsRequested(ctx context.Context, limit int) ([]history.Run, error)
+	// RunGet returns one run (WaitTerminal reads the runs it is asked about).
+	RunGet(ctx context.Context, runID int64) (history.Run, error)
+	// RunAvailable records that a run's image is NORMAL: status available, size, finish time.
+	RunAvailable(ctx context.Context, runID int64, sizeGiB *int64, imageID string, at time.Time) error
+	// RunSetImageID records the image id of a run found by exact name.
+	RunSetImageID(ctx context.Context, runID int64, imageID string) error
+	// RunFinish moves a run to a terminal status (failed here).
+	RunFinish(ctx context.Context, p history.RunFinishParams) error
+	// AttemptInsert records one API call made for a run.
+	AttemptInsert(ctx context.Context, a history.Attempt) error
+}
+
+// TrackerCVM is what the Tracker needs from the CVM API. *cvm.Client implements it.
+type TrackerCVM interface {
+	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
+}
+
+// QuotaCVM is what the QuotaGate needs from the CVM API. *cvm.Client implements it.
+type QuotaCVM interface {
+	DescribeImageQuota(ctx context.Context, region string) (quota int, requestID string, err error)
+	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
+}
+
+// Pace spaces DescribeImages calls. The daemon passes the scheduler's DescribePace
+// (*scheduler.PaceLimiter), so every DescribeImages of the account shares
+// api.describe_images_rate. When the Pace also has a Throttle() method, it is called after a
+// RequestLimitExceeded answer.
+type Pace interface {
+	Wait(ctx context.Context) error
+}
+
+// throttler is the optional part of a Pace.
+type throttler interface {
+	Throttle()
+}
+
+// RecorderHistory adapts a *history.Recorder to TrackerHistory: writes go through the recorder
+// (spooled and replayed when the database is briefly away), reads go to its store.
+func RecorderHistory(r *history.Recorder) TrackerHistory {
+	return recorderHistory{r}
+}
+
+type recorderHistory struct {
+	*history.Recorder
+}
+
+func (h recorderHistory) RunsRequested(ctx context.Context, limit int) ([]history.Run, error) {
+	return h.Store().RunsRequested(ctx, limit)
+}
+
+func (h recorderHistory) RunGet(ctx context.Context, runID int64) (history.Run, error) {
+	return h.Store().RunGet(ctx, runID)
+}
+
+var (
+	_ TrackerHistory = (*history.Store)(nil)
+	_ TrackerHistory = recorderHistory{}
+	_ TrackerCVM     = (*cvm.Client)(nil)
+	_ QuotaCVM       = (*cvm.Client)(nil)
+)

@@ -1,0 +1,253 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/cvm"
+	"github.com/imager-dev/imager/internal/policy"
+)
+
+// QuotaGate defaults.
+const (
+	// DefaultQuotaCacheFor is how long a region's DescribeImageQuota answer is reused.
+	DefaultQuotaCacheFor = 10 * time.Minute
+	// DefaultCountCacheFor is how long a region's image count, plus the slots admitted since,
+	// stands in for a fresh count while the fire fits under the quota with room to spare.
+	DefaultCountCacheFor = time.Minute
+)
+
+// QuotaOptions configures a QuotaGate. CVM is required.
+type QuotaOptions struct {
+	CVM QuotaCVM
+	// Pace is waited on before every DescribeImages call (the image count); nil means no
+	// pacing. The daemon passes the scheduler's DescribePace().
+	Pace Pace
+	// Clock decides the caches' ages; nil means the real clock.
+	Clock  clockwork.Clock
+	Logger zerolog.Logger
+	// Prune frees room in a region before slots are refused or after CreateImage answered
+	// ImageQuotaLimitExceeded: it deletes what retention allows and reports how many images it
+	// deleted. Nil means nothing is pruned.
+	Prune func(ctx context.Context, region string) (freed int, err error)
+	// QuotaCacheFor is how long a quota read is reused; 0 means DefaultQuotaCacheFor.
+	QuotaCacheFor time.Duration
+	// CountCacheFor is how long an image count is reused (see QuotaGate); 0 means
+	// DefaultCountCacheFor, a negative value counts at every fire.
+	CountCacheFor time.Duration
+}
+
+// QuotaGate keeps fires inside the region's custom image quota (issue 3, item 6). Its Check is
+// the scheduler's BeforeFire hook and its OnQuotaExceeded the scheduler's hook of that name.
+//
+// Check compares the region's quota (DescribeImageQuota, cached for QuotaCacheFor) with the
+// number of custom images it holds (DescribeImages image-type PRIVATE_IMAGE, TotalCount) plus
+// the fire's slots. A count younger than CountCacheFor is reused, with the slots admitted since
+// added to it, as long as the fire fits; a fire that does not fit is always judged on a fresh
+// count, so a slot is never refused on a stale figure. When the fire does not fit, the Prune
+// hook frees what retention allows and the region is counted again; the slots that still do not
+// fit (the last ones of the fire) are refused.
+//
+// Slots admitted by a fresh count but not created yet are not in that count; two fires racing
+// for the last places can together exceed the quota. CreateImage's own ImageQuotaLimitExceeded
+// answer, handled by OnQuotaExceeded, remains the backstop.
+type QuotaGate struct {
+	cvm        QuotaCVM
+	pace       Pace
+	clock      clockwork.Clock
+	log        zerolog.Logger
+	prune      func(ctx context.Context, region string) (int, error)
+	quotaFor   time.Duration
+	countFor   time.Duration
+	regionsMu  sync.Mutex
+	regionByID map[string]*regionQuota
+}
+
+// regionQuota is what the gate knows of one region. mu is held for a whole Check, so fires in
+// one region are judged one after the other.
+type regionQuota struct {
+	mu       sync.Mutex
+	quota    int
+	quotaAt  time.Time // zero: not read yet, or forgotten
+	count    int
+	countAt  time.Time // zero: not counted yet, or forgotten
+	admitted int       // slots admitted since countAt
+}
+
+// NewQuotaGate returns a QuotaGate.
+func NewQuotaGate(opts QuotaOptions) *QuotaGate {
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.QuotaCacheFor <= 0 {
+		opts.QuotaCacheFor = DefaultQuotaCacheFor
+	}
+	if opts.CountCacheFor == 0 {
+		opts.CountCacheFor = DefaultCountCacheFor
+	}
+	return &QuotaGate{
+		cvm:        opts.CVM,
+		pace:       opts.Pace,
+		clock:      opts.Clock,
+		log:        opts.Logger.With().Str("component", "quota").Logger(),
+		prune:      opts.Prune,
+		quotaFor:   opts.QuotaCacheFor,
+		countFor:   opts.CountCacheFor,
+		regionByID: map[string]*regionQuota{},
+	}
+}
+
+func (g *QuotaGate) region(name string) *regionQuota {
+	g.regionsMu.Lock()
+	defer g.regionsMu.Unlock()
+	rq, ok := g.regionByID[name]
+	if !ok {
+		rq = &regionQuota{}
+		g.regionByID[name] = rq
+	}
+	return rq
+}
+
+// Check returns the instances of a fire of p that must not be sent because the region's image
+// quota has no room for them, each with the reason. When the quota or the count cannot be read
+// it logs a warning and refuses nothing; its error is only ever ctx's.
+func (g *QuotaGate) Check(ctx context.Context, p *policy.Policy, instances []string) (map[string]string, error) {
+	if len(instances) == 0 {
+		return nil, nil
+	}
+	region := p.Region
+	log := g.log.With().Str("policy", p.Name).Str("region", region).Logger()
+	rq := g.region(region)
+	rq.mu.Lock()
+	defer rq.mu.Unlock()
+
+	quota, err := g.quota(ctx, region, rq)
+	if err != nil {
+		return nil, g.unchecked(ctx, log, "cannot read the region's image quota", err)
+	}
+	n := len(instances)
+	now := g.clock.Now()
+	if g.countFor > 0 && !rq.countAt.IsZero() && now.Sub(rq.countAt) < g.countFor && rq.count+rq.admitted+n <= quota {
+		rq.admitted += n
+		return nil, nil
+	}
+	count, err := g.count(ctx, region, rq)
+	if err != nil {
+		return nil, g.unchecked(ctx, log, "cannot count the region's custom images", err)
+	}
+	if count+n <= quota {
+		rq.admitted = n
+		return nil, nil
+	}
+
+	pruned := false
+	if g.prune != nil {
+		freed, err := g.prune(ctx, region)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			log.Warn().Err(err).Int("freed", freed).Msg("pruning to make room for a fire failed")
+		}
+		pruned = true
+		log.Info().Int("quota", quota).Int("images", count).Int("slots", n).Int("freed", freed).
+			Msg("image quota short for a fire: pruned what retention allows")
+		if freed > 0 {
+			if count, err = g.count(ctx, region, rq); err != nil {
+				return nil, g.unchecked(ctx, log, "cannot count the region's custom images after pruning", err)
+			}
+		}
+	}
+	fit := min(max(quota-count, 0), n)
+	rq.admitted = fit
+	if fit == n {
+		return nil, nil
+	}
+	reason := fmt.Sprintf("custom image quota of %s is %d and %d images exist", region, quota, count)
+	if pruned {
+		reason += " after pruning what retention allows"
+	}
+	reason += fmt.Sprintf(": %d of this fire's %d slots fit", fit, n)
+	refused := make(map[string]string, n-fit)
+	for _, id := range instances[fit:] {
+		refused[id] = reason
+	}
+	return refused, nil
+}
+
+// unchecked logs why a fire goes unchecked and returns the error Check returns: ctx's, or nil.
+func (g *QuotaGate) unchecked(ctx context.Context, log zerolog.Logger, msg string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	log.Warn().Err(err).Msg(msg + "; sending every slot (the API refuses what does not fit)")
+	return nil
+}
+
+// quota returns the region's quota, read at most once per QuotaCacheFor.
+func (g *QuotaGate) quota(ctx context.Context, region string, rq *regionQuota) (int, error) {
+	now := g.clock.Now()
+	if !rq.quotaAt.IsZero() && now.Sub(rq.quotaAt) < g.quotaFor {
+		return rq.quota, nil
+	}
+	q, requestID, err := g.cvm.DescribeImageQuota(ctx, region)
+	if err != nil {
+		return 0, fmt.Errorf("describe image quota of %s: %w", region, err)
+	}
+	g.log.Debug().Str("region", region).Int("quota", q).Str("request_id", requestID).Msg("image quota read")
+	rq.quota, rq.quotaAt = q, now
+	return q, nil
+}
+
+// count returns how many custom images the region holds now.
+func (g *QuotaGate) count(ctx context.Context, region string, rq *regionQuota) (int, error) {
+	if g.pace != nil {
+		if err := g.pace.Wait(ctx); err != nil {
+			return 0, err
+		}
+	}
+	out, err := g.cvm.DescribeImages(ctx, region, cvm.DescribeImagesInput{
+		Filters: []cvm.Filter{{Name: "image-type", Values: []string{"PRIVATE_IMAGE"}}},
+		Limit:   1,
+	})
+	if err != nil {
+		if ae, ok := cvm.AsAPIError(err); ok && ae.Class == cvm.ClassThrottled {
+			if th, ok := g.pace.(throttler); ok {
+				th.Throttle()
+			}
+		}
+		return 0, fmt.Errorf("count custom images of %s: %w", region, err)
+	}
+	g.log.Debug().Str("region", region).Int("images", out.TotalCount).Str("request_id", out.RequestID).Msg("custom images counted")
+	rq.count, rq.countAt, rq.admitted = out.TotalCount, g.clock.Now(), 0
+	return out.TotalCount, nil
+}
+
+// OnQuotaExceeded is the scheduler's hook for a CreateImage answered ImageQuotaLimitExceeded:
+// it forgets what it knew of the region, prunes what retention allows, and asks for one more try
+// when anything was freed.
+func (g *QuotaGate) OnQuotaExceeded(ctx context.Context, p *policy.Policy) bool {
+	if p == nil {
+		return false
+	}
+	rq := g.region(p.Region)
+	rq.mu.Lock()
+	rq.quotaAt, rq.countAt, rq.admitted = time.Time{}, time.Time{}, 0
+	rq.mu.Unlock()
+	if g.prune == nil {
+		return false
+	}
+	log := g.log.With().Str("policy", p.Name).Str("region", p.Region).Logger()
+	freed, err := g.prune(ctx, p.Region)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		log.Warn().Err(err).Int("freed", freed).Msg("pruning after ImageQuotaLimitExceeded failed")
+	}
+	log.Info().Int("freed", freed).Bool("retry", freed > 0).Msg("image quota reached: pruned what retention allows")
+	return freed > 0
+}

@@ -1,0 +1,264 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
+)
+
+// Tracker defaults and limits.
+const (
+	// DefaultPollInterval is how often the Tracker polls when PollInterval is zero.
+	DefaultPollInterval = 30 * time.Second
+	// MaxPollBackoff bounds the poll delay after consecutive failed polls (unless the poll
+	// interval itself is longer).
+	MaxPollBackoff = 5 * time.Minute
+	// MissingPolls is how many consecutive polls an image may be unknown to the API before its
+	// run fails with CodeImageNotFound.
+	MissingPolls = 3
+	// BatchSize is the most image ids one DescribeImages call asks about.
+	BatchSize = 100
+)
+
+// Error codes the Tracker records on the runs it fails.
+const (
+	// CodeCreateFailed: the image ended in state CREATEFAILED.
+	CodeCreateFailed = "CREATEFAILED"
+	// CodeTimeout: the image was still being made when the policy's image.timeout had passed
+	// since the run started.
+	CodeTimeout = "Timeout"
+	// CodeImageNotFound: the API did not know the run's image (by id, or by exact name when the
+	// CreateImage answer had no ImageId) in MissingPolls consecutive polls.
+	CodeImageNotFound = "ImageNotFound"
+)
+
+// historyTimeout bounds one history read or write, in real time: it guards against a hung
+// database and decides no behaviour a test would control with the clock.
+const historyTimeout = 10 * time.Second
+
+// Errors of WaitTerminal.
+var (
+	// ErrNotRunning: the Tracker was not started, or has stopped.
+	ErrNotRunning = errors.New("completion tracker is not running")
+	// ErrStopped: the Tracker stopped while the caller waited.
+	ErrStopped = errors.New("completion tracker stopped")
+)
+
+// TrackerOptions configures a Tracker. History and CVM are required.
+type TrackerOptions struct {
+	History TrackerHistory
+	CVM     TrackerCVM
+	// Pace is waited on before every DescribeImages call; nil means no pacing (tests). The
+	// daemon passes the scheduler's DescribePace().
+	Pace Pace
+	// Config returns the policies in effect now, for image.timeout; nil, or a policy no longer
+	// loaded, means policy.DefaultImageTimeout.
+	Config func() *policy.Config
+	// Clock decides polls, backoff, timeouts and finish times; nil means the real clock.
+	Clock  clockwork.Clock
+	Logger zerolog.Logger
+	// PollInterval is the delay between polls; 0 means DefaultPollInterval.
+	PollInterval time.Duration
+	// OnAvailable is called once per run this Tracker marks available, after the run is recorded
+	// and before WaitTerminal hears of it, from the poll loop (so keep it bounded: the next poll
+	// waits for it). The daemon runs the policy's retention here.
+	OnAvailable func(ctx context.Context, run history.Run)
+}
+
+// Tracker follows every run in status requested until it is terminal (see the package comment).
+//
+// Each poll loads the requested runs from history, groups them by region, and asks
+// DescribeImages about up to BatchSize image ids per call; a run without an image id (the
+// CreateImage answer had none, as in the seed) is looked up by the image-name filter, comparing
+// names exactly. NORMAL makes the run available (size and finish time) and calls OnAvailable;
+// CREATEFAILED fails it with CodeCreateFailed; an image still being made after the policy's
+// image.timeout since the run started fails it with CodeTimeout; an image the API does not
+// know for MissingPolls consecutive polls fails it with CodeImageNotFound.
+//
+// image_attempts gets one DescribeImages row per run for the call that observed the run's
+// terminal state (or found its image id by name), and one per run of its batch for every
+// DescribeImages call that failed. Polls that change nothing are not recorded: a run followed
+// for hours would otherwise collect hundreds of identical rows.
+//
+// A failed poll (history unreadable, or a DescribeImages call failing) is retried at the next
+// poll, and each consecutive failure doubles the delay up to MaxPollBackoff.
+//
+// The only state kept in memory is a cache of what PostgreSQL already says, plus the count of
+// polls that missed an image (which starts over after a restart).
+type Tracker struct {
+	hist     TrackerHistory
+	cvm      TrackerCVM
+	pace     Pace
+	config   func() *policy.Config
+	clock    clockwork.Clock
+	log      zerolog.Logger
+	interval time.Duration
+	onAvail  func(ctx context.Context, run history.Run)
+
+	kick chan struct{} // one slot: poll now
+
+	mu       sync.Mutex
+	running  bool
+	waiters  map[*waiter]struct{}
+	inFlight map[int64]bool // runs whose terminal state the loop is recording and announcing
+
+	// Owned by the poll loop.
+	finished map[int64]bool // runs recorded terminal here (the write may still sit in a spool)
+	missing  map[int64]int  // consecutive polls that did not find the run's image
+	attempts map[int64]int  // last attempt number this Tracker used per run
+
+	life     sync.Mutex // serialises Start and Stop
+	started  bool
+	stopped  bool
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+
+	// afterPoll, when set (tests), is called after every poll with its result and the delay
+	// before the next one.
+	afterPoll func(pollResult, time.Duration)
+}
+
+// NewTracker returns a Tracker that is not yet running.
+func NewTracker(opts TrackerOptions) *Tracker {
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.PollInterval <= 0 {
+		opts.PollInterval = DefaultPollInterval
+	}
+	return &Tracker{
+		hist:     opts.History,
+		cvm:      opts.CVM,
+		pace:     opts.Pace,
+		config:   opts.Config,
+		clock:    opts.Clock,
+		log:      opts.Logger.With().Str("component", "tracker").Logger(),
+		interval: opts.PollInterval,
+		onAvail:  opts.OnAvailable,
+		kick:     make(chan struct{}, 1),
+		waiters:  map[*waiter]struct{}{},
+		inFlight: map[int64]bool{},
+		finished: map[int64]bool{},
+		missing:  map[int64]int{},
+		attempts: map[int64]int{},
+	}
+}
+
+// Start starts the poll loop; the first poll runs at once. Cancelling ctx ends the loop as Stop
+// does; call Stop in every case to wait for it.
+func (t *Tracker) Start(ctx context.Context) error {
+	t.life.Lock()
+	defer t.life.Unlock()
+	if t.started || t.stopped {
+		return errors.New("completion tracker: already started or stopped")
+	}
+	if t.hist == nil || t.cvm == nil {
+		return errors.New("completion tracker: history and CVM client are required")
+	}
+	t.started = true
+	ctx, t.cancel = context.WithCancel(ctx)
+	t.mu.Lock()
+	t.running = true
+	t.mu.Unlock()
+	t.wg.Add(1)
+	go t.loop(ctx)
+	t.log.Info().Dur("poll_interval", t.interval).Msg("completion tracker started")
+	return nil
+}
+
+// Stop ends the poll loop (cancelling a poll in progress) and waits for it; callers of
+// WaitTerminal get ErrStopped. It is idempotent and safe to call before Start.
+func (t *Tracker) Stop() {
+	t.stopOnce.Do(func() {
+		t.life.Lock()
+		defer t.life.Unlock()
+		t.stopped = true
+		if !t.started {
+			return
+		}
+		t.cancel()
+		t.wg.Wait()
+		t.log.Info().Msg("completion tracker stopped")
+	})
+}
+
+// Kick asks for a poll now instead of at the end of the current delay. Kicks that arrive while
+// one is pending collapse into one poll.
+func (t *Tracker) Kick() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}
+
+// loop polls until ctx ends.
+func (t *Tracker) loop(ctx context.Context) {
+	defer t.wg.Done()
+	defer t.closeWaiters(ErrStopped)
+	failures := 0
+	for {
+		res := t.poll(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if res.failed() {
+			failures++
+		} else {
+			failures = 0
+		}
+		delay := pollDelay(t.interval, failures)
+		if failures > 0 {
+			t.log.Warn().Int("consecutive_failures", failures).Dur("next_poll_in", delay).
+				Msg("poll failed; retrying with backoff")
+		}
+		if t.afterPoll != nil {
+			t.afterPoll(res, delay)
+		}
+		timer := t.clock.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-t.kick:
+			timer.Stop()
+		case <-timer.Chan():
+		}
+	}
+}
+
+// pollDelay is the delay before the next poll after failures consecutive failed polls: the
+// interval, doubled per failure, at most MaxPollBackoff (or the interval when that is longer).
+func pollDelay(interval time.Duration, failures int) time.Duration {
+	limit := max(MaxPollBackoff, interval)
+	d := interval
+	for i := 0; i < failures && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// imageTimeout is how long a run's image may take: its policy's image.timeout, or the default.
+func (t *Tracker) imageTimeout(policyName string) time.Duration {
+	if t.config != nil {
+		if cfg := t.config(); cfg != nil {
+			if p := cfg.Policy(policyName); p != nil && p.Image.Timeout > 0 {
+				return p.Image.Timeout
+			}
+		}
+	}
+	return policy.DefaultImageTimeout
+}
+
+// writeContext bounds one history write. Writes do not end with the loop's context: an outcome
+// observed during shutdown is still recorded.
+func writeContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), historyTimeout)
+}
