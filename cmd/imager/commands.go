@@ -179,12 +179,22 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	name := fs.String("policy", "", "the policy to fire (required)")
 	var instances instanceFlags
 	fs.Var(&instances, "instance", "only this instance of the policy (repeatable); default: all its targets")
+	slotFlag := fs.String("slot", "", "fire this slot (RFC 3339, e.g. 2026-11-26T03:00:00+08:00) instead of the current second: backfills a slot the daemon never ran; a slot already claimed is not sent again")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
 	if *name == "" {
 		fmt.Fprintln(stderr, "imager once: --policy is required (see 'imager once --help')")
 		return exitUsage
+	}
+	slot := time.Now()
+	if *slotFlag != "" {
+		t, err := time.Parse(time.RFC3339, *slotFlag)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager once: --slot: %q is not an RFC 3339 time such as 2026-11-26T03:00:00Z\n", *slotFlag)
+			return exitUsage
+		}
+		slot = t
 	}
 	log, err := o.logger(stderr)
 	if err != nil {
@@ -209,7 +219,7 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
 	}
-	outcomes, err := d.sched.RunOnce(ctx, *name, instances)
+	outcomes, err := d.sched.RunOnceAt(ctx, *name, instances, slot)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail

@@ -59,6 +59,12 @@ func outcomeFromRun(r history.Run) Outcome {
 // returns once every run has an outcome, in the order of the targets. The
 // scheduler must be started. If ctx ends first, RunOnce returns its error and the runs go on.
 func (s *Scheduler) RunOnce(ctx context.Context, policyName string, instances []string) ([]Outcome, error) {
+	return s.RunOnceAt(ctx, policyName, instances, s.clock.Now())
+}
+
+// RunOnceAt is RunOnce for a given slot (truncated to the second, UTC): it backfills a slot the
+// daemon never ran. A slot already claimed is not sent again; its outcome is the recorded one.
+func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances []string, slot time.Time) ([]Outcome, error) {
 	p := s.policyByName(policyName)
 	if p == nil {
 		return nil, fmt.Errorf("unknown policy %q (known: %s)", policyName, strings.Join(s.policyNames(), ", "))
@@ -70,7 +76,7 @@ func (s *Scheduler) RunOnce(ctx context.Context, policyName string, instances []
 		return nil, errors.New("scheduler is not running")
 	}
 
-	slot := s.clock.Now().UTC().Truncate(time.Second)
+	slot = slot.UTC().Truncate(time.Second)
 	targets, skipped := s.targets(ctx, p)
 	order := withSkipped(targets, skipped)
 	if len(instances) > 0 {
