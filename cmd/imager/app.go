@@ -14,6 +14,7 @@ import (
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/lifecycle"
+	"github.com/imager-dev/imager/internal/metrics"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
@@ -36,6 +37,7 @@ type daemon struct {
 	sched    *scheduler.Scheduler
 	tracker  *lifecycle.Tracker
 	pruner   *retention.Pruner
+	metrics  *metrics.Server // nil without --listen
 
 	sweepCancel context.CancelFunc
 	sweepWG     sync.WaitGroup
@@ -70,7 +72,33 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 	if len(applied) > 0 {
 		log.Info().Strs("applied", applied).Msg("database migrated")
 	}
-	if d.client, err = newCVMClient(dc.opts, dc.credential, log); err != nil {
+	var onCall func(action, code string, elapsed time.Duration)
+	if dc.opts.listen != "" {
+		m := metrics.New(metrics.Options{
+			RunCounts: func(ctx context.Context, since time.Time) ([]metrics.RunCount, error) {
+				counts, err := store.RunCountsSince(ctx, since)
+				out := make([]metrics.RunCount, len(counts))
+				for i, c := range counts {
+					out[i] = metrics.RunCount{Policy: c.Policy, Status: string(c.Status), Count: c.Count}
+				}
+				return out, err
+			},
+			SpoolPending: func() int {
+				if d.recorder == nil {
+					return 0
+				}
+				return d.recorder.Pending()
+			},
+			Health: func(ctx context.Context) error { return store.Pool().Ping(ctx) },
+			Logger: log.With().Str("component", "metrics").Logger(),
+		})
+		if d.metrics, err = metrics.Listen(dc.opts.listen, m, log); err != nil {
+			d.close()
+			return nil, fmt.Errorf("--listen: %w", err)
+		}
+		onCall = m.ObserveCall
+	}
+	if d.client, err = newCVMClient(dc.opts, dc.credential, log, onCall); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -150,6 +178,10 @@ func (d *daemon) start(ctx context.Context) error {
 	if err := d.tracker.Start(ctx); err != nil {
 		return err
 	}
+	if d.metrics != nil {
+		d.metrics.Start()
+		d.log.Info().Str("listen", d.metrics.Addr()).Msg("serving /metrics and /healthz")
+	}
 	sweepCtx, cancel := context.WithCancel(ctx)
 	d.sweepCancel = cancel
 	d.sweepWG.Go(func() { d.sweepRetention(sweepCtx) })
@@ -193,6 +225,9 @@ func (d *daemon) close() {
 	}
 	if d.client != nil {
 		d.client.Close()
+	}
+	if d.metrics != nil {
+		d.metrics.Stop()
 	}
 	if d.store != nil {
 		d.store.Close()

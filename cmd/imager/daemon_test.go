@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"strings"
 	"syscall"
@@ -58,10 +60,21 @@ func TestRunReloadsOnSIGHUPAndStopsCleanly(t *testing.T) {
 	logs := newLogLines(pr)
 	done := make(chan int, 1)
 	go func() {
-		done <- dispatch(ctx, e.daemonArgs("run", policies), io.Discard, pw)
+		done <- dispatch(ctx, append(e.daemonArgs("run", policies), "--listen", "127.0.0.1:0"), io.Discard, pw)
 		pw.Close()
 	}()
+	var served struct{ Listen string }
+	require.NoError(t, json.Unmarshal([]byte(logs.waitFor(t, "serving /metrics")), &served))
 	logs.waitFor(t, "imager running")
+	for path, want := range map[string]string{"/healthz": "ok", "/metrics": "imager_spool_pending 0"} {
+		resp, err := http.Get("http://" + served.Listen + path)
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+		require.Contains(t, string(body), want, path)
+	}
 
 	require.NoError(t, os.WriteFile(policies, []byte("version: 1\npolicies:\n  - {name: one, schedule: '0 99 * * *', region: ap-guangzhou, instances: [ins-aaaaaaaa]}\n"), 0o600))
 	require.NoError(t, syscall.Kill(os.Getpid(), syscall.SIGHUP))

@@ -19,7 +19,7 @@ import (
 )
 
 // newCVMClient builds the CVM client from --cvm-endpoint and the SDK's credential chain.
-func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger) (*cvm.Client, error) {
+func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger, onCall func(action, code string, elapsed time.Duration)) (*cvm.Client, error) {
 	if cred == nil {
 		c, err := cvm.LoadCredential()
 		if err != nil {
@@ -27,7 +27,7 @@ func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger) 
 		}
 		cred = c
 	}
-	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Credential: cred, Logger: log.With().Str("component", "cvm").Logger()})
+	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Credential: cred, Logger: log, OnCall: onCall})
 }
 
 func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -52,7 +52,7 @@ func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var resolver *targets.Resolver
 	if !*offline {
-		client, err := newCVMClient(o, nil, log)
+		client, err := newCVMClient(o, nil, log, nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "imager next: %v (or use --offline)\n", err)
 			return exitFail
@@ -133,7 +133,7 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "imager prune: migrate: %v\n", err)
 		return exitFail
 	}
-	client, err := newCVMClient(o, nil, log)
+	client, err := newCVMClient(o, nil, log, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager prune: %v\n", err)
 		return exitFail

@@ -58,7 +58,7 @@ func (o *options) daemonFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.pollInterval, "poll-interval", 30*time.Second,
 		"how often images being made are checked with DescribeImages (batched, 100 per call)")
 	fs.BoolVar(&o.apiDryRun, "api-dry-run", false, "send CreateImage with DryRun=true: the API checks each request and creates nothing")
-	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for /metrics and /healthz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
+	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for Prometheus /metrics and /healthz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
 }
 
 func defaultSpoolDir() string {

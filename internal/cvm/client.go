@@ -37,6 +37,9 @@ type Config struct {
 	Transport http.RoundTripper
 	// Logger receives one debug line per call; it never sees credentials.
 	Logger zerolog.Logger
+	// OnCall, when set, is told of every call as it ends: its action, its error code ("" on
+	// success) and how long it took. The daemon's metrics are fed from here.
+	OnCall func(action, code string, elapsed time.Duration)
 }
 
 // Client calls the CVM API in any region. It is safe for concurrent use.
@@ -47,6 +50,7 @@ type Client struct {
 	transport  *tracingTransport
 	ownedRT    bool // transport.next was created here and is closed by Close
 	log        zerolog.Logger
+	onCall     func(action, code string, elapsed time.Duration)
 
 	mu      sync.Mutex
 	regions map[string]*common.Client
@@ -85,6 +89,7 @@ func New(cfg Config) (*Client, error) {
 		transport:  &tracingTransport{next: next},
 		ownedRT:    owned,
 		log:        cfg.Logger.With().Str("component", "cvm").Logger(),
+		onCall:     cfg.OnCall,
 		regions:    make(map[string]*common.Client),
 	}, nil
 }
@@ -247,6 +252,13 @@ func (c *Client) send(ctx context.Context, region, action string, req tchttp.Req
 		ev.Str("request_id", r.requestID())
 	}
 	ev.Msg("cvm call")
+	if c.onCall != nil {
+		code := ""
+		if apiErr != nil {
+			code = apiErr.Code
+		}
+		c.onCall(action, code, time.Since(start))
+	}
 
 	if apiErr != nil {
 		return apiErr

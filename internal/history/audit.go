@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // LastAvailablePerInstance returns, for every instance with an available image, the run of its
@@ -40,4 +42,31 @@ WHERE status = 'failed' AND finished_at >= $1 ORDER BY finished_at DESC, id DESC
 		return nil, fmt.Errorf("failures since %s: %w", since.UTC().Format(time.RFC3339), err)
 	}
 	return runs, nil
+}
+
+// RunCountsSince counts runs per policy and status whose slot is at or after since (the daemon's
+// imager_runs_last_24h metric). It uses image_runs_scheduled_idx.
+func (s *Store) RunCountsSince(ctx context.Context, since time.Time) ([]RunCount, error) {
+	rows, err := s.pool.Query(ctx, `
+		SELECT policy, status, count(*) FROM image_runs
+		WHERE scheduled_at >= $1 GROUP BY policy, status ORDER BY policy, status`, since)
+	if err != nil {
+		return nil, s.translate(fmt.Errorf("count runs: %w", err))
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (RunCount, error) {
+		var c RunCount
+		err := r.Scan(&c.Policy, &c.Status, &c.Count)
+		return c, err
+	})
+	if err != nil {
+		return nil, s.translate(fmt.Errorf("count runs: %w", err))
+	}
+	return out, nil
+}
+
+// RunCount is the number of runs of one policy in one status.
+type RunCount struct {
+	Policy string
+	Status Status
+	Count  int64
 }

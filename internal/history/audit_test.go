@@ -64,3 +64,20 @@ func TestAuditQueries(t *testing.T) {
 	require.Equal(t, ids[2], failures[1].ID)
 	require.Equal(t, "CREATEFAILED", failures[1].ErrorCode)
 }
+
+func TestRunCountsSince(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	base := time.Date(2026, 11, 26, 3, 0, 0, 0, time.UTC)
+	claim(t, s, "web", "ins-aaaaaaa1", base.Add(-48*time.Hour)) // too old
+	claim(t, s, "web", "ins-aaaaaaa1", base)
+	claim(t, s, "web", "ins-aaaaaaa2", base)
+	claim(t, s, "db", "ins-aaaaaaa3", base)
+	counts, err := s.RunCountsSince(ctx, base.Add(-24*time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, []history.RunCount{
+		{Policy: "db", Status: history.StatusPending, Count: 1},
+		{Policy: "web", Status: history.StatusPending, Count: 2},
+	}, counts)
+}

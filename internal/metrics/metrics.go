@@ -1,0 +1,167 @@
+// Package metrics exposes imager's Prometheus metrics and health check over HTTP (--listen).
+//
+// It uses prometheus/client_golang rather than hand-written exposition: the text format,
+// histograms and the Go/process collectors come for free and stay correct.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+)
+
+// RunCount is the number of runs of one policy in one status.
+type RunCount struct {
+	Policy string
+	Status string
+	Count  int64
+}
+
+// Options are the sources the metrics read at scrape time.
+type Options struct {
+	// RunCounts returns run counts per policy and status for slots since the given time; nil
+	// leaves imager_runs out.
+	RunCounts func(ctx context.Context, since time.Time) ([]RunCount, error)
+	// SpoolPending returns how many history writes wait in the local spool; nil leaves it out.
+	SpoolPending func() int
+	// Health returns nil when the daemon can do its work (database reachable); nil = always healthy.
+	Health func(ctx context.Context) error
+	Logger zerolog.Logger
+}
+
+// Metrics holds imager's collectors and their registry.
+type Metrics struct {
+	registry    *prometheus.Registry
+	apiCalls    *prometheus.CounterVec
+	apiDuration *prometheus.HistogramVec
+	opts        Options
+}
+
+// New builds the registry with the Go and process collectors and imager's own.
+func New(opts Options) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		apiCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "imager_api_calls_total",
+			Help: "CVM API calls by action and error code (code=\"\" for success).",
+		}, []string{"action", "code"}),
+		apiDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "imager_api_call_duration_seconds",
+			Help:    "Duration of CVM API calls by action.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 12),
+		}, []string{"action"}),
+		opts: opts,
+	}
+	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		m.apiCalls, m.apiDuration)
+	if opts.RunCounts != nil {
+		m.registry.MustRegister(&runsCollector{counts: opts.RunCounts, log: opts.Logger})
+	}
+	if opts.SpoolPending != nil {
+		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "imager_spool_pending",
+			Help: "History writes waiting in the local spool for PostgreSQL to come back.",
+		}, func() float64 { return float64(opts.SpoolPending()) }))
+	}
+	return m
+}
+
+// ObserveCall records one CVM API call; it matches cvm.Config.OnCall.
+func (m *Metrics) ObserveCall(action, code string, elapsed time.Duration) {
+	m.apiCalls.WithLabelValues(action, code).Inc()
+	m.apiDuration.WithLabelValues(action).Observe(elapsed.Seconds())
+}
+
+// Handler serves /metrics and /healthz.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if m.opts.Health != nil {
+			ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+			defer cancel()
+			if err := m.opts.Health(ctx); err != nil {
+				http.Error(w, "unhealthy: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// runsCollector reports imager_runs{policy,status} for the last 24 hours of slots, read from
+// PostgreSQL at scrape time so every replica reports the same truth.
+type runsCollector struct {
+	counts func(ctx context.Context, since time.Time) ([]RunCount, error)
+	log    zerolog.Logger
+}
+
+var runsDesc = prometheus.NewDesc("imager_runs_last_24h",
+	"Runs whose slot is in the last 24 hours, by policy and status (from image_runs).",
+	[]string{"policy", "status"}, nil)
+
+func (c *runsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runsDesc }
+
+func (c *runsCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	counts, err := c.counts(ctx, time.Now().Add(-24*time.Hour))
+	if err != nil {
+		c.log.Warn().Err(err).Msg("metrics: cannot count runs")
+		ch <- prometheus.NewInvalidMetric(runsDesc, err)
+		return
+	}
+	for _, rc := range counts {
+		ch <- prometheus.MustNewConstMetric(runsDesc, prometheus.GaugeValue, float64(rc.Count), rc.Policy, rc.Status)
+	}
+}
+
+// Server serves the metrics on an address until stopped.
+type Server struct {
+	srv  *http.Server
+	ln   net.Listener
+	wg   sync.WaitGroup
+	once sync.Once
+	log  zerolog.Logger
+}
+
+// Listen binds addr (e.g. ":9090"); the error names the address.
+func Listen(addr string, m *Metrics, log zerolog.Logger) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &Server{srv: &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}, ln: ln, log: log}, nil
+}
+
+// Addr is the bound address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Start serves in the background.
+func (s *Server) Start() {
+	s.wg.Go(func() {
+		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error().Err(err).Msg("metrics server stopped")
+		}
+	})
+}
+
+// Stop shuts the server down (idempotent) and waits for it.
+func (s *Server) Stop() {
+	s.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = s.srv.Shutdown(ctx)
+		_ = s.ln.Close() // when Start was never called, Shutdown does not know the listener
+	})
+	s.wg.Wait()
+}
