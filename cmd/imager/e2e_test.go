@@ -340,3 +340,24 @@ func runRows(t *testing.T, url string) map[string]string {
 	require.NoError(t, rows.Err())
 	return out
 }
+
+// TestHistoryShowsRunsFailuresAndLastGoodImage: `imager history` answers the operator's question
+// from the runs once recorded.
+func TestHistoryShowsRunsFailuresAndLastGoodImage(t *testing.T) {
+	e := newE2E(t)
+	e.sim.AddInstance(cvmsim.Instance{ID: "ins-good0001", Region: "ap-guangzhou"})
+	e.sim.AddInstance(cvmsim.Instance{ID: "ins-old00001", Region: "ap-guangzhou", Unsupported: true})
+	policies := e.writePolicies(t, "version: 1\npolicies:\n  - {name: p, schedule: '@daily', region: ap-guangzhou, instances: [ins-good0001, ins-old00001]}\n")
+	code, _, _ := e.imager(t, append(e.daemonArgs("once", policies), "--policy", "p")...)
+	require.Equal(t, 1, code)
+
+	code, stdout, stderr := e.imager(t, "history", "--database-url", e.dbURL, "--since", "1d")
+	require.Equal(t, 0, code, stderr)
+	require.Contains(t, stdout, "Runs with a slot in the last 1d: 2, 1 available, 1 failed")
+	require.Regexp(t, `Failures in the last 1d: 1\n.*ins-old00001 +InvalidInstance.NotSupported`, stdout)
+	require.Regexp(t, `Last good image per instance: 1 instances\n.*\nins-good0001 +p +img-`, stdout)
+
+	code, _, stderr = e.imager(t, "history", "--database-url", e.dbURL, "--since", "yesterday")
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "--since")
+}
