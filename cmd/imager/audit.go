@@ -9,15 +9,14 @@ type auditQuery struct {
 }
 
 var auditQueries = []auditQuery{
-	{"Runs per policy and status", `SELECT policy, status, count(*) AS runs, sum(attempts) AS api_calls
+	{"Runs per policy and status in the last 24 hours", `SELECT policy, status, count(*) AS runs, sum(attempts) AS api_calls
 FROM image_runs
+WHERE scheduled_at > now() - interval '24 hours'
 GROUP BY policy, status
 ORDER BY policy, status;`},
-	{"Last image per instance (newest accepted or available)", `SELECT DISTINCT ON (instance_id)
-       instance_id, policy, scheduled_at, status, image_name, image_id, request_id
-FROM image_runs
-WHERE status IN ('requested', 'available')
-ORDER BY instance_id, scheduled_at DESC;`},
+	{"Last image per instance (newest accepted or available)", `SELECT instance_id, policy, scheduled_at, status, image_name, image_id, request_id
+FROM latest_images
+ORDER BY instance_id;`},
 	{"Failures in the last 24 hours, with codes", `SELECT finished_at, policy, instance_id, error_code, error_message, attempts
 FROM image_runs
 WHERE status = 'failed' AND finished_at > now() - interval '24 hours'
@@ -28,6 +27,6 @@ WHERE d.status = 'deleted' AND d.finished_at > now() - interval '7 days'
 ORDER BY d.finished_at DESC;`},
 	{"Attempts of one run (here: the run with the most attempts)", `SELECT a.attempt, a.action, a.started_at, a.duration_ms, a.request_id, a.error_code
 FROM image_attempts a
-WHERE a.run_id = (SELECT id FROM image_runs ORDER BY attempts DESC, id LIMIT 1)
+WHERE a.run_id = (SELECT run_id FROM image_attempts WHERE run_id IS NOT NULL ORDER BY attempt DESC, run_id LIMIT 1)
 ORDER BY a.attempt;`},
 }

@@ -14,8 +14,10 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/scheduler"
 )
 
 // loadPolicies loads and validates the policy files, printing every error as file:line: field: message.
@@ -163,6 +165,31 @@ func reloadPolicies(d *daemon, path string, log zerolog.Logger) {
 	log.Info().Str("policies_path", path).Int("policies", len(cfg.Policies)).Msg("policies reloaded")
 }
 
+// canFollowImages asks DescribeImages once about the accepted images before once waits on them:
+// an endpoint that cannot describe images (a permanent error such as InvalidAction or
+// UnauthorizedOperation) would leave once waiting until image.timeout. Then once reports the
+// slots as requested (accepted) and leaves following them to the daemon.
+func canFollowImages(ctx context.Context, d *daemon, p *policy.Policy, outs []scheduler.Outcome, log zerolog.Logger) bool {
+	in := cvm.DescribeImagesInput{Limit: 1}
+	for _, o := range outs {
+		if o.Status == history.StatusRequested {
+			if o.ImageID != "" {
+				in.ImageIDs = []string{o.ImageID}
+			} else {
+				in.Filters = []cvm.Filter{{Name: "image-name", Values: []string{o.ImageName}}}
+			}
+			break
+		}
+	}
+	_, err := d.client.DescribeImages(ctx, p.Region, in)
+	if ae, ok := cvm.AsAPIError(err); ok && ae.Class == cvm.ClassPermanent {
+		log.Warn().Str("error_code", ae.Code).Str("request_id", ae.RequestID).
+			Msg("cannot follow the images (DescribeImages refused): the slots stay requested and the daemon follows them")
+		return false
+	}
+	return true
+}
+
 // instanceFlags collects repeated --instance flags.
 type instanceFlags []string
 
@@ -179,6 +206,7 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	name := fs.String("policy", "", "the policy to fire (required)")
 	var instances instanceFlags
 	fs.Var(&instances, "instance", "only this instance of the policy (repeatable); default: all its targets")
+	noWait := fs.Bool("no-wait", false, "return once CreateImage is accepted, without following the images until they are usable (the daemon follows them)")
 	slotFlag := fs.String("slot", "", "fire this slot (RFC 3339, e.g. 2026-11-26T03:00:00+08:00) instead of the current second: backfills a slot the daemon never ran; a slot already claimed is not sent again")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
@@ -232,7 +260,8 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			requested = append(requested, oc.RunID)
 		}
 	}
-	if len(requested) > 0 {
+	follow := len(requested) > 0 && !*noWait && canFollowImages(ctx, d, cfg.Policy(*name), outcomes, log)
+	if follow {
 		log.Info().Int("images", len(requested)).Msg("waiting for the images to become usable")
 		d.tracker.Kick()
 		final, err := d.tracker.WaitTerminal(ctx, requested)
@@ -256,12 +285,17 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if oc.ErrorCode != "" || oc.ErrorMessage != "" {
 			line += fmt.Sprintf("  %s: %s", oc.ErrorCode, oc.ErrorMessage)
 		}
-		if oc.Status != history.StatusAvailable {
+		// Success is a usable image, or an accepted CreateImage when the images are not followed.
+		if oc.Status != history.StatusAvailable && (follow || oc.Status != history.StatusRequested) {
 			failed++
 		}
 		fmt.Fprintln(stdout, line)
 	}
-	fmt.Fprintf(stdout, "%d slots, %d not available\n", len(outcomes), failed)
+	if follow {
+		fmt.Fprintf(stdout, "%d slots, %d not available\n", len(outcomes), failed)
+	} else {
+		fmt.Fprintf(stdout, "%d slots, %d not accepted (images not followed)\n", len(outcomes), failed)
+	}
 	if failed > 0 || ctx.Err() != nil {
 		return exitFail
 	}

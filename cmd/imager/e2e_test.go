@@ -361,3 +361,22 @@ func TestHistoryShowsRunsFailuresAndLastGoodImage(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, stderr, "--since")
 }
+
+// TestOnceReportsAcceptedSlotsWhenImagesCannotBeFollowed: against an endpoint that refuses
+// DescribeImages, once does not wait until image.timeout: it reports the accepted slots and
+// leaves them requested for the daemon to follow.
+func TestOnceReportsAcceptedSlotsWhenImagesCannotBeFollowed(t *testing.T) {
+	e := newE2E(t)
+	e.sim.AddInstance(cvmsim.Instance{ID: "ins-good0001", Region: "ap-guangzhou"})
+	codes := make([]string, 20)
+	for i := range codes {
+		codes[i] = "InvalidAction"
+	}
+	e.sim.QueueErrors(cvmsim.ActionDescribeImages, codes...)
+	policies := e.writePolicies(t, "version: 1\npolicies:\n  - {name: p, schedule: '@daily', region: ap-guangzhou, instances: [ins-good0001]}\n")
+	code, stdout, stderr := e.imager(t, append(e.daemonArgs("once", policies), "--policy", "p")...)
+	require.Equalf(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	require.Contains(t, stdout, "1 slots, 0 not accepted (images not followed)")
+	require.Contains(t, stderr, "cannot follow the images")
+	require.Equal(t, "requested/1/", runRows(t, e.dbURL)["ins-good0001"])
+}
