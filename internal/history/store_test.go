@@ -3,7 +3,9 @@ package history_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net/url"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
+	"github.com/imager-dev/imager/migrations"
 )
 
 func TestOpenWithoutURL(t *testing.T) {
@@ -103,7 +106,7 @@ func TestMigrateIsIdempotent(t *testing.T) {
 
 	applied, err := s.Migrate(ctx)
 	require.NoError(t, err)
-	require.Equal(t, []string{"0001_init"}, applied)
+	require.Equal(t, shippedMigrations(t), applied)
 
 	applied, err = s.Migrate(ctx)
 	require.NoError(t, err)
@@ -118,7 +121,20 @@ func TestMigrateIsIdempotent(t *testing.T) {
 		versions = append(versions, v)
 	}
 	require.NoError(t, rows.Err())
-	require.Equal(t, []string{"0001_init"}, versions)
+	require.Equal(t, shippedMigrations(t), versions)
+}
+
+// shippedMigrations lists the versions of the embedded migration files, in order.
+func shippedMigrations(t *testing.T) []string {
+	t.Helper()
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	sort.Strings(files)
+	for i, f := range files {
+		files[i] = strings.TrimSuffix(f, ".sql")
+	}
+	return files
 }
 
 func TestMigrateConcurrently(t *testing.T) {
@@ -150,12 +166,13 @@ func TestMigrateConcurrently(t *testing.T) {
 		require.NoError(t, errs[i])
 		all = append(all, results[i]...)
 	}
-	require.Equal(t, []string{"0001_init"}, all, "exactly one migrator applied the file")
+	sort.Strings(all)
+	require.Equal(t, shippedMigrations(t), all, "exactly one migrator applied each file")
 
 	s := history.NewStore(mustPool(t, dbURL), zerolog.Nop())
 	var n int
 	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&n))
-	require.Equal(t, 1, n)
+	require.Equal(t, len(shippedMigrations(t)), n)
 	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'image_%'").Scan(&n))
 	require.Equal(t, 3, n)
 }
