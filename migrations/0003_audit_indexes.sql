@@ -33,14 +33,20 @@ COMMENT ON COLUMN latest_images.request_id IS 'image_runs.request_id of the run:
 CREATE INDEX image_runs_accepted_idx
     ON image_runs (instance_id, scheduled_at DESC, id DESC) WHERE status IN ('requested', 'available');
 
--- Recomputes one instance's row of latest_images from image_runs. The advisory lock (held to the
--- end of the transaction) serialises the writers of one instance: each recomputes after the one
--- before it committed, so the last to commit sees every change and the row is never stale.
+-- Every change goes through one transaction-scoped advisory lock per instance, so the writers of
+-- one instance take turns: each sees what the one before it committed, and the row is never stale.
+CREATE FUNCTION latest_images_lock(inst text) RETURNS void LANGUAGE sql AS $$
+    SELECT pg_advisory_xact_lock(1768777063, hashtext(inst)); -- 1768777063: 'imag'
+$$;
+
+COMMENT ON FUNCTION latest_images_lock(text) IS 'Serialises the latest_images writers of one instance (transaction-scoped advisory lock).';
+
+-- Recomputes one instance's row from image_runs: the newest accepted or available run, or none.
 CREATE FUNCTION latest_images_refresh(inst text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     r image_runs%ROWTYPE;
 BEGIN
-    PERFORM pg_advisory_xact_lock(1768777063, hashtext(inst)); -- 1768777063: 'imag'
+    PERFORM latest_images_lock(inst);
     SELECT * INTO r FROM image_runs
     WHERE instance_id = inst AND status IN ('requested', 'available')
     ORDER BY scheduled_at DESC, id DESC
@@ -54,11 +60,7 @@ BEGIN
     ON CONFLICT (instance_id) DO UPDATE
     SET run_id = EXCLUDED.run_id, policy = EXCLUDED.policy, scheduled_at = EXCLUDED.scheduled_at,
         status = EXCLUDED.status, image_name = EXCLUDED.image_name, image_id = EXCLUDED.image_id,
-        request_id = EXCLUDED.request_id
-    WHERE (l.run_id, l.policy, l.scheduled_at, l.status, l.image_name, l.image_id, l.request_id)
-          IS DISTINCT FROM
-          (EXCLUDED.run_id, EXCLUDED.policy, EXCLUDED.scheduled_at, EXCLUDED.status, EXCLUDED.image_name,
-           EXCLUDED.image_id, EXCLUDED.request_id);
+        request_id = EXCLUDED.request_id;
 END
 $$;
 
@@ -66,11 +68,24 @@ COMMENT ON FUNCTION latest_images_refresh(text) IS 'Recomputes the latest_images
 
 CREATE FUNCTION latest_images_sync() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP <> 'INSERT' THEN
+    -- A run that stops counting (failed after requested, deleted, moved to another instance or
+    -- slot) may have been the latest: recompute its instance.
+    IF TG_OP = 'DELETE' OR (OLD.status IN ('requested', 'available') AND (NEW.status NOT IN ('requested', 'available')
+            OR NEW.instance_id <> OLD.instance_id OR NEW.scheduled_at <> OLD.scheduled_at)) THEN
         PERFORM latest_images_refresh(OLD.instance_id);
     END IF;
-    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.instance_id <> OLD.instance_id) THEN
-        PERFORM latest_images_refresh(NEW.instance_id);
+    -- A run that counts (the daemon's common case: CreateImage accepted, then the image
+    -- available): it is the latest if it is newer than the one recorded, and refreshes the row
+    -- when it is that one. Under the lock the comparison is with what the previous writer committed.
+    IF TG_OP <> 'DELETE' AND NEW.status IN ('requested', 'available') THEN
+        PERFORM latest_images_lock(NEW.instance_id);
+        INSERT INTO latest_images AS l (instance_id, run_id, policy, scheduled_at, status, image_name, image_id, request_id)
+        VALUES (NEW.instance_id, NEW.id, NEW.policy, NEW.scheduled_at, NEW.status, NEW.image_name, NEW.image_id, NEW.request_id)
+        ON CONFLICT (instance_id) DO UPDATE
+        SET run_id = EXCLUDED.run_id, policy = EXCLUDED.policy, scheduled_at = EXCLUDED.scheduled_at,
+            status = EXCLUDED.status, image_name = EXCLUDED.image_name, image_id = EXCLUDED.image_id,
+            request_id = EXCLUDED.request_id
+        WHERE l.run_id = EXCLUDED.run_id OR (l.scheduled_at, l.run_id) < (EXCLUDED.scheduled_at, EXCLUDED.run_id);
     END IF;
     RETURN NULL;
 END

@@ -21,9 +21,9 @@ ORDER BY instance_id;`},
 FROM image_runs
 WHERE status = 'failed' AND finished_at > now() - interval '24 hours'
 ORDER BY finished_at DESC;`},
-	{"Images pruned in the last 7 days", `SELECT d.finished_at, d.policy, d.instance_id, d.image_id, d.image_name, d.reason, d.request_id
+	{"Images pruned in the last 24 hours", `SELECT d.finished_at, d.policy, d.instance_id, d.image_id, d.image_name, d.reason, d.request_id
 FROM image_deletions d
-WHERE d.status = 'deleted' AND d.finished_at > now() - interval '7 days'
+WHERE d.status = 'deleted' AND d.finished_at > now() - interval '24 hours'
 ORDER BY d.finished_at DESC;`},
 	{"Attempts of one run (here: the run with the most attempts)", `SELECT a.attempt, a.action, a.started_at, a.duration_ms, a.request_id, a.error_code
 FROM image_attempts a

@@ -40,6 +40,7 @@ func commands() []command {
 		{"prune", "apply retention now, or list what it would delete (--dry-run)", cmdPrune},
 		{"migrate", "apply database migrations (idempotent; run does it too)", cmdMigrate},
 		{"demo", "the whole daemon against the built-in CVM simulator and a throwaway PostgreSQL; prints the audit", cmdDemo},
+		{"bench", "run the benchmark suite and write BENCHMARKS.md (--only, --runs, --quick)", cmdBench},
 		{"version", "print version and commit", cmdVersion},
 	}
 }

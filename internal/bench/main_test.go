@@ -1,0 +1,36 @@
+package bench
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(pgtest.Wrap(m))
+}
+
+// testEnv gives the benchmarks fresh databases of the test's PostgreSQL, dropped when t ends.
+func testEnv(t *testing.T) Env {
+	t.Helper()
+	return Env{
+		NewDatabase: func(context.Context) (string, error) { return pgtest.NewDatabase(t), nil },
+		Logger:      zerolog.Nop(),
+	}
+}
+
+// buildImager builds cmd/imager into a directory removed when t ends.
+func buildImager(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "imager")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/imager-dev/imager/cmd/imager").CombinedOutput()
+	require.NoError(t, err, "go build ./cmd/imager: %s", out)
+	return bin
+}

@@ -1,0 +1,54 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"strings"
+)
+
+// CookbookQueries returns the queries of README.md's "### Audit cookbook" section: every ```sql
+// block, titled by the line before it (its trailing colon removed). The section ends at the next
+// heading.
+func CookbookQueries(readme []byte) []Query {
+	var out []Query
+	sc := bufio.NewScanner(bytes.NewReader(readme))
+	in, inSQL := false, false
+	var title string
+	var sql []string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case inSQL && strings.HasPrefix(line, "```"):
+			out = append(out, Query{Title: title, SQL: strings.Join(sql, "\n"), Source: "README"})
+			inSQL, sql = false, nil
+		case inSQL:
+			sql = append(sql, line)
+		case strings.HasPrefix(line, "#"):
+			in = strings.TrimSpace(line) == "### Audit cookbook"
+		case in && strings.HasPrefix(line, "```sql"):
+			inSQL = true
+		case in && strings.TrimSpace(line) != "":
+			title = strings.TrimSuffix(strings.TrimSpace(line), ":")
+		}
+	}
+	return out
+}
+
+// mergeQueries returns the audit queries followed by the cookbook queries whose text is not one
+// of them.
+func mergeQueries(audit, cookbook []Query) []Query {
+	out := append([]Query(nil), audit...)
+	for _, q := range cookbook {
+		dup := false
+		for _, a := range audit {
+			if strings.TrimSpace(a.SQL) == strings.TrimSpace(q.SQL) {
+				dup = true
+				break
+			}
+		}
+		if !dup {
+			out = append(out, q)
+		}
+	}
+	return out
+}
