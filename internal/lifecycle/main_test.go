@@ -12,11 +12,11 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
-	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 	"go.uber.org/goleak"
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/cvm/cvmsim/simtest"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 )
@@ -97,19 +97,9 @@ func newEnv(t *testing.T, real bool, simOpts cvmsim.Options) *env {
 		simOpts.Limits = map[string]int{cvmsim.ActionCreateImage: 0, cvmsim.ActionDescribeImages: 0}
 	}
 	simOpts.Logger = zerolog.Nop()
-	e.sim = cvmsim.New(simOpts)
-	url, err := e.sim.Start()
-	require.NoError(t, err)
-	t.Cleanup(e.sim.Close)
+	e.sim, e.client = simtest.Start(t, simOpts)
 
-	e.client, err = cvm.New(cvm.Config{
-		Endpoint:   url,
-		Credential: common.NewCredential(cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey),
-		Logger:     zerolog.Nop(),
-	})
-	require.NoError(t, err)
-	t.Cleanup(e.client.Close)
-
+	var err error
 	e.store, err = history.Open(ctx, pgtest.NewDatabase(t), zerolog.Nop())
 	require.NoError(t, err)
 	t.Cleanup(e.store.Close)

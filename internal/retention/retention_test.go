@@ -12,11 +12,11 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
-	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 	"go.uber.org/goleak"
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/cvm/cvmsim/simtest"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/internal/policy"
@@ -58,18 +58,8 @@ func newEnv(t *testing.T, pols ...*policy.Policy) *env {
 	clk := clockwork.NewFakeClockAt(t0)
 	// No limits at the simulator: its fake clock stands still while the paces run on real time.
 	// Images stay CREATING for an hour of fake time unless completed.
-	sim := cvmsim.New(cvmsim.Options{Clock: clk, MaxClockSkew: -1, ImageReadyAfter: time.Hour, Logger: zerolog.Nop(),
+	sim, client := simtest.Start(t, cvmsim.Options{Clock: clk, MaxClockSkew: -1, ImageReadyAfter: time.Hour, Logger: zerolog.Nop(),
 		Limits: map[string]int{cvmsim.ActionCreateImage: 0, cvmsim.ActionDescribeImages: 0, cvmsim.ActionDeleteImages: 0}})
-	url, err := sim.Start()
-	require.NoError(t, err)
-	t.Cleanup(sim.Close)
-	client, err := cvm.New(cvm.Config{
-		Endpoint:   url,
-		Credential: common.NewCredential(cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey),
-		Logger:     zerolog.Nop(),
-	})
-	require.NoError(t, err)
-	t.Cleanup(client.Close)
 	store, err := history.Open(ctx, pgtest.NewDatabase(t), zerolog.Nop())
 	require.NoError(t, err)
 	t.Cleanup(store.Close)

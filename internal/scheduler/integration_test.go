@@ -9,10 +9,9 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
-	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
-	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/cvm/cvmsim/simtest"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/internal/policy"
@@ -28,21 +27,10 @@ type stack struct {
 
 func newStack(t *testing.T, ctx context.Context, policyYAML string, instances []string) *stack {
 	t.Helper()
-	sim := cvmsim.New(cvmsim.Options{Logger: zerolog.Nop()})
-	url, err := sim.Start()
-	require.NoError(t, err)
-	t.Cleanup(sim.Close)
+	sim, client := simtest.Start(t, cvmsim.Options{Logger: zerolog.Nop()})
 	for _, id := range instances {
 		sim.AddInstance(cvmsim.Instance{ID: id, Region: "ap-guangzhou"})
 	}
-
-	client, err := cvm.New(cvm.Config{
-		Endpoint:   url,
-		Credential: common.NewCredential(cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey),
-		Logger:     zerolog.Nop(),
-	})
-	require.NoError(t, err)
-	t.Cleanup(client.Close)
 
 	store, err := history.Open(ctx, pgtest.NewDatabase(t), zerolog.Nop())
 	require.NoError(t, err)

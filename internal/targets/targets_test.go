@@ -12,11 +12,11 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
-	"github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 	"go.uber.org/goleak"
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/cvm/cvmsim/simtest"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/targets"
 )
@@ -47,17 +47,7 @@ type env struct {
 // real CVM client. clock times the resolver's backoffs (nil: real clock).
 func newEnv(t *testing.T, clock clockwork.Clock) *env {
 	t.Helper()
-	sim := cvmsim.New(cvmsim.Options{Logger: zerolog.Nop(), Limits: map[string]int{cvmsim.ActionDescribeInstances: 0}})
-	url, err := sim.Start()
-	require.NoError(t, err)
-	t.Cleanup(sim.Close)
-	client, err := cvm.New(cvm.Config{
-		Endpoint:   url,
-		Credential: common.NewCredential(cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey),
-		Logger:     zerolog.Nop(),
-	})
-	require.NoError(t, err)
-	t.Cleanup(client.Close)
+	sim, client := simtest.Start(t, cvmsim.Options{Logger: zerolog.Nop(), Limits: map[string]int{cvmsim.ActionDescribeInstances: 0}})
 	pace := &countingPace{}
 	r := targets.NewResolver(targets.Options{CVM: client, Pace: pace, Clock: clock, Logger: zerolog.Nop()})
 	return &env{sim: sim, client: client, pace: pace, r: r}
