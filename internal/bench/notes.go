@@ -40,10 +40,11 @@ This is the scheduler's path (cron loop, claim, pool, pace, CVM client). The dae
 hooks that run at each fire before its slots are queued: the listed instances are checked with
 DescribeInstances (targets) and the region's image quota is consulted (cached). Each adds an API
 round trip before a policy's first CreateImage (about a millisecond to the local simulator, tens
-of milliseconds to the real API), and the cron loop resolves due policies one after another at
-the DescribeInstances pace (20 per second), so 1,000 policies due together are queued over about
-50 s: sooner than the CreateImage pace sends them at the real limit of 10 per second (100 s), but
-later than at 100 per second (10 s).
+of milliseconds to the real API). The cron loop fires due policies eight at a time, so round
+trips overlap, but every check waits on the DescribeInstances pace (20 per second): 1,000 policies
+due together are queued over about 50 s, sooner than the CreateImage pace sends them at the real
+limit of 10 per second (100 s), but later than at 100 per second (10 s). Resolving targets ahead of
+the slot would remove that wait; it is not done yet.
 
 `
 

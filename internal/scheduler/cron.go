@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -40,6 +41,7 @@ func (s *Scheduler) cronLoop() {
 			fires = s.nextFires(handled)
 		case <-due:
 			now := s.clock.Now()
+			var batch []nextFire
 			for i := range fires {
 				f := &fires[i]
 				if f.at.IsZero() || f.at.After(now) {
@@ -50,9 +52,10 @@ func (s *Scheduler) cronLoop() {
 					s.log.Warn().Str("policy", f.p.Name).Time("slot", slot).Int("slots_passed", passed).
 						Msg("slots passed while the daemon could not fire; firing only the latest")
 				}
-				s.fireScheduled(f.p, slot)
+				batch = append(batch, nextFire{p: f.p, at: slot})
 				f.at = f.p.Schedule.Next(slot)
 			}
+			s.fireBatch(batch)
 			handled = now
 		}
 	}
@@ -101,6 +104,30 @@ func stopTimer(t clockwork.Timer) {
 	if t != nil {
 		t.Stop()
 	}
+}
+
+// fireConcurrency bounds how many due policies are fired at once. A fire waits for its hooks
+// (targets resolved with DescribeInstances, the quota gate) before its slots are queued; firing
+// due policies side by side keeps one slow round trip from delaying every policy behind it,
+// while the API paces (DescribeInstances, CreateImage) still hold for all of them together.
+const fireConcurrency = 8
+
+// fireBatch fires every due (policy, slot) and returns when all are queued.
+func (s *Scheduler) fireBatch(batch []nextFire) {
+	if len(batch) == 1 {
+		s.fireScheduled(batch[0].p, batch[0].at)
+		return
+	}
+	sem := make(chan struct{}, fireConcurrency)
+	var wg sync.WaitGroup
+	for _, f := range batch {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			s.fireScheduled(f.p, f.at)
+		})
+	}
+	wg.Wait()
 }
 
 // fireScheduled fires p's slot from the cron loop.

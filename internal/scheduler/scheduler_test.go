@@ -637,3 +637,49 @@ func TestBeforeFireInRunOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestCronFiresDuePoliciesSideBySide: policies due at the same slot are fired concurrently, so one
+// policy's slow hook (a DescribeInstances round trip) does not hold back the others. Each hook
+// here waits until the other policy's hook has started: fired one after another, the first would
+// wait in vain.
+func TestCronFiresDuePoliciesSideBySide(t *testing.T) {
+	t.Parallel()
+	a := scheduled(t, testPolicy("alpha", "ins-alpha001"), "@every 1h")
+	b := scheduled(t, testPolicy("beta", "ins-beta0001"), "@every 1h")
+	entered := map[string]chan struct{}{"alpha": make(chan struct{}), "beta": make(chan struct{})}
+	other := map[string]string{"alpha": "beta", "beta": "alpha"}
+	var mu sync.Mutex
+	var waitedInVain []string
+	hook := func(ctx context.Context, p *policy.Policy) ([]string, map[string]string, error) {
+		close(entered[p.Name])
+		select {
+		case <-entered[other[p.Name]]:
+		case <-time.After(10 * time.Second): // a deadline for the failure case, not a synchronisation
+			mu.Lock()
+			waitedInVain = append(waitedInVain, p.Name)
+			mu.Unlock()
+		}
+		return p.Instances, nil, nil
+	}
+	h := newHarness(t, testConfig(10, 2, a, b), func(o *Options) { o.ResolveTargets = hook })
+	h.start()
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1)) // the cron timer
+	h.clk.Advance(time.Hour)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool {
+			n := 0
+			for _, r := range runs {
+				if r.Status == history.StatusRequested {
+					n++
+				}
+			}
+			return n == 2
+		})
+	}()
+	h.drive(done, 10*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Empty(t, waitedInVain, "the due policies were fired one after another")
+}
