@@ -200,7 +200,7 @@ ORDER BY requested_at;`
 FROM (
   SELECT DISTINCT ON (policy, instance_id) policy, instance_id, scheduled_at, status, error_code, error_message
   FROM image_runs
-  WHERE status IN ('requested', 'available', 'failed')
+  WHERE status IN ('requested', 'available', 'failed') AND scheduled_at > now() - interval '7 days'
   ORDER BY policy, instance_id, scheduled_at DESC, id DESC
 ) last
 WHERE status = 'failed'
