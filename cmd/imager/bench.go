@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/imager-dev/imager/internal/bench"
+	"github.com/imager-dev/imager/internal/history"
 )
 
 func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -51,9 +52,9 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return exitUsage
 		}
 	}
-	queries := make([]bench.Query, len(auditQueries))
-	for i, q := range auditQueries {
-		queries[i] = bench.Query{Title: q.title, SQL: q.sql, Source: "audit.go"}
+	queries := make([]bench.Query, len(history.Cookbook))
+	for i, q := range history.Cookbook {
+		queries[i] = bench.Query{Title: q.Title, SQL: q.SQL, Source: "cookbook.go"}
 	}
 	// The README's other audit queries are measured too when the README is at hand (make bench
 	// runs from the repository's root).

@@ -15,6 +15,8 @@ import (
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
+
+	"github.com/imager-dev/imager/internal/history"
 )
 
 // logLines feeds the daemon's stderr, line by line, to the test.
@@ -104,7 +106,7 @@ func TestDemoRunsAndPrintsTheAudit(t *testing.T) {
 	require.Contains(t, s, "InvalidInstance.NotSupported")
 	require.Regexp(t, `web-nightly +available +72 `, s)
 	require.Equal(t, 24, strings.Count(s, "keep_last 2: 3rd newest available image"), "one pruned image per web instance")
-	for _, q := range auditQueries {
-		require.Contains(t, s, q.title)
+	for _, q := range history.Cookbook {
+		require.Contains(t, s, q.Title)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -188,10 +189,10 @@ func printAudit(ctx context.Context, out io.Writer, dbURL string) error {
 		return err
 	}
 	defer pool.Close()
-	for _, q := range auditQueries {
-		fmt.Fprintf(out, "\n-- %s\n", q.title)
-		if err := printQuery(ctx, out, pool, q.sql); err != nil {
-			return fmt.Errorf("%s: %w", q.title, err)
+	for _, q := range history.Cookbook {
+		fmt.Fprintf(out, "\n-- %s\n", q.Title)
+		if err := printQuery(ctx, out, pool, q.SQL); err != nil {
+			return fmt.Errorf("%s: %w", q.Title, err)
 		}
 	}
 	return nil
@@ -246,19 +247,11 @@ func printQuery(ctx context.Context, out io.Writer, pool *pgxpool.Pool, sql stri
 		fmt.Fprintln(out)
 		if n == 0 {
 			for i := range header {
-				fmt.Fprintf(out, "%s  ", dashes(widths[i]))
+				fmt.Fprintf(out, "%s  ", strings.Repeat("-", widths[i]))
 			}
 			fmt.Fprintln(out)
 		}
 	}
 	fmt.Fprintf(out, "(%d rows)\n", len(table)-1)
 	return nil
-}
-
-func dashes(n int) string {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = '-'
-	}
-	return string(b)
 }

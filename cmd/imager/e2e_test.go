@@ -109,8 +109,6 @@ policies:
 	}
 	require.Len(t, creates, 40)
 	require.LessOrEqual(t, e.sim.MaxInAnySecond(cvmsim.ActionCreateImage), 10)
-	span := creates[len(creates)-1].At.Sub(creates[0].At).Seconds()
-	require.Greater(t, span, 3.0, "40 calls at 10/s cannot take less than 3.9 s")
 
 	names := map[string]bool{}
 	for _, img := range e.sim.Images() {
@@ -355,6 +353,7 @@ func TestHistoryShowsRunsFailuresAndLastGoodImage(t *testing.T) {
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "Runs with a slot in the last 1d: 2, 1 available, 1 failed")
 	require.Regexp(t, `Failures in the last 1d: 1\n.*ins-old00001 +InvalidInstance.NotSupported`, stdout)
+	require.Regexp(t, `Instances whose last image in the last 1d failed: 1\nins-old00001 +p +`, stdout)
 	require.Regexp(t, `Last good image per instance: 1 instances\n.*\nins-good0001 +p +img-`, stdout)
 
 	code, _, stderr = e.imager(t, "history", "--database-url", e.dbURL, "--since", "yesterday")

@@ -97,6 +97,19 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	w.Flush()
 
+	lastFailed, err := store.LastFailedPerInstance(ctx, from)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager history: %v\n", err)
+		return exitFail
+	}
+	lastFailed = keep(lastFailed)
+	fmt.Fprintf(stdout, "\nInstances whose last image in the last %s failed: %d\n", *sinceFlag, len(lastFailed))
+	w = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	for _, r := range lastFailed {
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", r.InstanceID, r.Policy, r.ScheduledAt.UTC().Format("2006-01-02 15:04:05"), errorText(r))
+	}
+	w.Flush()
+
 	last, err := store.LastAvailablePerInstance(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager history: %v\n", err)

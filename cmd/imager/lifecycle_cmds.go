@@ -35,7 +35,7 @@ func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("next", flag.ContinueOnError)
 	o.policyFlags(fs)
 	o.logFlags(fs)
-	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", envOr("IMAGER_CVM_ENDPOINT", ""), "override the CVM endpoint for every region (env IMAGER_CVM_ENDPOINT)")
+	o.endpointFlag(fs)
 	count := fs.Int("count", 3, "upcoming fires to show per policy")
 	offline := fs.Bool("offline", false, "do not ask the API: count only the listed instances, leave selectors unresolved")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
@@ -97,7 +97,7 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	o.policyFlags(fs)
 	o.databaseFlags(fs)
 	o.logFlags(fs)
-	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", envOr("IMAGER_CVM_ENDPOINT", ""), "override the CVM endpoint for every region (env IMAGER_CVM_ENDPOINT)")
+	o.endpointFlag(fs)
 	name := fs.String("policy", "", "only this policy (default: every policy with retention)")
 	dryRun := fs.Bool("dry-run", false, "list each image that would be deleted and why; delete nothing")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {

@@ -48,9 +48,14 @@ func (o *options) databaseFlags(fs *flag.FlagSet) {
 		"PostgreSQL URL, e.g. postgres://imager@db:5432/imager (env DATABASE_URL)")
 }
 
-func (o *options) daemonFlags(fs *flag.FlagSet) {
+// endpointFlag is --cvm-endpoint, for every command that calls the CVM API.
+func (o *options) endpointFlag(fs *flag.FlagSet) {
 	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", os.Getenv("IMAGER_CVM_ENDPOINT"),
 		"override the CVM endpoint for every region, e.g. http://127.0.0.1:18080 (env IMAGER_CVM_ENDPOINT)")
+}
+
+func (o *options) daemonFlags(fs *flag.FlagSet) {
+	o.endpointFlag(fs)
 	fs.StringVar(&o.spoolDir, "spool-dir", envOr("IMAGER_SPOOL_DIR", defaultSpoolDir()),
 		"directory for outcomes written while PostgreSQL is away, replayed when it is back (env IMAGER_SPOOL_DIR)")
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second,

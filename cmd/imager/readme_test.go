@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/imager-dev/imager/internal/history"
 )
 
 // TestReadmeCarriesAuditQueries keeps the README's audit cookbook and the queries the demo runs
@@ -14,7 +16,7 @@ func TestReadmeCarriesAuditQueries(t *testing.T) {
 	t.Parallel()
 	readme, err := os.ReadFile("../../README.md")
 	require.NoError(t, err)
-	for _, q := range auditQueries {
-		require.Truef(t, strings.Contains(string(readme), q.sql), "README.md lacks the audit query %q:\n%s", q.title, q.sql)
+	for _, q := range history.Cookbook {
+		require.Truef(t, strings.Contains(string(readme), q.SQL), "README.md lacks the audit query %q:\n%s", q.Title, q.SQL)
 	}
 }

@@ -23,7 +23,7 @@ import (
 type Query struct {
 	Title string
 	SQL   string
-	// Source says where the query is kept: "audit.go" (printed by imager demo, and kept equal to
+	// Source says where the query is kept: "cookbook.go" (history.Cookbook: printed by imager demo, and kept equal to
 	// the README by a test) or "README" (the README alone).
 	Source string
 }

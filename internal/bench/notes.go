@@ -77,7 +77,7 @@ RunClaim, AttemptInsert, RunRequested, as a worker does for an accepted call) fr
 at once over the store's default pool, then times every query of the README's audit cookbook:
 %d executions (fewer, at least 5, once a query has used %s), each with every row read by the
 client, after an untimed one. The p95 < 50 ms target is for the queries ` + "`imager demo`" + `
-prints (` + "`cmd/imager/audit.go`" + `, kept equal to the README by a test); the README's other
+prints (` + "`internal/history/cookbook.go`" + `, kept equal to the README by a test); the README's other
 queries are measured too. "Images pruned" covers 24 hours: over 7 days its answer was the week's
 32,000 deletions here (5,000 instances under a 30-day retention prune an image a day each), 35 to
 50 ms at p95 however indexed, since reading and sending the rows is the cost.

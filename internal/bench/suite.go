@@ -43,7 +43,7 @@ type Config struct {
 	Quick bool
 	// Binary is the imager executable the scale benchmark runs.
 	Binary string
-	// AuditQueries are the README's audit queries as imager demo prints them (cmd/imager/audit.go).
+	// AuditQueries are the README's audit queries as imager demo prints them (history.Cookbook, internal/history/cookbook.go).
 	AuditQueries []Query
 	// Cookbook are the queries of README.md's audit cookbook (CookbookQueries); those that are not
 	// among AuditQueries are measured too.

@@ -101,13 +101,6 @@ func BenchmarkAudit(b *testing.B) {
 			}
 		}
 	})
-	b.Run("RunsAvailable", func(b *testing.B) {
-		for i := 0; b.Loop(); i++ {
-			if _, err := s.RunsAvailable(ctx, fmt.Sprintf("policy-%d", i%1000), fmt.Sprintf("ins-%08d", i%10000)); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
 }
 
 // generateHistory fills the schema with n runs: policy i%1000, instance (i%1000)*10 + (i/1000)%10,

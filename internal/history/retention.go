@@ -46,17 +46,19 @@ WHERE requested_at >= $1 ORDER BY requested_at DESC, id DESC`, since)
 	return out, nil
 }
 
-// LastFailedPerInstance returns, for every (policy, instance) whose latest image run failed, that
-// run, ordered by policy and instance. Runs that made no image attempt (skipped, missed) and runs
-// still pending are passed over: the latest of requested, available and failed decides.
-func (s *Store) LastFailedPerInstance(ctx context.Context) ([]Run, error) {
+// LastFailedPerInstance returns, for every (policy, instance) whose latest image run with a slot
+// at or after since failed, that run, ordered by policy and instance (the README's "instances whose
+// last image failed"; bounding the slots keeps it from reading the whole history). Runs that made
+// no image attempt (skipped, missed) and runs still pending are passed over: the latest of
+// requested, available and failed decides.
+func (s *Store) LastFailedPerInstance(ctx context.Context, since time.Time) ([]Run, error) {
 	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM (
 	SELECT DISTINCT ON (policy, instance_id) id AS last_id, status AS last_status FROM image_runs
-	WHERE status IN ('requested', 'available', 'failed')
+	WHERE status IN ('requested', 'available', 'failed') AND scheduled_at >= $1
 	ORDER BY policy, instance_id, scheduled_at DESC, id DESC
 ) last JOIN image_runs ON image_runs.id = last.last_id
 WHERE last.last_status = 'failed'
-ORDER BY policy, instance_id`)
+ORDER BY policy, instance_id`, since)
 	if err != nil {
 		return nil, fmt.Errorf("instances whose last image failed: %w", err)
 	}

@@ -179,11 +179,19 @@ func TestLastFailedPerInstance(t *testing.T) {
 	d := claim(t, s, "web", "ins-dddddddd", slot.Add(day))
 	require.NoError(t, s.RunRequested(ctx, d.ID, "img-d1000000", "req-d1"))
 
-	got, err := s.LastFailedPerInstance(ctx)
+	got, err := s.LastFailedPerInstance(ctx, slot)
 	require.NoError(t, err)
 	require.Equal(t, []int64{cFailed.ID, bFailed.ID}, runIDs(got), "ordered by policy, then instance")
 	require.Equal(t, "InvalidInstanceId.NotFound", got[0].ErrorCode)
 	require.Equal(t, "CREATEFAILED", got[1].ErrorCode)
+
+	// Only slots since the bound count: from the second day on, a's Timeout is out of view.
+	got, err = s.LastFailedPerInstance(ctx, slot.Add(day))
+	require.NoError(t, err)
+	require.Equal(t, []int64{cFailed.ID, bFailed.ID}, runIDs(got))
+	got, err = s.LastFailedPerInstance(ctx, slot.Add(3*day))
+	require.NoError(t, err)
+	require.Empty(t, got)
 }
 
 // The retention queries of the README's audit cookbook, verbatim.

@@ -211,17 +211,6 @@ WHERE status = 'requested' ORDER BY scheduled_at, id LIMIT $1`, limitArg(limit))
 	return runs, nil
 }
 
-// RunsAvailable lists the available runs of one policy and instance, newest slot first: the
-// candidates and keepers of a retention pass.
-func (s *Store) RunsAvailable(ctx context.Context, policy, instanceID string) ([]Run, error) {
-	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
-WHERE policy = $1 AND instance_id = $2 AND status = 'available' ORDER BY scheduled_at DESC, id DESC`, policy, instanceID)
-	if err != nil {
-		return nil, fmt.Errorf("list available runs of %s/%s: %w", policy, instanceID, err)
-	}
-	return runs, nil
-}
-
 // RunsRecent lists up to limit runs whose slot is at or after since, newest first
 // (imager history). limit <= 0 lists them all.
 func (s *Store) RunsRecent(ctx context.Context, since time.Time, limit int) ([]Run, error) {

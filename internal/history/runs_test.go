@@ -289,17 +289,6 @@ func TestRunListings(t *testing.T) {
 	recent, err = s.RunsRecent(ctx, slot.Add(-24*time.Hour), 2)
 	require.NoError(t, err)
 	require.Equal(t, []int64{late.ID, mid.ID}, ids(recent))
-
-	// Retention candidates: available runs of one policy and instance, newest slot first.
-	second := claim(t, s, "web-nightly", "ins-aaaaaaaa", slot.Add(-30*time.Minute))
-	require.NoError(t, s.RunRequested(ctx, second.ID, "img-second00", "req-second"))
-	require.NoError(t, s.RunAvailable(ctx, second.ID, nil, "", slot))
-	available, err := s.RunsAvailable(ctx, "web-nightly", "ins-aaaaaaaa")
-	require.NoError(t, err)
-	require.Equal(t, []int64{second.ID, done.ID}, ids(available))
-	available, err = s.RunsAvailable(ctx, "db-hourly", "ins-aaaaaaaa")
-	require.NoError(t, err)
-	require.Empty(t, available)
 }
 
 func TestClosedStoreIsUnavailable(t *testing.T) {

@@ -1,14 +1,15 @@
-package main
+package history
 
-// auditQuery is one entry of the README's SQL audit cookbook. The demo prints them, and a test
-// checks that every query here appears verbatim in README.md, so the cookbook cannot drift from
-// the schema.
-type auditQuery struct {
-	title string
-	sql   string
+// CookbookQuery is one query of the README's SQL audit cookbook.
+type CookbookQuery struct {
+	Title string
+	SQL   string
 }
 
-var auditQueries = []auditQuery{
+// Cookbook holds the audit queries `imager demo` prints and `imager bench` times. A test in
+// cmd/imager checks that each appears verbatim in README.md, and another runs every SQL block of
+// the README against the migrated schema, so the cookbook cannot drift from the schema.
+var Cookbook = []CookbookQuery{
 	{"Runs per policy and status in the last 24 hours", `SELECT policy, status, count(*) AS runs, sum(attempts) AS api_calls
 FROM image_runs
 WHERE scheduled_at > now() - interval '24 hours'
