@@ -15,6 +15,7 @@ import (
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/lifecycle"
 	"github.com/imager-dev/imager/internal/metrics"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
@@ -110,13 +111,13 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 
 	// One DescribeImages pace for crash recovery, completion tracking, retention and the quota
 	// gate, so together they stay under api.describe_images_rate.
-	describePace := scheduler.NewPaceLimiter(d.clock, dc.cfg.API.DescribeImagesRate, scheduler.PaceOptions{})
+	describePace := pace.New(d.clock, dc.cfg.API.DescribeImagesRate, pace.Options{})
 	var sched *scheduler.Scheduler
 	liveConfig := func() *policy.Config { return sched.Config() }
 
 	d.pruner = retention.NewPruner(retention.Options{
 		CVM: d.client, History: store, DescribePace: describePace, Config: liveConfig,
-		DeletePace: scheduler.NewPaceLimiter(d.clock, retention.DefaultDeleteRate, scheduler.PaceOptions{}),
+		DeletePace: pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{}),
 		Clock:      d.clock, Logger: log.With().Str("component", "retention").Logger(),
 	})
 	gate := lifecycle.NewQuotaGate(lifecycle.QuotaOptions{

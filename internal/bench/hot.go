@@ -8,8 +8,8 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
-	"github.com/imager-dev/imager/internal/scheduler"
 )
 
 // HotPiece is one Go benchmark of a piece on imager's hot path.
@@ -46,7 +46,7 @@ type HotRun struct {
 func HotPieces() []HotPiece {
 	return []HotPiece{
 		{"ImageName", "policy.ImageName: one image name (template, sanitising, sha256 suffix)", setupImageName},
-		{"PaceWait", "scheduler.PaceLimiter.Wait when the grant is due at once: the limiter's own cost", setupPaceWait},
+		{"PaceWait", "pace.Limiter.Wait when the grant is due at once: the limiter's own cost", setupPaceWait},
 		{"PolicyLoad1000x10", "policy.LoadBytes of 1,000 policies × 10 instances (strict decode, validation, templates)", setupPolicyLoad},
 	}
 }
@@ -100,9 +100,9 @@ func setupImageName() (func() error, error) {
 func setupPaceWait() (func() error, error) {
 	// At a billion calls per second every grant is due by the time it is asked for, so Wait never
 	// sleeps and the figure is the limiter's bookkeeping alone.
-	pace := scheduler.NewPaceLimiter(clockwork.NewRealClock(), 1_000_000_000, scheduler.PaceOptions{})
+	lim := pace.New(clockwork.NewRealClock(), 1_000_000_000, pace.Options{})
 	ctx := context.Background()
-	return func() error { return pace.Wait(ctx) }, nil
+	return func() error { return lim.Wait(ctx) }, nil
 }
 
 func setupPolicyLoad() (func() error, error) {

@@ -154,7 +154,7 @@ const pacingOverLimit = "**More than L calls in one sliding second (RequestLimit
 	"when one call is delayed by more than about 20 ms between its grant and its arrival at the server (here imager, the " +
 	"simulator and PostgreSQL share two cores; over a network it is latency jitter). imager retries the rejected call " +
 	"and halves its pace for 5 s, so nothing is lost, but the rate and makespan suffer. Fix: a larger " +
-	"`scheduler.PaceOptions.Margin` buys jitter room at the cost of rate (3 % is the most the 0.97 L target " +
+	"`pace.Options.Margin` buys jitter room at the cost of rate (3 % is the most the 0.97 L target " +
 	"allows: 30 ms); the lasting fix is to keep the margin and run imager where its calls are not starved."
 
 // slowReadmeNotes say why a README-only audit query is slow and what would fix it; they appear

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/imager-dev/imager/internal/scheduler"
+	"github.com/imager-dev/imager/internal/pace"
 )
 
 // target is a bound a figure must keep in every run.
@@ -290,7 +290,7 @@ func (r *Report) writePacing(w io.Writer) []metric {
 			// The least makespan the pace allows for the calls this run needed (the first leaves at
 			// once, each next one 1/(0.98 L) later), and what the retries waiting at the end added.
 			paced := func(c ClientPacing) float64 {
-				return float64(max(c.Calls-1, 0)) / (float64(p.Limit) * (1 - scheduler.DefaultPaceMargin))
+				return float64(max(c.Calls-1, 0)) / (float64(p.Limit) * (1 - pace.DefaultMargin))
 			}
 			rows = slices.Insert(rows, 4,
 				pacingRow{"", "least makespan the pace allows for the calls sent ((calls − 1) / 0.98 L) / (N / L)", "%.3f",

@@ -26,6 +26,7 @@ const defaultConnectTimeout = 10 * time.Second
 type Store struct {
 	pool *pgxpool.Pool
 	log  zerolog.Logger
+	term int64 // leadership term of fenced writes (WithTerm); 0: unfenced
 }
 
 // Open connects to the database at dbURL and checks that it answers; log is used as given (the

@@ -44,7 +44,7 @@ type QuotaCVM interface {
 }
 
 // Pace spaces DescribeImages calls. The daemon passes the scheduler's DescribePace
-// (*scheduler.PaceLimiter), so every DescribeImages of the account shares
+// (*pace.Limiter), so every DescribeImages of the account shares
 // api.describe_images_rate. When the Pace also has a Throttle() method, it is called after a
 // RequestLimitExceeded answer.
 type Pace interface {

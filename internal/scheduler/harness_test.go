@@ -234,20 +234,6 @@ func (h *harness) runByInstance(policyName, instance string) history.Run {
 	return runs[0]
 }
 
-// maxInAnySecond is the most times in any half-open one-second window.
-func maxInAnySecond(times []time.Time) int {
-	ts := slices.Clone(times)
-	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
-	most, j := 0, 0
-	for i := range ts {
-		for ts[i].Sub(ts[j]) >= time.Second {
-			j++
-		}
-		most = max(most, i-j+1)
-	}
-	return most
-}
-
 func callTimes(calls []cvmCall) []time.Time {
 	ts := make([]time.Time, len(calls))
 	for i, c := range calls {

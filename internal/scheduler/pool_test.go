@@ -11,6 +11,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
@@ -48,7 +49,7 @@ func TestPacingAcrossPoliciesSharingThePool(t *testing.T) {
 
 	calls := h.cvm.callsOf("CreateImage")
 	times := callTimes(calls)
-	require.LessOrEqual(t, maxInAnySecond(times), rate)
+	require.LessOrEqual(t, pace.MaxInAnySecond(times), rate)
 	makespan := times[n-1].Sub(times[0])
 	achieved := float64(n-1) / makespan.Seconds()
 	require.GreaterOrEqual(t, achieved, 0.97*rate, "makespan %s", makespan)
@@ -340,7 +341,7 @@ func TestThrottledSlowsTheSharedPace(t *testing.T) {
 	require.Equal(t, 2, h.cvm.count("CreateImage"))
 
 	// Restored after the cool-down.
-	h.clk.Advance(DefaultThrottleCooldown)
+	h.clk.Advance(pace.DefaultThrottleCooldown)
 	require.InDelta(t, 9.8, h.s.pace.Rate(), 1e-9)
 }
 

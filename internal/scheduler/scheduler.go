@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
@@ -68,11 +69,11 @@ type Options struct {
 	// DefaultShutdownGrace.
 	ShutdownGrace time.Duration
 	// Pace tunes the CreateImage and DescribeImages paces; zero means the defaults.
-	Pace PaceOptions
+	Pace pace.Options
 	// DescribePace, when set, is the DescribeImages pace to use, so that components built
 	// before the scheduler (the quota gate, the completion tracker, retention) can share it; its
 	// rate is set to api.describe_images_rate now and at every Reload. Nil makes one.
-	DescribePace *PaceLimiter
+	DescribePace *pace.Limiter
 	// DisableCron runs the pool without firing any schedule: `imager once` fires only what it
 	// is asked to, while a daemon on the same database keeps the schedules.
 	DisableCron bool
@@ -89,8 +90,8 @@ type Scheduler struct {
 	daemonID     string
 	workers      int
 	cfg          atomic.Pointer[policy.Config]
-	pace         *PaceLimiter // CreateImage
-	describePace *PaceLimiter // DescribeImages
+	pace         *pace.Limiter // CreateImage
+	describePace *pace.Limiter // DescribeImages
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -154,7 +155,7 @@ func New(opts Options) (*Scheduler, error) {
 		log:          opts.Logger.With().Str("component", "scheduler").Logger(),
 		daemonID:     opts.DaemonID,
 		workers:      api.Workers,
-		pace:         NewPaceLimiter(opts.Clock, api.CreateImageRate, opts.Pace),
+		pace:         pace.New(opts.Clock, api.CreateImageRate, opts.Pace),
 		describePace: opts.DescribePace,
 		rng:          opts.Rand,
 		baseCtx:      context.Background(),
@@ -164,7 +165,7 @@ func New(opts Options) (*Scheduler, error) {
 		work:         make(chan *job, api.Workers),
 	}
 	if s.describePace == nil {
-		s.describePace = NewPaceLimiter(opts.Clock, describeRate(api), opts.Pace)
+		s.describePace = pace.New(opts.Clock, describeRate(api), opts.Pace)
 	} else {
 		s.describePace.SetRate(describeRate(api))
 	}
@@ -381,7 +382,7 @@ func (s *Scheduler) jobLog(j *job) *zerolog.Logger {
 // DescribePace is the pace of DescribeImages calls (api.describe_images_rate). Everything that
 // calls DescribeImages for this account (crash recovery here, completion tracking and retention
 // elsewhere) waits on this one limiter, so together they stay under the API's limit.
-func (s *Scheduler) DescribePace() *PaceLimiter { return s.describePace }
+func (s *Scheduler) DescribePace() *pace.Limiter { return s.describePace }
 
 // Config returns the policy config in effect now (the last one given to New or Reload), for
 // components that follow the same policies (completion tracking reads image.timeout).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
@@ -40,16 +41,16 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	s, err := New(good())
 	require.NoError(t, err)
 	require.NotEmpty(t, s.daemonID, "a daemon id by default")
-	require.InDelta(t, 20*(1-DefaultPaceMargin), s.DescribePace().Rate(), 1e-9)
+	require.InDelta(t, 20*(1-pace.DefaultMargin), s.DescribePace().Rate(), 1e-9)
 
 	// A DescribeImages pace made beforehand is the one used, at the configured rate.
-	shared := NewPaceLimiter(nil, 1, PaceOptions{})
+	shared := pace.New(nil, 1, pace.Options{})
 	o := good()
 	o.DescribePace = shared
 	withShared, err := New(o)
 	require.NoError(t, err)
 	require.Same(t, shared, withShared.DescribePace())
-	require.InDelta(t, 20*(1-DefaultPaceMargin), shared.Rate(), 1e-9)
+	require.InDelta(t, 20*(1-pace.DefaultMargin), shared.Rate(), 1e-9)
 	require.Same(t, o.Config, withShared.Config())
 	s.Stop() // before Start: nothing to do, and no error
 	require.Error(t, s.Start(context.Background()), "a stopped scheduler does not start")

@@ -1,4 +1,4 @@
-package scheduler
+package pace
 
 import (
 	"context"
@@ -9,22 +9,24 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func TestPaceLimiterKeepsEverySlidingSecondUnderTheRate(t *testing.T) {
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func TestLimiterKeepsEverySlidingSecondUnderTheRate(t *testing.T) {
 	t.Parallel()
 	for _, rate := range []int{1, 10, 40, 100} {
 		t.Run(time.Duration(rate).String(), func(t *testing.T) {
 			t.Parallel()
 			clk := clockwork.NewFakeClockAt(t0)
-			p := NewPaceLimiter(clk, rate, PaceOptions{})
+			p := New(clk, rate, Options{})
 			const n = 200
 			sends := make([]time.Time, n)
 			for i := range sends {
 				sends[i] = p.reserve(clk.Now()) // all queued at once
 			}
-			require.LessOrEqual(t, maxInAnySecond(sends), rate)
+			require.LessOrEqual(t, MaxInAnySecond(sends), rate)
 
 			makespan := sends[n-1].Sub(sends[0])
-			want := time.Duration(float64(n-1) / (float64(rate) * (1 - DefaultPaceMargin)) * float64(time.Second))
+			want := time.Duration(float64(n-1) / (float64(rate) * (1 - DefaultMargin)) * float64(time.Second))
 			require.InDelta(t, float64(want), float64(makespan), float64(time.Millisecond))
 			// At least 97% of the rate while work is queued.
 			require.GreaterOrEqual(t, float64(n-1)/makespan.Seconds(), 0.97*float64(rate))
@@ -32,21 +34,21 @@ func TestPaceLimiterKeepsEverySlidingSecondUnderTheRate(t *testing.T) {
 	}
 }
 
-func TestPaceLimiterIdleBucketAdmitsOneCallNotABurst(t *testing.T) {
+func TestLimiterIdleBucketAdmitsOneCallNotABurst(t *testing.T) {
 	t.Parallel()
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 10, PaceOptions{})
+	p := New(clk, 10, Options{})
 	clk.Advance(time.Hour) // a long idle time must not store up tokens
 	first, second := p.reserve(clk.Now()), p.reserve(clk.Now())
 	require.Equal(t, clk.Now(), first)
 	require.InDelta(t, float64(time.Second)/9.8, float64(second.Sub(first)), float64(time.Microsecond))
 }
 
-func TestPaceLimiterWaitUsesTheClock(t *testing.T) {
+func TestLimiterWaitUsesTheClock(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 10, PaceOptions{})
+	p := New(clk, 10, Options{})
 	require.NoError(t, p.Wait(ctx)) // the first call goes at once
 
 	done := make(chan error, 1)
@@ -69,10 +71,10 @@ func TestPaceLimiterWaitUsesTheClock(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 }
 
-func TestPaceLimiterThrottleHalvesThenRestores(t *testing.T) {
+func TestLimiterThrottleHalvesThenRestores(t *testing.T) {
 	t.Parallel()
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 10, PaceOptions{Cooldown: 5 * time.Second})
+	p := New(clk, 10, Options{Cooldown: 5 * time.Second})
 	require.InDelta(t, 9.8, p.Rate(), 1e-9)
 
 	p.Throttle()
@@ -97,10 +99,10 @@ func TestPaceLimiterThrottleHalvesThenRestores(t *testing.T) {
 	require.InDelta(t, 9.8, p.Rate(), 1e-9)
 }
 
-func TestPaceLimiterHalvingHasAFloor(t *testing.T) {
+func TestLimiterHalvingHasAFloor(t *testing.T) {
 	t.Parallel()
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 16, PaceOptions{Margin: 0.5})
+	p := New(clk, 16, Options{Margin: 0.5})
 	for range 20 {
 		p.Throttle()
 		clk.Advance(time.Second)
@@ -108,10 +110,10 @@ func TestPaceLimiterHalvingHasAFloor(t *testing.T) {
 	require.InDelta(t, 16*0.5/16, p.Rate(), 1e-9)
 }
 
-func TestPaceLimiterRateIncreaseKeepsQueuedReservationsInOrder(t *testing.T) {
+func TestLimiterRateIncreaseKeepsQueuedReservationsInOrder(t *testing.T) {
 	t.Parallel()
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 5, PaceOptions{})
+	p := New(clk, 5, Options{})
 	var sends []time.Time
 	for range 5 {
 		sends = append(sends, p.reserve(clk.Now()))
@@ -123,14 +125,14 @@ func TestPaceLimiterRateIncreaseKeepsQueuedReservationsInOrder(t *testing.T) {
 	for i := 1; i < len(sends); i++ {
 		require.False(t, sends[i].Before(sends[i-1]), "reservation %d acts before %d", i, i-1)
 	}
-	require.LessOrEqual(t, maxInAnySecond(sends), 10)
+	require.LessOrEqual(t, MaxInAnySecond(sends), 10)
 	require.InDelta(t, 9.8, p.Rate(), 1e-9)
 }
 
-func TestPaceLimiterSetRateKeepsTheCooldown(t *testing.T) {
+func TestLimiterSetRateKeepsTheCooldown(t *testing.T) {
 	t.Parallel()
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 10, PaceOptions{Cooldown: 5 * time.Second})
+	p := New(clk, 10, Options{Cooldown: 5 * time.Second})
 	p.Throttle()
 	p.SetRate(20)
 	require.InDelta(t, 9.8, p.Rate(), 1e-9) // 20 × 0.98 halved
@@ -140,9 +142,9 @@ func TestPaceLimiterSetRateKeepsTheCooldown(t *testing.T) {
 	require.InDelta(t, 0.98, p.Rate(), 1e-9, "rates below 1 are raised to 1")
 }
 
-func BenchmarkPaceLimiter(b *testing.B) {
+func BenchmarkLimiter(b *testing.B) {
 	clk := clockwork.NewFakeClockAt(t0)
-	p := NewPaceLimiter(clk, 100, PaceOptions{})
+	p := New(clk, 100, Options{})
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

@@ -1,7 +1,10 @@
-package scheduler
+// Package pace spaces the calls of one API action so that no sliding second holds more than the
+// API allows. One Limiter per action is shared by every component that calls it.
+package pace
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -11,11 +14,11 @@ import (
 
 // Pace defaults.
 const (
-	// DefaultPaceMargin is the share of the configured rate the pace leaves unused. At 10 calls per
+	// DefaultMargin is the share of the configured rate the pace leaves unused. At 10 calls per
 	// second it spaces calls 102 ms apart instead of 100 ms, so 11 calls span at least 1.02 s: the
 	// server may see each call up to ~20 ms early or late (network and scheduling jitter) and still
 	// never count more than 10 in one second, while imager reaches 98% of the limit.
-	DefaultPaceMargin = 0.02
+	DefaultMargin = 0.02
 	// DefaultThrottleCooldown is how long the pace stays halved after a RequestLimitExceeded.
 	DefaultThrottleCooldown = 5 * time.Second
 
@@ -23,18 +26,18 @@ const (
 	minThrottleFactor = 1.0 / 16
 )
 
-// PaceOptions tunes a PaceLimiter. The zero value means the defaults.
-type PaceOptions struct {
+// Options tunes a Limiter. The zero value means the defaults.
+type Options struct {
 	// Margin is the share of the rate left unused as jitter room, in (0, 0.5]; 0 means
-	// DefaultPaceMargin.
+	// DefaultMargin.
 	Margin float64
 	// Cooldown is how long Throttle keeps the rate lowered; 0 means DefaultThrottleCooldown.
 	Cooldown time.Duration
 }
 
-// PaceLimiter spaces the calls of one API action so that, retries included, no sliding one-second
+// Limiter spaces the calls of one API action so that, retries included, no sliding one-second
 // window ever holds more than the configured number of calls, while keeping close to that rate
-// when work is queued. Every caller, for every policy, waits on the same PaceLimiter.
+// when work is queued. Every caller, for every policy, waits on the same Limiter.
 //
 // It is a token bucket (golang.org/x/time/rate) with burst 1, run at rate×(1−margin). The burst
 // must be 1: a bucket of rate r and burst b that has been idle holds b tokens, so it admits b
@@ -45,7 +48,7 @@ type PaceOptions struct {
 // about 20 ms to spare for jitter at the default margin.
 //
 // All time is read from the injected clock, and waits use the clock's timers, so fake clocks work.
-type PaceLimiter struct {
+type Limiter struct {
 	clock    clockwork.Clock
 	margin   float64
 	cooldown time.Duration
@@ -60,18 +63,18 @@ type PaceLimiter struct {
 	lim            *rate.Limiter
 }
 
-// NewPaceLimiter returns a pace of perSecond calls in any sliding second (at least 1).
-func NewPaceLimiter(clock clockwork.Clock, perSecond int, opts PaceOptions) *PaceLimiter {
+// New returns a pace of perSecond calls in any sliding second (at least 1).
+func New(clock clockwork.Clock, perSecond int, opts Options) *Limiter {
 	if clock == nil {
 		clock = clockwork.NewRealClock()
 	}
 	if opts.Margin <= 0 || opts.Margin > 0.5 {
-		opts.Margin = DefaultPaceMargin
+		opts.Margin = DefaultMargin
 	}
 	if opts.Cooldown <= 0 {
 		opts.Cooldown = DefaultThrottleCooldown
 	}
-	p := &PaceLimiter{
+	p := &Limiter{
 		clock:     clock,
 		margin:    opts.Margin,
 		cooldown:  opts.Cooldown,
@@ -84,7 +87,7 @@ func NewPaceLimiter(clock clockwork.Clock, perSecond int, opts PaceOptions) *Pac
 
 // Wait blocks until the caller may send one call, or until ctx is done. A reservation given up
 // because ctx ended is not returned to the bucket: that only leaves a little capacity unused.
-func (p *PaceLimiter) Wait(ctx context.Context) error {
+func (p *Limiter) Wait(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -104,7 +107,7 @@ func (p *PaceLimiter) Wait(ctx context.Context) error {
 }
 
 // reserve takes the next send time at or after now.
-func (p *PaceLimiter) reserve(now time.Time) time.Time {
+func (p *Limiter) reserve(now time.Time) time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.restoreLocked(now)
@@ -125,7 +128,7 @@ func (p *PaceLimiter) reserve(now time.Time) time.Time {
 // Throttle lowers the pace after the API answered RequestLimitExceeded: the rate is halved for the
 // cool-down, then restored. Throttles within a second of the last halving only extend the
 // cool-down, so one burst of rejections seen by several workers halves the rate once.
-func (p *PaceLimiter) Throttle() {
+func (p *Limiter) Throttle() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.clock.Now()
@@ -139,7 +142,7 @@ func (p *PaceLimiter) Throttle() {
 }
 
 // SetRate changes the configured rate (a policy reload), keeping any running cool-down.
-func (p *PaceLimiter) SetRate(perSecond int) {
+func (p *Limiter) SetRate(perSecond int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.clock.Now()
@@ -150,7 +153,7 @@ func (p *PaceLimiter) SetRate(perSecond int) {
 
 // Rate returns the calls per second the bucket grants now: the configured rate less the margin,
 // lowered while a throttle cool-down runs.
-func (p *PaceLimiter) Rate() float64 {
+func (p *Limiter) Rate() float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.restoreLocked(p.clock.Now())
@@ -158,7 +161,7 @@ func (p *PaceLimiter) Rate() float64 {
 }
 
 // restoreLocked ends a finished cool-down. The caller holds p.mu.
-func (p *PaceLimiter) restoreLocked(now time.Time) {
+func (p *Limiter) restoreLocked(now time.Time) {
 	if p.factor < 1 && !now.Before(p.throttledUntil) {
 		p.factor = 1
 		p.lim.SetLimitAt(now, p.bucketRate())
@@ -166,11 +169,26 @@ func (p *PaceLimiter) restoreLocked(now time.Time) {
 }
 
 // bucketRate is the token rate for the current settings. The caller holds p.mu.
-func (p *PaceLimiter) bucketRate() rate.Limit {
+func (p *Limiter) bucketRate() rate.Limit {
 	return rate.Limit(float64(p.perSecond) * (1 - p.margin) * p.factor)
 }
 
 // intervalLocked is the least spacing between two grants. The caller holds p.mu.
-func (p *PaceLimiter) intervalLocked() time.Duration {
+func (p *Limiter) intervalLocked() time.Duration {
 	return time.Duration(float64(time.Second) / float64(p.bucketRate()))
+}
+
+// MaxInAnySecond returns the most of times that fall in any half-open one-second window: the
+// figure the API's per-second limit is checked against. Tests and benchmarks measure a pace with it.
+func MaxInAnySecond(times []time.Time) int {
+	ts := slices.Clone(times)
+	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
+	most, j := 0, 0
+	for i := range ts {
+		for ts[i].Sub(ts[j]) >= time.Second {
+			j++
+		}
+		most = max(most, i-j+1)
+	}
+	return most
 }
