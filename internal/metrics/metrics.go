@@ -25,16 +25,18 @@ type RunCount struct {
 	Count  int64
 }
 
-// Options are the sources the metrics read at scrape time.
+// Options are the sources the metrics read at scrape time. A source that needs PostgreSQL never
+// fails the scrape: it reports imager_history_up 0 and the rest is served (collectors.go).
 type Options struct {
 	// RunCounts returns run counts per policy and status for slots since the given time; nil
-	// leaves imager_runs out.
+	// leaves imager_runs_last_24h out.
 	RunCounts func(ctx context.Context, since time.Time) ([]RunCount, error)
 	// SpoolPending returns how many history writes wait in the local spool; nil leaves it out.
 	SpoolPending func() int
 	// Health returns nil when the daemon can do its work (database reachable); nil = always healthy.
 	Health func(ctx context.Context) error
 	Logger zerolog.Logger
+	Sources // further sources (collectors.go)
 }
 
 // Metrics holds imager's collectors and their registry.
@@ -43,6 +45,11 @@ type Metrics struct {
 	apiCalls    *prometheus.CounterVec
 	apiDuration *prometheus.HistogramVec
 	opts        Options
+
+	runsTotal *prometheus.CounterVec // collectors.go
+	paceWait  prometheus.Histogram
+	reloadOK  prometheus.Gauge
+	reloadAt  prometheus.Gauge
 }
 
 // New builds the registry with the Go and process collectors and imager's own.
@@ -62,9 +69,7 @@ func New(opts Options) *Metrics {
 	}
 	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.apiCalls, m.apiDuration)
-	if opts.RunCounts != nil {
-		m.registry.MustRegister(&runsCollector{counts: opts.RunCounts, log: opts.Logger})
-	}
+	m.registerMore(opts)
 	if opts.SpoolPending != nil {
 		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "imager_spool_pending",
@@ -83,7 +88,7 @@ func (m *Metrics) ObserveCall(action, code string, elapsed time.Duration) {
 // Handler serves /metrics and /healthz.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if m.opts.Health != nil {
 			ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
@@ -96,33 +101,6 @@ func (m *Metrics) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	return mux
-}
-
-// runsCollector reports imager_runs{policy,status} for the last 24 hours of slots, read from
-// PostgreSQL at scrape time so every replica reports the same truth.
-type runsCollector struct {
-	counts func(ctx context.Context, since time.Time) ([]RunCount, error)
-	log    zerolog.Logger
-}
-
-var runsDesc = prometheus.NewDesc("imager_runs_last_24h",
-	"Runs whose slot is in the last 24 hours, by policy and status (from image_runs).",
-	[]string{"policy", "status"}, nil)
-
-func (c *runsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- runsDesc }
-
-func (c *runsCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	counts, err := c.counts(ctx, time.Now().Add(-24*time.Hour))
-	if err != nil {
-		c.log.Warn().Err(err).Msg("metrics: cannot count runs")
-		ch <- prometheus.NewInvalidMetric(runsDesc, err)
-		return
-	}
-	for _, rc := range counts {
-		ch <- prometheus.MustNewConstMetric(runsDesc, prometheus.GaugeValue, float64(rc.Count), rc.Policy, rc.Status)
-	}
 }
 
 // Server serves the metrics on an address until stopped.
