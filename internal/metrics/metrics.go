@@ -34,8 +34,8 @@ type Options struct {
 	// SpoolPending returns how many history writes wait in the local spool; nil leaves it out.
 	SpoolPending func() int
 	// Health returns nil when the daemon can do its work (database reachable); nil = always healthy.
-	Health func(ctx context.Context) error
-	Logger zerolog.Logger
+	Health  func(ctx context.Context) error
+	Logger  zerolog.Logger
 	Sources // further sources (collectors.go)
 }
 
