@@ -36,6 +36,7 @@ func commands() []command {
 		{"once", "fire one policy now through the same pool, pacing and history; exit 0 only if every slot succeeded", cmdOnce},
 		{"validate", "check policy files, print every error as file:line, then each policy's next fire times", cmdValidate},
 		{"history", "recent runs, failures with their codes, and the last good image per instance", cmdHistory},
+		{"latest", "the image to restore an instance from, with the tccli commands that use it", cmdLatest},
 		{"next", "upcoming fires of every policy and how many targets each would have now", cmdNext},
 		{"prune", "apply retention now, or list what it would delete (--dry-run)", cmdPrune},
 		{"migrate", "apply database migrations (idempotent; run does it too)", cmdMigrate},
