@@ -1,0 +1,99 @@
+package history_test
+
+import (
+	"context"
+	"os"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestCoverageViewsAtScale times the coverage views over a generated history: IMAGER_BENCH_RUNS
+// runs (1,000,000 unless set) over 10 daily policies of 1,000 instances each, 90% available. It
+// runs only when IMAGER_BENCH_COVERAGE=1 and logs p50/p95 per query (BENCHMARKS.md); it asserts
+// nothing about timings.
+func TestCoverageViewsAtScale(t *testing.T) {
+	if os.Getenv("IMAGER_BENCH_COVERAGE") != "1" {
+		t.Skip("set IMAGER_BENCH_COVERAGE=1 to time the coverage views at scale")
+	}
+	runs := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("IMAGER_BENCH_RUNS")); err == nil && v > 0 {
+		runs = v
+	}
+	ctx := context.Background()
+	s := newStore(t)
+	pool := s.Pool()
+	days := runs / 10_000
+	start := time.Now()
+	// Generated with the triggers off, then the kept tables rebuilt, as a bulk import would be.
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	for _, q := range []string{
+		`SET session_replication_role = replica`,
+		`INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)
+		 SELECT 'policy-' || p, '0 3 * * *', 'UTC', 86400, true, 'p.yaml', p, now() FROM generate_series(0, 9) p`,
+		`INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status, image_name,
+			image_id, error_code, attempts, daemon_id)
+		 SELECT 'policy-' || (i % 10), 'ins-' || lpad(i::text, 8, '0'), 'ap-guangzhou', slot, slot,
+			CASE WHEN st = 'requested' THEN NULL ELSE slot + interval '20 minutes' END, st,
+			'img-name-' || i || '-' || d, CASE WHEN st IN ('available', 'requested') THEN 'img-' || i || '-' || d END,
+			CASE WHEN st = 'failed' THEN 'InternalError' END, 2, 'bench'
+		 FROM generate_series(0, 9999) i, generate_series(1, ` + strconv.Itoa(days) + `) d,
+			LATERAL (SELECT date_trunc('day', now()) - d * interval '1 day' + interval '3 hours' AS slot,
+				CASE WHEN d = 1 AND i % 50 = 0 THEN 'requested' WHEN (i * 7 + d) % 20 = 0 THEN 'failed'
+					WHEN (i * 7 + d) % 33 = 0 THEN 'missed' WHEN i % 100 = 1 AND d < 4 THEN 'failed'
+					ELSE 'available' END AS st) x`,
+		`SET session_replication_role = DEFAULT`,
+		`SELECT latest_images_rebuild()`,
+		`SELECT coverage_rebuild()`,
+		`ANALYZE`,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(t, err, q)
+	}
+	conn.Release()
+	t.Logf("generated %d runs over %d days in %s", runs, days, time.Since(start).Round(time.Millisecond))
+
+	queries := []struct{ name, sql string }{
+		{"coverage, all rows", `SELECT * FROM coverage`},
+		{"coverage, one instance", `SELECT * FROM coverage WHERE instance_id = 'ins-00004242'`},
+		{"rpo_breaches, all rows", `SELECT * FROM rpo_breaches`},
+		{"rpo_breaches per policy (metric)", `SELECT p.name, count(b.instance_id) FROM policies p LEFT JOIN rpo_breaches b ON b.policy = p.name WHERE p.removed_at IS NULL GROUP BY p.name`},
+		{"daily_coverage, one policy, 30 days", `SELECT * FROM daily_coverage WHERE policy = 'policy-3' AND day > current_date - 30`},
+		{"daily_coverage, one instance, 30 days", `SELECT * FROM daily_coverage WHERE instance_id = 'ins-00004242' AND day > current_date - 30`},
+	}
+	for _, q := range queries {
+		var took []time.Duration
+		var n int
+		for i := 0; i < 40; i++ {
+			t0 := time.Now()
+			rows, err := pool.Query(ctx, q.sql)
+			require.NoError(t, err)
+			n = 0
+			for rows.Next() {
+				n++
+			}
+			require.NoError(t, rows.Err())
+			took = append(took, time.Since(t0))
+		}
+		sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+		t.Logf("%-40s rows=%6d p50=%7.2fms p95=%7.2fms", q.name, n,
+			float64(took[len(took)/2].Microseconds())/1000, float64(took[len(took)*95/100].Microseconds())/1000)
+	}
+
+	// The triggers' cost on the write path: one run claimed, requested and made available.
+	var took []time.Duration
+	base := time.Now().UTC().Truncate(time.Hour)
+	for i := 0; i < 200; i++ {
+		t0 := time.Now()
+		r := claim(t, s, "policy-1", "ins-00000001", base.Add(time.Duration(i)*time.Minute))
+		require.NoError(t, s.RunRequested(ctx, r.ID, "img-x"+strconv.Itoa(i), "req"))
+		require.NoError(t, s.RunAvailable(ctx, r.ID, nil, "", base.Add(time.Duration(i)*time.Minute+time.Second)))
+		took = append(took, time.Since(t0))
+	}
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	t.Logf("claim+requested+available (3 writes)     p50=%7.2fms p95=%7.2fms", float64(took[100].Microseconds())/1000, float64(took[190].Microseconds())/1000)
+}
