@@ -228,7 +228,7 @@ WHERE d.id % $1 = $2`
 
 // rebuildFunctions are functions the migrations may ship to recompute tables that triggers keep in
 // step with image_runs; the generator calls those that exist after loading with triggers off.
-var rebuildFunctions = []string{"latest_images_rebuild"}
+var rebuildFunctions = []string{"latest_images_rebuild", "coverage_rebuild"}
 
 // generateHistory loads the dataset, the larger steps split over one connection per core (two at
 // least, four at most). As a bulk import would, it turns per-row triggers off when it may
@@ -273,6 +273,14 @@ func generateHistory(ctx context.Context, pool *pgxpool.Pool, runs, instances in
 				}
 			}
 		}
+	}
+	// The coverage views (README "Audit cookbook") read the policies a daemon would have loaded:
+	// one row per generated policy, daily like its slots.
+	if _, err := pool.Exec(ctx, `DO $$ BEGIN IF to_regclass('policies') IS NOT NULL THEN
+	INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)
+	SELECT DISTINCT policy, '@daily', 'UTC', 86400, true, 'bench.yaml', 1, now() FROM image_runs ON CONFLICT DO NOTHING;
+END IF; END $$`); err != nil {
+		return ds, fmt.Errorf("policies: %w", err)
 	}
 	var wg sync.WaitGroup
 	tables := []string{"image_runs", "image_attempts", "image_deletions"}
