@@ -53,6 +53,8 @@ CREATE TABLE coverage_state (
 
 COMMENT ON TABLE coverage_state IS
     'Per (policy, instance) with runs: first and last slot and the last available image, kept in step with image_runs by triggers. Read the coverage view.';
+COMMENT ON COLUMN coverage_state.policy IS 'image_runs.policy of the pair.';
+COMMENT ON COLUMN coverage_state.instance_id IS 'image_runs.instance_id of the pair.';
 COMMENT ON COLUMN coverage_state.first_slot IS 'Oldest slot of the pair in image_runs.';
 COMMENT ON COLUMN coverage_state.last_slot IS 'Newest slot of the pair in image_runs.';
 COMMENT ON COLUMN coverage_state.last_run_id IS 'image_runs.id of the newest slot.';
@@ -79,6 +81,15 @@ CREATE TABLE coverage_days (
 
 COMMENT ON TABLE coverage_days IS
     'Per (policy, instance, day) with runs: the best run of the day, kept in step with image_runs by triggers. Read the daily_coverage view.';
+
+COMMENT ON COLUMN coverage_days.policy IS 'image_runs.policy of the day''s runs.';
+COMMENT ON COLUMN coverage_days.instance_id IS 'image_runs.instance_id of the day''s runs.';
+COMMENT ON COLUMN coverage_days.day IS 'Calendar day of the slots in policies.timezone (UTC for a policy without a row).';
+COMMENT ON COLUMN coverage_days.status IS 'Best status of the day''s slots: available > requested > pending > failed > missed > skipped.';
+COMMENT ON COLUMN coverage_days.run_id IS 'image_runs.id of the best run (the newest slot among equals).';
+COMMENT ON COLUMN coverage_days.image_id IS 'image_runs.image_id of the best run.';
+COMMENT ON COLUMN coverage_days.error_code IS 'image_runs.error_code of the best run.';
+COMMENT ON COLUMN coverage_days.runs IS 'Number of slots of the pair on that day.';
 
 CREATE INDEX coverage_days_instance_idx ON coverage_days (instance_id, day);
 
