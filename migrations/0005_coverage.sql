@@ -305,3 +305,21 @@ COMMENT ON COLUMN daily_coverage.image_id IS 'Image id of the best run, when it 
 COMMENT ON COLUMN daily_coverage.error_code IS 'Error code of the best run, when it failed.';
 COMMENT ON COLUMN daily_coverage.runs IS 'Number of slots of the pair on that day.';
 COMMENT ON COLUMN daily_coverage.run_id IS 'image_runs.id of the best run.';
+
+-- Column comments that 0004_leadership left out (the schema is documented column by column).
+COMMENT ON COLUMN leader_lease.name IS 'Lease name; the leader holds the row ''leader''.';
+COMMENT ON COLUMN replicas.daemon_id IS 'Identity of the process (host/pid/start).';
+COMMENT ON COLUMN replicas.host IS 'Host name of the process.';
+COMMENT ON COLUMN replicas.pid IS 'Process id on its host.';
+COMMENT ON COLUMN replicas.version IS 'imager version of the process.';
+COMMENT ON COLUMN replicas.started_at IS 'When the process started (database clock).';
+COMMENT ON COLUMN policy_slots.policy IS 'Policy name.';
+COMMENT ON COLUMN policy_slots.updated_at IS 'When the row last changed (database clock).';
+COMMENT ON COLUMN fire_requests.id IS 'Request id.';
+COMMENT ON COLUMN fire_requests.policy IS 'Policy to fire.';
+COMMENT ON COLUMN fire_requests.requested_by IS 'daemon_id of the imager once that asked.';
+COMMENT ON COLUMN fire_requests.requested_at IS 'When it was asked (database clock).';
+COMMENT ON COLUMN fire_requests.taken_by IS 'daemon_id of the leader that took it.';
+COMMENT ON COLUMN fire_requests.taken_term IS 'Leader term under which it was taken.';
+COMMENT ON COLUMN fire_requests.finished_at IS 'When its runs were written (or it failed).';
+COMMENT ON COLUMN fire_requests.error_message IS 'Why it failed, when it did.';
