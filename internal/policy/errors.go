@@ -13,11 +13,17 @@ import (
 const maxQuoted = 80
 
 // clip shortens s to about maxQuoted characters for an error message, saying how long it was.
-func clip(s string) string {
-	if len(s) <= maxQuoted {
+func clip(s string) string { return clipTo(s, maxQuoted) }
+
+// clipField shortens a field path, which may end in a key the file wrote (a tag key); keys near
+// their own limits (127 characters for tags) still show whole.
+func clipField(s string) string { return clipTo(s, 3*maxQuoted) }
+
+func clipTo(s string, limit int) string {
+	if len(s) <= limit {
 		return s
 	}
-	cut := maxQuoted - 16
+	cut := limit - 16 // room for the size
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
