@@ -1,6 +1,6 @@
 # Build: docker build -t imager --build-arg VERSION=$(git describe --always) .
 # Run:   docker run --rm -e DATABASE_URL=... -e TENCENTCLOUD_SECRET_ID=... -e TENCENTCLOUD_SECRET_KEY=... \
-#          -v "$PWD/policies:/etc/imager/policies:ro" imager
+#          -v "$PWD/policies:/etc/imager/policies:ro" -p 9090:9090 imager
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -24,5 +24,7 @@ ENV IMAGER_POLICIES=/etc/imager/policies \
 VOLUME ["/var/lib/imager/spool"]
 USER nonroot:nonroot
 STOPSIGNAL SIGTERM
+# Prometheus /metrics, /healthz (liveness) and /readyz (readiness) on --listen.
+EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/imager"]
-CMD ["run", "--log-format", "json"]
+CMD ["run", "--listen=:9090", "--log-format=json"]

@@ -1,5 +1,7 @@
 // Package migrations holds imager's database schema as numbered SQL files, embedded in the
-// binary. history.Migrate applies each file once, in name order, in its own transaction.
+// binary. history.Migrate applies each file once, in number order, in its own transaction, and
+// records its sha256: files are append-only (numbers 0001..N without gaps, never edited once
+// committed; put a change in a new file), and a database whose applied files differ is refused.
 //
 // The schema is a public contract that operators query with plain SQL: add columns and tables in
 // a new file; never rename or drop without a migration and a note in the README.

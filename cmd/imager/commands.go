@@ -141,7 +141,7 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	for {
 		select {
 		case <-ctx.Done():
-			log.Info().Dur("grace", o.shutdownGrace).Msg("shutting down: no new fires; waiting for calls in flight")
+			log.Info().Int64("grace_ms", o.shutdownGrace.Milliseconds()).Msg("shutting down: no new fires; waiting for calls in flight")
 			d.close()
 			log.Info().Msg("imager stopped")
 			return exitOK

@@ -30,11 +30,7 @@ var demoPolicies []byte
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	o.logFlags(fs)
-	o.logFormat = "console"
-	fs.Lookup("log-format").DefValue = "console"
-	o.logLevel = "warn"
-	fs.Lookup("log-level").DefValue = "warn"
+	o.logFlags(fs) // console and warn unless IMAGER_LOG_* or the flags say otherwise
 	faultRate := fs.Float64("fault-rate", 0.1, "share of CreateImage calls the simulator answers with InternalError (retried by imager)")
 	keep := fs.Duration("keep-running", 0, "after the audit, keep the daemon running on its schedules this long (0 = exit)")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
@@ -77,7 +73,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		return err
 	}
 
-	sim := cvmsim.New(cvmsim.Options{ImageReadyAfter: time.Second, Logger: log.With().Str("component", "cvmsim").Logger()})
+	sim := cvmsim.New(cvmsim.Options{ImageReadyAfter: time.Second, Logger: log}) // cvmsim sets its component
 	endpoint, err := sim.Start()
 	if err != nil {
 		return err

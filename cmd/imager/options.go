@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 )
 
@@ -38,9 +39,27 @@ func (o *options) policyFlags(fs *flag.FlagSet) {
 		"policy file or directory of *.yaml/*.yml files (env IMAGER_POLICIES)")
 }
 
+// quietCommands print their results on stdout; by default they log only warnings and errors, so
+// the results are not buried under progress lines (README, "Logs").
+var quietCommands = map[string]bool{
+	"history": true, "next": true, "validate": true, "prune": true, "migrate": true,
+	"status": true, "latest": true, "demo": true,
+}
+
+// logFlags adds --log-level and --log-format. Their defaults depend on the command (fs's name):
+// info and json for the daemon and once, warn for the one-shot commands, console for the demo;
+// IMAGER_LOG_LEVEL and IMAGER_LOG_FORMAT override the defaults and the flags override both.
 func (o *options) logFlags(fs *flag.FlagSet) {
-	fs.StringVar(&o.logLevel, "log-level", envOr("IMAGER_LOG_LEVEL", "info"), "debug, info, warn or error (env IMAGER_LOG_LEVEL)")
-	fs.StringVar(&o.logFormat, "log-format", envOr("IMAGER_LOG_FORMAT", "json"), "json, or console for people (env IMAGER_LOG_FORMAT)")
+	level, format := "info", "json"
+	if quietCommands[fs.Name()] {
+		level = "warn"
+	}
+	if fs.Name() == "demo" {
+		format = "console"
+	}
+	fs.StringVar(&o.logLevel, "log-level", envOr("IMAGER_LOG_LEVEL", level), "debug, info, warn or error (env IMAGER_LOG_LEVEL)")
+	fs.StringVar(&o.logFormat, "log-format", envOr("IMAGER_LOG_FORMAT", format),
+		"json, or console for people: coloured only when stderr is a terminal (env IMAGER_LOG_FORMAT)")
 }
 
 func (o *options) databaseFlags(fs *flag.FlagSet) {
@@ -84,10 +103,17 @@ func (o *options) logger(stderr io.Writer) (zerolog.Logger, error) {
 	case "json":
 		w = stderr
 	case "console":
-		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339}
+		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339, NoColor: !isTerminal(stderr)}
 	default:
 		return zerolog.Nop(), fmt.Errorf("--log-format: %q is not one of json, console", o.logFormat)
 	}
 	// Many goroutines log at once; SyncWriter serialises whole events onto any writer.
 	return zerolog.New(zerolog.SyncWriter(w)).Level(level).With().Timestamp().Logger(), nil
+}
+
+// isTerminal reports whether w is a terminal: console logs carry ANSI colours only there, never
+// into files and pipes.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
 }

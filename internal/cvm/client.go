@@ -245,7 +245,7 @@ func (c *Client) send(ctx context.Context, region, action string, req tchttp.Req
 	}
 
 	ev := c.log.Debug().Str("action", action).Str("region", region).
-		Dur("duration", time.Since(start)).Int32("http_requests", tr.requests.Load())
+		Int64("duration_ms", time.Since(start).Milliseconds()).Int32("http_requests", tr.requests.Load())
 	if apiErr != nil {
 		ev.Str("request_id", apiErr.RequestID).Str("error_code", apiErr.Code).Str("error_class", apiErr.Class.String())
 	} else if r, ok := resp.(interface{ requestID() string }); ok {

@@ -2,11 +2,14 @@ package history
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -22,16 +25,29 @@ const migrationLockKey int64 = 0x696d61676572
 // migrationName is the form of a migration file: a four-digit number, an underscore, a name.
 var migrationName = regexp.MustCompile(`^[0-9]{4}_[a-z0-9_]+\.sql$`)
 
+// ErrMigrationDrift marks a refusal to start because the database's recorded migrations and the
+// embedded files disagree: an applied file was edited, or the database has a migration this
+// binary does not know. The error's text is one line that says which and what to do.
+var ErrMigrationDrift = errors.New("migrations refused")
+
 // migration is one file of migrations.FS.
 type migration struct {
-	version string // file name without .sql
-	sql     string
+	version  string // file name without .sql, as recorded in schema_migrations
+	number   int    // the leading four digits
+	sql      string
+	checksum string // hex sha256 of the file's bytes
 }
 
 // Migrate applies the embedded migrations (package migrations) that the database lacks, in
 // version order, each in its own transaction under an advisory lock, and records each in
-// schema_migrations. Several processes may migrate at once: each file is applied exactly once.
-// It returns the versions this call applied.
+// schema_migrations with the sha256 of its file. Several processes may migrate at once: each
+// file is applied exactly once. It returns the versions this call applied.
+//
+// It refuses (README, "Migrations"), with one line each: embedded files whose numbers are not
+// 0001..N without gaps; an applied file whose content changed since it was applied; and a
+// database with a migration this binary does not embed (a newer schema than the binary).
+// Rows recorded before checksums existed get the checksum of the embedded file (trust on first
+// use).
 func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	return migrateFS(ctx, pool, migrations.FS)
 }
@@ -42,19 +58,23 @@ func migrateFS(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) ([]string, e
 		return nil, err
 	}
 	var applied []string
-	for _, m := range list {
-		did, err := applyMigration(ctx, pool, m)
+	for {
+		m, err := migrateStep(ctx, pool, list)
 		if err != nil {
-			return applied, fmt.Errorf("migration %s: %w", m.version, translate(err))
+			if m != nil {
+				err = fmt.Errorf("migration %s: %w", m.version, translate(err))
+			}
+			return applied, err
 		}
-		if did {
-			applied = append(applied, m.version)
+		if m == nil {
+			return applied, nil
 		}
+		applied = append(applied, m.version)
 	}
-	return applied, nil
 }
 
-// loadMigrations reads the *.sql files of fsys in version order.
+// loadMigrations reads the *.sql files of fsys in version order and checks that their numbers
+// run 0001..N without a gap or a repeat.
 func loadMigrations(fsys fs.FS) ([]migration, error) {
 	names, err := fs.Glob(fsys, "*.sql")
 	if err != nil {
@@ -62,30 +82,44 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 	}
 	sort.Strings(names)
 	list := make([]migration, 0, len(names))
-	seen := map[string]string{}
 	for _, name := range names {
 		if !migrationName.MatchString(name) {
 			return nil, fmt.Errorf("migration file %s: name must look like 0001_description.sql", name)
 		}
-		if other, dup := seen[name[:4]]; dup {
-			return nil, fmt.Errorf("migration files %s and %s share the number %s", other, name, name[:4])
+		number, _ := strconv.Atoi(name[:4]) // four digits, by migrationName
+		if n := len(list); n > 0 && list[n-1].number == number {
+			return nil, fmt.Errorf("migration files %s.sql and %s share the number %s", list[n-1].version, name, name[:4])
 		}
-		seen[name[:4]] = name
+		if want := len(list) + 1; number != want {
+			after := "the first file"
+			if len(list) > 0 {
+				after = "after " + list[len(list)-1].version + ".sql"
+			}
+			return nil, fmt.Errorf("migration files skip number %04d: %s comes %s; number migrations 0001, 0002, ... without gaps", want, name, after)
+		}
 		b, err := fs.ReadFile(fsys, name)
 		if err != nil {
 			return nil, fmt.Errorf("read migration %s: %w", name, err)
 		}
-		list = append(list, migration{version: strings.TrimSuffix(name, ".sql"), sql: string(b)})
+		sum := sha256.Sum256(b)
+		list = append(list, migration{
+			version:  strings.TrimSuffix(name, ".sql"),
+			number:   number,
+			sql:      string(b),
+			checksum: hex.EncodeToString(sum[:]),
+		})
 	}
 	return list, nil
 }
 
-// applyMigration applies m unless schema_migrations already records it. The advisory lock is
-// taken first, so a concurrent migrator waits and then sees the version recorded.
-func applyMigration(ctx context.Context, pool *pgxpool.Pool, m migration) (applied bool, err error) {
+// migrateStep, in one transaction under the advisory lock, brings schema_migrations to its
+// current shape, backfills missing checksums, checks the recorded migrations against list and
+// applies the first file the database lacks. It returns that file, or nil when nothing was left
+// to apply. An error with a nil migration is about the state, not about one file.
+func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration) (m *migration, err error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return false, err
+		return nil, translate(err)
 	}
 	defer func() {
 		if rbErr := tx.Rollback(context.WithoutCancel(ctx)); rbErr != nil && !errors.Is(rbErr, pgx.ErrTxClosed) && err == nil {
@@ -93,29 +127,111 @@ func applyMigration(ctx context.Context, pool *pgxpool.Pool, m migration) (appli
 		}
 	}()
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLockKey); err != nil {
-		return false, err
+		return nil, translate(err)
 	}
+	// Databases migrated before checksums were recorded have the table without the column.
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 	version    text        PRIMARY KEY,
-	applied_at timestamptz NOT NULL DEFAULT now()
+	applied_at timestamptz NOT NULL DEFAULT now(),
+	checksum   text
 )`); err != nil {
-		return false, err
+		return nil, translate(err)
 	}
-	var done bool
-	if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM schema_migrations WHERE version = $1)", m.version).Scan(&done); err != nil {
-		return false, err
+	if _, err := tx.Exec(ctx, "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text"); err != nil {
+		return nil, translate(err)
 	}
-	if done {
-		return false, nil
+	if _, err := tx.Exec(ctx, "COMMENT ON COLUMN schema_migrations.checksum IS "+
+		"'Hex sha256 of the migration file when it was applied (or, for rows older than the column, when imager first saw them).'"); err != nil {
+		return nil, translate(err)
+	}
+	recorded, err := recordedMigrations(ctx, tx)
+	if err != nil {
+		return nil, translate(err)
+	}
+	embedded := make(map[string]*migration, len(list))
+	byNumber := make(map[string]string, len(list))
+	for i := range list {
+		embedded[list[i].version] = &list[i]
+		byNumber[list[i].version[:4]] = list[i].version
+	}
+	for _, r := range recorded { // sorted by version: the oldest unknown one is named
+		if _, ok := embedded[r.version]; !ok {
+			hint := ""
+			if own, ok := byNumber[prefix4(r.version)]; ok {
+				hint = fmt.Sprintf(" (its %s is %s)", prefix4(r.version), own)
+			}
+			return nil, fmt.Errorf("%w: database has migration %s that this imager does not know%s; upgrade imager", ErrMigrationDrift, r.version, hint)
+		}
+	}
+	for _, r := range recorded {
+		want := embedded[r.version].checksum
+		if r.checksum == "" {
+			// Trust on first use: the row predates checksums; record the embedded file's.
+			if _, err := tx.Exec(ctx, "UPDATE schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL", r.version, want); err != nil {
+				return nil, translate(err)
+			}
+			continue
+		}
+		if r.checksum != want {
+			return nil, fmt.Errorf("%w: migration %s.sql changed after it was applied (database sha256 %s, file sha256 %s); migrations are append-only: restore the file and put the change in a new one",
+				ErrMigrationDrift, r.version, short(r.checksum), short(want))
+		}
+	}
+	done := make(map[string]bool, len(recorded))
+	for _, r := range recorded {
+		done[r.version] = true
+	}
+	for i := range list {
+		if done[list[i].version] {
+			continue
+		}
+		m = &list[i]
+		break
+	}
+	if m == nil {
+		return nil, translate(tx.Commit(ctx)) // the backfill, if any
 	}
 	if _, err := tx.Exec(ctx, m.sql); err != nil {
-		return false, err
+		return m, err
 	}
-	if _, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, now())", m.version); err != nil {
-		return false, err
+	if _, err := tx.Exec(ctx, "INSERT INTO schema_migrations (version, applied_at, checksum) VALUES ($1, now(), $2)", m.version, m.checksum); err != nil {
+		return m, err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return false, err
+		return m, err
 	}
-	return true, nil
+	return m, nil
+}
+
+// recordedMigration is one row of schema_migrations; checksum is "" when none was recorded.
+type recordedMigration struct {
+	version  string
+	checksum string
+}
+
+func recordedMigrations(ctx context.Context, tx pgx.Tx) ([]recordedMigration, error) {
+	rows, err := tx.Query(ctx, "SELECT version, coalesce(checksum, '') FROM schema_migrations ORDER BY version")
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (recordedMigration, error) {
+		var r recordedMigration
+		err := row.Scan(&r.version, &r.checksum)
+		return r, err
+	})
+}
+
+// short is the first 12 hex digits of a checksum, enough to tell two apart in a message.
+func short(sum string) string {
+	if len(sum) > 12 {
+		return sum[:12]
+	}
+	return sum
+}
+
+func prefix4(version string) string {
+	if len(version) >= 4 {
+		return version[:4]
+	}
+	return version
 }

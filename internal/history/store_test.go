@@ -173,6 +173,8 @@ func TestMigrateConcurrently(t *testing.T) {
 	var n int
 	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&n))
 	require.Equal(t, len(shippedMigrations(t)), n)
+	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM schema_migrations WHERE checksum ~ '^[0-9a-f]{64}$'").Scan(&n))
+	require.Equal(t, len(shippedMigrations(t)), n, "every row records its file's checksum")
 	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'image_%'").Scan(&n))
 	require.Equal(t, 3, n)
 }

@@ -237,8 +237,8 @@ func (t *Tracker) foundByName(ctx context.Context, r *history.Run, img *cvm.Imag
 		t.runLog(r).Error().Err(err).Str("image_id", img.ID).Msg("cannot record the image id found by name")
 		return
 	}
-	t.runLog(r).Info().Str("image_id", img.ID).Str("image_state", img.State).Msg("image found by exact name")
 	r.ImageID = img.ID
+	t.runLog(r).Info().Str("image_state", img.State).Msg("image found by exact name")
 	t.recordCall(ctx, r, c)
 	t.observe(ctx, r, img, nil, res)
 }
@@ -336,7 +336,7 @@ func (t *Tracker) available(ctx context.Context, r *history.Run, img *cvm.Image,
 	res.terminal++
 	r.Status, r.FinishedAt, r.ImageSizeGiB, r.ImageID = history.StatusAvailable, &now, &size, img.ID
 	r.ErrorCode, r.ErrorMessage = "", ""
-	t.runLog(r).Info().Int64("size_gib", size).Dur("took", now.Sub(r.StartedAt)).Msg("image available")
+	t.runLog(r).Info().Int64("size_gib", size).Int64("took_ms", now.Sub(r.StartedAt).Milliseconds()).Msg("image available")
 	if t.onAvail != nil {
 		t.onAvail(ctx, *r)
 	}
@@ -405,7 +405,11 @@ func (t *Tracker) recordCall(ctx context.Context, r *history.Run, c *call) {
 
 // runLog is the logger for one run.
 func (t *Tracker) runLog(r *history.Run) *zerolog.Logger {
-	l := t.log.With().Int64("run_id", r.ID).Str("policy", r.Policy).Str("instance", r.InstanceID).
-		Str("region", r.Region).Str("image_name", r.ImageName).Str("image_id", r.ImageID).Logger()
+	c := t.log.With().Int64("run_id", r.ID).Str("policy", r.Policy).Str("instance", r.InstanceID).
+		Str("region", r.Region).Str("image_name", r.ImageName)
+	if r.ImageID != "" { // a caller that learns the id adds it itself: one image_id per line
+		c = c.Str("image_id", r.ImageID)
+	}
+	l := c.Logger()
 	return &l
 }

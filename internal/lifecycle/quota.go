@@ -30,7 +30,8 @@ type QuotaOptions struct {
 	// pacing. The daemon passes the scheduler's DescribePace().
 	Pace Pace
 	// Clock decides the caches' ages; nil means the real clock.
-	Clock  clockwork.Clock
+	Clock clockwork.Clock
+	// Logger is used as given: the caller sets its component field.
 	Logger zerolog.Logger
 	// Prune frees room in a region before slots are refused or after CreateImage answered
 	// ImageQuotaLimitExceeded: it deletes what retention allows and reports how many images it
@@ -95,7 +96,7 @@ func NewQuotaGate(opts QuotaOptions) *QuotaGate {
 		cvm:        opts.CVM,
 		pace:       opts.Pace,
 		clock:      opts.Clock,
-		log:        opts.Logger.With().Str("component", "quota").Logger(),
+		log:        opts.Logger,
 		prune:      opts.Prune,
 		quotaFor:   opts.QuotaCacheFor,
 		countFor:   opts.CountCacheFor,

@@ -62,7 +62,8 @@ type TrackerOptions struct {
 	// loaded, means policy.DefaultImageTimeout.
 	Config func() *policy.Config
 	// Clock decides polls, backoff, timeouts and finish times; nil means the real clock.
-	Clock  clockwork.Clock
+	Clock clockwork.Clock
+	// Logger is used as given: the caller sets its component field.
 	Logger zerolog.Logger
 	// PollInterval is the delay between polls; 0 means DefaultPollInterval.
 	PollInterval time.Duration
@@ -140,7 +141,7 @@ func NewTracker(opts TrackerOptions) *Tracker {
 		pace:     opts.Pace,
 		config:   opts.Config,
 		clock:    opts.Clock,
-		log:      opts.Logger.With().Str("component", "tracker").Logger(),
+		log:      opts.Logger,
 		interval: opts.PollInterval,
 		onAvail:  opts.OnAvailable,
 		kick:     make(chan struct{}, 1),
@@ -170,7 +171,7 @@ func (t *Tracker) Start(ctx context.Context) error {
 	t.mu.Unlock()
 	t.wg.Add(1)
 	go t.loop(ctx)
-	t.log.Info().Dur("poll_interval", t.interval).Msg("completion tracker started")
+	t.log.Info().Int64("poll_interval_ms", t.interval.Milliseconds()).Msg("completion tracker started")
 	return nil
 }
 
@@ -216,7 +217,7 @@ func (t *Tracker) loop(ctx context.Context) {
 		}
 		delay := pollDelay(t.interval, failures)
 		if failures > 0 {
-			t.log.Warn().Int("consecutive_failures", failures).Dur("next_poll_in", delay).
+			t.log.Warn().Int("consecutive_failures", failures).Int64("next_poll_in_ms", delay.Milliseconds()).
 				Msg("poll failed; retrying with backoff")
 		}
 		if t.afterPoll != nil {

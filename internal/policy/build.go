@@ -22,7 +22,7 @@ type builder struct {
 }
 
 func (b *builder) errorf(at pos, field, format string, args ...any) {
-	*b.errs = append(*b.errs, FieldError{File: at.file, Line: at.line, Field: field, Message: fmt.Sprintf(format, args...)})
+	*b.errs = append(*b.errs, FieldError{File: at.file, Line: at.line, Field: clipField(field), Message: fmt.Sprintf(format, clipArgs(args)...)})
 }
 
 // site says where to report a problem with a value the policy may have inherited: at the value

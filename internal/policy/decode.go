@@ -63,7 +63,7 @@ type decoder struct {
 }
 
 func (d *decoder) errorf(line int, field, format string, args ...any) {
-	*d.errs = append(*d.errs, FieldError{File: d.file, Line: line, Field: field, Message: fmt.Sprintf(format, args...)})
+	*d.errs = append(*d.errs, FieldError{File: d.file, Line: line, Field: clipField(field), Message: fmt.Sprintf(format, clipArgs(args)...)})
 }
 
 func (d *decoder) at(n *yaml.Node) pos { return pos{file: d.file, line: n.Line} }

@@ -13,7 +13,7 @@ import (
 func ParseDuration(s string) (time.Duration, error) {
 	orig := s
 	bad := func(why string) (time.Duration, error) {
-		return 0, fmt.Errorf("invalid duration %q: %s", orig, why)
+		return 0, fmt.Errorf("invalid duration %q: %s", clip(orig), why)
 	}
 	neg := false
 	if s != "" && (s[0] == '-' || s[0] == '+') {

@@ -5,7 +5,40 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
+
+// maxQuoted is how much of a value an error message quotes: a 10 MB policy name is reported by
+// its first characters and its length, not echoed whole.
+const maxQuoted = 80
+
+// clip shortens s to about maxQuoted characters for an error message, saying how long it was.
+func clip(s string) string { return clipTo(s, maxQuoted) }
+
+// clipField shortens a field path, which may end in a key the file wrote (a tag key); keys near
+// their own limits (127 characters for tags) still show whole.
+func clipField(s string) string { return clipTo(s, 3*maxQuoted) }
+
+func clipTo(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	cut := limit - 16 // room for the size
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…[%d bytes]", s[:cut], len(s))
+}
+
+// clipArgs clips the string arguments of an error message (the values it quotes).
+func clipArgs(args []any) []any {
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			args[i] = clip(s)
+		}
+	}
+	return args
+}
 
 // FieldError is one problem found in a policy file, located precisely enough for an operator to
 // jump to it: the file, the 1-based line (0 when the problem is not tied to a line), and the dotted

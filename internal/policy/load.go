@@ -176,7 +176,7 @@ func load(label string, srcs []source, now time.Time) (*Config, error) {
 		if rp.name.set {
 			if first, dup := firstAt[rp.name.v]; dup {
 				errs = append(errs, FieldError{File: rp.name.at.file, Line: rp.name.at.line, Field: join(rp.field, "name"),
-					Message: fmt.Sprintf("duplicate policy name %q (already defined at %s)", rp.name.v, first)})
+					Message: fmt.Sprintf("duplicate policy name %q (already defined at %s)", clip(rp.name.v), first)})
 				continue
 			}
 			firstAt[rp.name.v] = rp.name.at

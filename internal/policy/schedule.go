@@ -62,11 +62,11 @@ func ParseSchedule(spec string, loc *time.Location) (Schedule, error) {
 	}
 	parsed, err := parseCron(s)
 	if err != nil {
-		return nil, fmt.Errorf("invalid cron expression %q: %w", s, err)
+		return nil, fmt.Errorf("invalid cron expression %q: %s", clip(s), clip(err.Error())) // robfig quotes the fields
 	}
 	ss, ok := parsed.(*cron.SpecSchedule)
 	if !ok {
-		return nil, fmt.Errorf("invalid cron expression %q", s)
+		return nil, fmt.Errorf("invalid cron expression %q", clip(s))
 	}
 	wall := *ss
 	wall.Location = time.UTC // fields are matched on the wall clock, carried as UTC
@@ -199,11 +199,11 @@ func loadZone(name string) (*time.Location, error) {
 		return l.(*time.Location), nil
 	}
 	if name == "" || name == "Local" {
-		return nil, fmt.Errorf("time zone %q: use an IANA name such as UTC or Europe/Berlin", name)
+		return nil, fmt.Errorf("time zone %q: use an IANA name such as UTC or Europe/Berlin", clip(name))
 	}
 	l, err := time.LoadLocation(name)
 	if err != nil {
-		return nil, fmt.Errorf("unknown time zone %q (want an IANA name such as Europe/Berlin)", name)
+		return nil, fmt.Errorf("unknown time zone %q (want an IANA name such as Europe/Berlin)", clip(name))
 	}
 	zoneCache.Store(name, l)
 	return l, nil

@@ -56,7 +56,7 @@ func parseTemplate(s string) (template, error) {
 		}
 		j := strings.IndexByte(s[i:], '}')
 		if j < 0 {
-			return nil, fmt.Errorf("unclosed %q (placeholders are %s)", s[i:], knownPlaceholders)
+			return nil, fmt.Errorf("unclosed %q (placeholders are %s)", clip(s[i:]), knownPlaceholders)
 		}
 		name := s[i+1 : i+j]
 		switch name {

@@ -82,7 +82,7 @@ func (p *Pruner) describeBatch(ctx context.Context, region string, ids []string)
 		}
 		delay := p.backoff(ae, try)
 		p.log.Warn().Err(err).Str("region", region).Str("error_code", ae.Code).Str("request_id", ae.RequestID).
-			Int("attempt", try).Dur("retry_in", delay).Msg("DescribeImages failed; retrying")
+			Int("attempt", try).Int64("retry_in_ms", delay.Milliseconds()).Msg("DescribeImages failed; retrying")
 		if err := sleep(ctx, p.clock, delay); err != nil {
 			return cvm.DescribeImagesOutput{}, fmt.Errorf("retry DescribeImages: %w", err)
 		}

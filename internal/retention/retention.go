@@ -90,7 +90,8 @@ type Options struct {
 	// Config returns the live policies (reloads swap it); it is read at every pass.
 	Config func() *policy.Config
 	// Clock decides ages (max_age) and times backoffs; nil means the real clock.
-	Clock  clockwork.Clock
+	Clock clockwork.Clock
+	// Logger is used as given: the caller sets its component field.
 	Logger zerolog.Logger
 }
 
@@ -137,7 +138,7 @@ func NewPruner(opts Options) *Pruner {
 		deletePace:   opts.DeletePace,
 		config:       opts.Config,
 		clock:        opts.Clock,
-		log:          opts.Logger.With().Str("component", "retention").Logger(),
+		log:          opts.Logger,
 	}
 	if p.clock == nil {
 		p.clock = clockwork.NewRealClock()

@@ -58,7 +58,8 @@ type Options struct {
 	// second (burst 1).
 	Pace Pace
 	// Clock times the backoff between retries; nil means the real clock.
-	Clock  clockwork.Clock
+	Clock clockwork.Clock
+	// Logger is used as given: the caller sets its component field.
 	Logger zerolog.Logger
 }
 
@@ -77,7 +78,7 @@ func NewResolver(opts Options) *Resolver {
 		cvm:   opts.CVM,
 		pace:  opts.Pace,
 		clock: opts.Clock,
-		log:   opts.Logger.With().Str("component", "targets").Logger(),
+		log:   opts.Logger,
 	}
 	if r.pace == nil {
 		r.pace = rate.NewLimiter(rate.Limit(DefaultRate), 1)
@@ -244,7 +245,7 @@ func (r *Resolver) describe(ctx context.Context, region string, in cvm.DescribeI
 			t.Throttle() // a shared pace (the scheduler's) slows down for everyone
 		}
 		r.log.Warn().Err(err).Str("region", region).Str("error_code", ae.Code).Str("request_id", ae.RequestID).
-			Int("attempt", attempt).Dur("retry_in", delay).Msg("DescribeInstances failed; retrying")
+			Int("attempt", attempt).Int64("retry_in_ms", delay.Milliseconds()).Msg("DescribeInstances failed; retrying")
 		if err := sleep(ctx, r.clock, delay); err != nil {
 			return cvm.DescribeInstancesOutput{}, fmt.Errorf("retry DescribeInstances: %w", err)
 		}

@@ -1,0 +1,167 @@
+package history_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"strings"
+	"testing"
+	"testing/fstest"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
+	"github.com/imager-dev/imager/migrations"
+)
+
+func sum(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
+
+// requireOneLine checks that err is a drift refusal whose text is one line containing want.
+func requireDrift(t *testing.T, err error, want ...string) {
+	t.Helper()
+	require.ErrorIs(t, err, history.ErrMigrationDrift)
+	require.NotContains(t, err.Error(), "\n", "one line")
+	for _, w := range want {
+		require.Contains(t, err.Error(), w)
+	}
+}
+
+func TestMigrateRefusesAnEditedAppliedFile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+	first := []byte("CREATE TABLE a (x int);")
+	_, err := history.MigrateFS(ctx, pool, fstest.MapFS{"0001_a.sql": {Data: first}})
+	require.NoError(t, err)
+
+	edited := []byte("CREATE TABLE a (x int, y int);")
+	files := fstest.MapFS{
+		"0001_a.sql": {Data: edited},
+		"0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")},
+	}
+	applied, err := history.MigrateFS(ctx, pool, files)
+	requireDrift(t, err, "0001_a.sql changed after it was applied", sum(first)[:12], sum(edited)[:12])
+	require.Empty(t, applied)
+	var exists bool
+	require.NoError(t, pool.QueryRow(ctx, "SELECT to_regclass('b') IS NOT NULL").Scan(&exists))
+	require.False(t, exists, "nothing is applied after a refusal")
+
+	files["0001_a.sql"] = &fstest.MapFile{Data: first}
+	applied, err = history.MigrateFS(ctx, pool, files)
+	require.NoError(t, err, "restoring the file lifts the refusal")
+	require.Equal(t, []string{"0002_b"}, applied)
+}
+
+func TestMigrateRefusesAGapInTheFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+	for name, tc := range map[string]struct {
+		files fstest.MapFS
+		want  string
+	}{
+		"middle": {fstest.MapFS{
+			"0001_a.sql": {Data: []byte("CREATE TABLE a (x int);")},
+			"0003_c.sql": {Data: []byte("CREATE TABLE c (x int);")},
+		}, "migration files skip number 0002: 0003_c.sql comes after 0001_a.sql"},
+		"start": {fstest.MapFS{
+			"0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")},
+		}, "migration files skip number 0001: 0002_b.sql comes the first file"},
+	} {
+		applied, err := history.MigrateFS(ctx, pool, tc.files)
+		require.ErrorContains(t, err, tc.want, name)
+		require.NotContains(t, err.Error(), "\n")
+		require.Empty(t, applied, name)
+	}
+	var exists bool
+	require.NoError(t, pool.QueryRow(ctx, "SELECT to_regclass('schema_migrations') IS NOT NULL OR to_regclass('a') IS NOT NULL").Scan(&exists))
+	require.False(t, exists, "a gap is refused before the database is touched")
+}
+
+func TestMigrateRefusesADatabaseNewerThanTheBinary(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+	a := &fstest.MapFile{Data: []byte("CREATE TABLE a (x int);")}
+	newer := fstest.MapFS{"0001_a.sql": a, "0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")}}
+	_, err := history.MigrateFS(ctx, pool, newer)
+	require.NoError(t, err)
+
+	_, err = history.MigrateFS(ctx, pool, fstest.MapFS{"0001_a.sql": a})
+	requireDrift(t, err, "database has migration 0002_b that this imager does not know; upgrade imager")
+
+	other := fstest.MapFS{"0001_a.sql": a, "0002_other.sql": {Data: []byte("CREATE TABLE o (x int);")}}
+	_, err = history.MigrateFS(ctx, pool, other)
+	requireDrift(t, err, "database has migration 0002_b that this imager does not know (its 0002 is 0002_other)")
+	var exists bool
+	require.NoError(t, pool.QueryRow(ctx, "SELECT to_regclass('o') IS NOT NULL").Scan(&exists))
+	require.False(t, exists)
+}
+
+// A database migrated before checksums existed (schema_migrations without the column, and 0002
+// missing because early builds skipped that number) gets its rows' checksums from the embedded
+// files, applies 0002_reserved late, and from then on edits are refused.
+func TestMigrateBackfillsChecksumsOfOldRows(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+	_, err := pool.Exec(ctx, `CREATE TABLE schema_migrations (
+	version    text        PRIMARY KEY,
+	applied_at timestamptz NOT NULL DEFAULT now()
+)`)
+	require.NoError(t, err)
+	old := []string{"0001_init", "0003_audit_indexes", "0004_leadership"}
+	for _, v := range old {
+		b, err := fs.ReadFile(migrations.FS, v+".sql")
+		require.NoError(t, err)
+		_, err = pool.Exec(ctx, string(b))
+		require.NoError(t, err, v)
+		_, err = pool.Exec(ctx, "INSERT INTO schema_migrations (version) VALUES ($1)", v)
+		require.NoError(t, err)
+	}
+
+	applied, err := history.Migrate(ctx, pool)
+	require.NoError(t, err)
+	want := []string{"0002_reserved"}
+	for _, v := range shippedMigrations(t) {
+		if v[:4] > "0004" { // files added after 0004 are new to this database too
+			want = append(want, v)
+		}
+	}
+	require.Equal(t, want, applied)
+
+	rows, err := pool.Query(ctx, "SELECT version, checksum FROM schema_migrations ORDER BY version")
+	require.NoError(t, err)
+	got := map[string]string{}
+	for rows.Next() {
+		var v, c string
+		require.NoError(t, rows.Scan(&v, &c))
+		got[v] = c
+	}
+	require.NoError(t, rows.Err())
+	require.Len(t, got, len(shippedMigrations(t)))
+	for _, v := range shippedMigrations(t) {
+		b, err := fs.ReadFile(migrations.FS, v+".sql")
+		require.NoError(t, err)
+		require.Equal(t, sum(b), got[v], v)
+	}
+
+	// The backfilled checksum is now enforced.
+	_, err = pool.Exec(ctx, "UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = '0003_audit_indexes'")
+	require.NoError(t, err)
+	_, err = history.Migrate(ctx, pool)
+	requireDrift(t, err, "0003_audit_indexes.sql changed after it was applied (database sha256 000000000000, file sha256 "+got["0003_audit_indexes"][:12])
+}
+
+func TestShippedMigrationsHaveNoGap(t *testing.T) {
+	t.Parallel()
+	for i, v := range shippedMigrations(t) {
+		require.True(t, strings.HasPrefix(v, fmt.Sprintf("%04d_", i+1)), v)
+	}
+}
