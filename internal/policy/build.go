@@ -98,6 +98,7 @@ func (b *builder) build(rp *rawPolicy) (p *Policy, ok bool) {
 	if rp.enabled.set {
 		p.Enabled = rp.enabled.v
 	}
+	p.Notify = rp.notify.v
 	return p, !inheritedBad && rp.decodeErrs == 0 && len(*b.errs) == start
 }
 

@@ -68,6 +68,7 @@ type rawPolicy struct {
 	image     rawImage
 	retention rawRetention
 	enabled   val[bool]
+	notify    val[PolicyNotify]
 }
 
 func (d *decoder) defaults(n *yaml.Node, at pos) *rawDefaults {
@@ -122,6 +123,7 @@ func (d *decoder) policy(n *yaml.Node, field string) *rawPolicy {
 		"image":     func(p pair) { d.image(p.v, join(field, "image"), &rp.image) },
 		"retention": func(p pair) { d.retention(p, join(field, "retention"), &rp.retention) },
 		"enabled":   func(p pair) { rp.enabled = d.boolean(p.v, join(field, "enabled")) },
+		"notify":    func(p pair) { rp.notify = d.policyNotify(p.v, join(field, "notify")) },
 	})
 	rp.decodeErrs = len(*d.errs) - start
 	return rp

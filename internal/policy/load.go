@@ -130,6 +130,8 @@ type fileResult struct {
 	apiAt      pos
 	defaults   *rawDefaults
 	policies   []*rawPolicy
+	notify     *Notify // the notify: block (notify.go), nil when absent
+	notifyAt   pos
 }
 
 // load decodes every source, merges them, applies defaults and validates. label names the whole
@@ -137,7 +139,7 @@ type fileResult struct {
 func load(label string, srcs []source, now time.Time) (*Config, error) {
 	var errs []FieldError
 	cfg := &Config{API: DefaultAPI(), byName: map[string]*Policy{}}
-	var apiAt, defAt pos
+	var apiAt, defAt, notifyAt pos
 	var defaults *rawDefaults
 	var raws []*rawPolicy
 	unreadable := false
@@ -159,6 +161,14 @@ func load(label string, srcs []source, now time.Time) (*Config, error) {
 					Message: fmt.Sprintf("the defaults block may appear in one file only; it is already in %s", defAt)})
 			} else {
 				defaults, defAt = fr.defaults, fr.defaults.at
+			}
+		}
+		if fr.notify != nil {
+			if notifyAt.file != "" {
+				errs = append(errs, FieldError{File: src.name, Line: fr.notifyAt.line, Field: "notify",
+					Message: fmt.Sprintf("the notify block may appear in one file only; it is already in %s", notifyAt)})
+			} else {
+				cfg.Notify, notifyAt = *fr.notify, fr.notifyAt
 			}
 		}
 		raws = append(raws, fr.policies...)
@@ -281,6 +291,9 @@ func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 		},
 		"defaults": func(p pair) {
 			fr.defaults = d.defaults(p.v, d.at(p.k))
+		},
+		"notify": func(p pair) {
+			fr.notify, fr.notifyAt = d.notify(p.v), d.at(p.k)
 		},
 		"policies": func(p pair) {
 			n := d.resolve(p.v)

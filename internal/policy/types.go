@@ -9,6 +9,7 @@ import (
 // Config is the validated result of loading one policy file or a directory of them.
 type Config struct {
 	API      API
+	Notify   Notify    // the top-level notify: block (notify.go)
 	Policies []*Policy // in file order (files sorted by name)
 	Sources  []string  // the files read
 
@@ -53,7 +54,8 @@ type Policy struct {
 	Instances    []string       // explicit targets (ins-xxxxxxxx)
 	Select       *Selector      // tag-selected targets, nil when not set
 	Image        ImageSpec
-	Retention    *Retention // nil when not set: images are never pruned
+	Retention    *Retention   // nil when not set: images are never pruned
+	Notify       PolicyNotify // the policy's notify: block (notify.go)
 	Enabled      bool
 
 	// Parsed templates, set by Load. Hand-built policies leave them nil and the render functions

@@ -1,0 +1,249 @@
+package history
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Notification events (notifications.event). The triggers of migrations/0006_notifications.sql
+// write failed, missed, recovered and the fire events in the transaction of the outcome;
+// BreachesEvaluate writes rpo_breach.
+const (
+	EventFailed        = "failed"         // a run failed
+	EventMissed        = "missed"         // a slot was missed
+	EventRecovered     = "recovered"      // available again after a failed or missed run, or overdue
+	EventRPOBreach     = "rpo_breach"     // an instance entered rpo_breaches
+	EventFireStarted   = "fire_started"   // a policy fired (policy_slots moved): ping <url>/start
+	EventFireSucceeded = "fire_succeeded" // every run of the fire available: ping <url>
+	EventFireFailed    = "fire_failed"    // the fire did not make every image: ping <url>/fail
+)
+
+// Delivery statuses (notification_deliveries.status).
+const (
+	DeliveryPending   = "pending"
+	DeliveryDelivered = "delivered"
+	DeliveryFailed    = "failed"
+)
+
+// Delivery target kinds (notification_deliveries.target_kind).
+const (
+	TargetWebhook = "webhook"
+	TargetPing    = "ping"
+)
+
+// Notification is one row of the notifications outbox: an event not yet fanned out to targets.
+type Notification struct {
+	ID         int64
+	Event      string
+	Policy     string
+	InstanceID string
+	At         time.Time
+	CreatedAt  time.Time
+}
+
+// DeliveryTarget is one place a notification goes: a webhook or a policy's ping. It names the
+// target without its URL (a URL is a secret).
+type DeliveryTarget struct {
+	Target string // stable name: webhook/<hash> or ping/<policy>/<hash>
+	Kind   string // TargetWebhook or TargetPing
+	Index  *int   // position in notify.webhooks; nil for a ping
+	Host   string // scheme://host
+}
+
+// Delivery is one pending (notification, target) pair due for a request.
+type Delivery struct {
+	ID             int64
+	NotificationID int64
+	Event          string
+	Policy         string
+	Target         string
+	Kind           string
+	Attempts       int       // requests made before this one
+	CreatedAt      time.Time // when the event was fanned out to the target
+	Payload        []byte    // the JSON body
+}
+
+// DeliveryResult is the outcome of one delivery step.
+type DeliveryResult struct {
+	ID            int64
+	Status        string    // DeliveryPending (retry at NextAttemptAt), DeliveryDelivered or DeliveryFailed
+	Attempted     bool      // a request was made (counted in attempts); false when the target is gone
+	At            time.Time // when the request was sent (or the decision taken)
+	NextAttemptAt time.Time // for DeliveryPending
+	ResponseCode  int       // HTTP status; 0 when no answer came
+	Error         string    // why it failed; never a URL
+}
+
+// NotificationsUndispatched returns up to limit events (oldest first) not yet fanned out.
+func (s *Store) NotificationsUndispatched(ctx context.Context, limit int) ([]Notification, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT id, event, policy, COALESCE(instance_id, ''), at, created_at FROM notifications
+WHERE dispatched_at IS NULL ORDER BY id LIMIT $1`, limitArg(limit))
+	if err != nil {
+		return nil, fmt.Errorf("undispatched notifications: %w", s.translate(err))
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Notification, error) {
+		var n Notification
+		err := row.Scan(&n.ID, &n.Event, &n.Policy, &n.InstanceID, &n.At, &n.CreatedAt)
+		n.At, n.CreatedAt = n.At.UTC(), n.CreatedAt.UTC()
+		return n, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("undispatched notifications: %w", s.translate(err))
+	}
+	return out, nil
+}
+
+// NotificationDispatch fans event id out: one pending delivery per target, due at at, and the
+// event marked dispatched, in one transaction. Fanning out twice adds no second delivery to a
+// target. No targets is fine: the event is then only recorded.
+func (s *Store) NotificationDispatch(ctx context.Context, id int64, targets []DeliveryTarget, at time.Time) error {
+	for _, t := range targets {
+		if t.Target == "" || (t.Kind != TargetWebhook && t.Kind != TargetPing) || t.Host == "" {
+			return fmt.Errorf("dispatch notification %d: target %q of kind %q: %w", id, t.Target, t.Kind, ErrInvalid)
+		}
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		for _, t := range targets {
+			if _, err := tx.Exec(ctx, `
+INSERT INTO notification_deliveries (notification_id, target, target_kind, target_index, target_host, created_at, next_attempt_at)
+VALUES ($1, $2, $3, $4, $5, $6, $6)
+ON CONFLICT (notification_id, target) DO NOTHING`, id, t.Target, t.Kind, t.Index, t.Host, at); err != nil {
+				return err
+			}
+		}
+		tag, err := tx.Exec(ctx, `UPDATE notifications SET dispatched_at = $2 WHERE id = $1 AND dispatched_at IS NULL`, id, at)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return ErrConflict
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("dispatch notification %d: %w", id, s.translate(err))
+	}
+	return nil
+}
+
+// DeliveriesDue returns up to limit pending deliveries whose next attempt is due at now, oldest
+// first, with the payload to send.
+func (s *Store) DeliveriesDue(ctx context.Context, now time.Time, limit int) ([]Delivery, error) {
+	rows, err := s.pool.Query(ctx, `
+SELECT d.id, d.notification_id, n.event, n.policy, d.target, d.target_kind, d.attempts, d.created_at, n.payload::text
+FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+WHERE d.status = 'pending' AND d.next_attempt_at <= $1
+ORDER BY d.next_attempt_at, d.id LIMIT $2`, now, limitArg(limit))
+	if err != nil {
+		return nil, fmt.Errorf("due deliveries: %w", s.translate(err))
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Delivery, error) {
+		var d Delivery
+		var payload string
+		err := row.Scan(&d.ID, &d.NotificationID, &d.Event, &d.Policy, &d.Target, &d.Kind, &d.Attempts, &d.CreatedAt, &payload)
+		d.Payload = []byte(payload)
+		d.CreatedAt = d.CreatedAt.UTC()
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("due deliveries: %w", s.translate(err))
+	}
+	return out, nil
+}
+
+// DeliveryRecord records one step of a pending delivery: a request's answer and what comes
+// next (a retry at NextAttemptAt, delivered, or failed for good).
+func (s *Store) DeliveryRecord(ctx context.Context, r DeliveryResult) error {
+	var next, delivered *time.Time
+	switch r.Status {
+	case DeliveryPending:
+		if r.NextAttemptAt.IsZero() {
+			return fmt.Errorf("record delivery %d: a retry needs its time: %w", r.ID, ErrInvalid)
+		}
+		next = &r.NextAttemptAt
+	case DeliveryDelivered:
+		delivered = &r.At
+	case DeliveryFailed:
+	default:
+		return fmt.Errorf("record delivery %d: status %q: %w", r.ID, r.Status, ErrInvalid)
+	}
+	if r.At.IsZero() {
+		return fmt.Errorf("record delivery %d: no time: %w", r.ID, ErrInvalid)
+	}
+	var code *int
+	if r.ResponseCode != 0 {
+		code = &r.ResponseCode
+	}
+	attempted := 0
+	var lastAttempt *time.Time
+	if r.Attempted {
+		attempted, lastAttempt = 1, &r.At
+	}
+	tag, err := s.pool.Exec(ctx, `
+UPDATE notification_deliveries SET status = $2, attempts = attempts + $3,
+	last_attempt_at = COALESCE($4, last_attempt_at),
+	last_response_code = CASE WHEN $3 = 1 THEN $5 ELSE last_response_code END,
+	last_error = NULLIF($6, ''), next_attempt_at = $7, delivered_at = $8
+WHERE id = $1 AND status = 'pending'`,
+		r.ID, r.Status, attempted, lastAttempt, code, cutBytes(r.Error, 1000), next, delivered)
+	if err != nil {
+		return fmt.Errorf("record delivery %d: %w", r.ID, s.translate(err))
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("record delivery %d: not pending: %w", r.ID, ErrConflict)
+	}
+	return nil
+}
+
+// NotificationsPending counts what waits for delivery: pending deliveries and events not yet
+// fanned out (imager_notifications_pending).
+func (s *Store) NotificationsPending(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.pool.QueryRow(ctx, `
+SELECT (SELECT count(*) FROM notification_deliveries WHERE status = 'pending')
+     + (SELECT count(*) FROM notifications WHERE dispatched_at IS NULL)`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("pending notifications: %w", s.translate(err))
+	}
+	return n, nil
+}
+
+// BreachesEvaluate compares rpo_breaches with the open breaches: an instance newly in the view
+// gets one rpo_breach event, and a breach whose instance left the view otherwise than by
+// recovering is closed. It returns how many breaches it opened. The leader calls it periodically.
+func (s *Store) BreachesEvaluate(ctx context.Context, at time.Time) (int, error) {
+	var n int
+	if err := s.pool.QueryRow(ctx, `SELECT notification_rpo_evaluate($1)`, at).Scan(&n); err != nil {
+		return 0, fmt.Errorf("evaluate RPO breaches: %w", s.translate(err))
+	}
+	return n, nil
+}
+
+// FireExpect records how many runs the scheduler means to claim for the fire of policy at slot.
+// The fire's ping then reports success only once that many runs are available (without it, a
+// fire ends as soon as the runs claimed so far are all terminal). at is the decision time, used
+// when the fire ends here (n = 0, or its runs already ended).
+func (s *Store) FireExpect(ctx context.Context, policy string, slot time.Time, n int, at time.Time) error {
+	if policy == "" || slot.IsZero() || n < 0 || at.IsZero() {
+		return fmt.Errorf("fire expect %s at %s: %w", policy, slot.UTC().Format(time.RFC3339), ErrInvalid)
+	}
+	if _, err := s.pool.Exec(ctx, `SELECT notification_fire_expect($1, $2, $3, $4)`, policy, slot, n, at); err != nil {
+		return fmt.Errorf("fire expect %s at %s: %w", policy, slot.UTC().Format(time.RFC3339), s.translate(err))
+	}
+	return nil
+}
+
+// cutBytes cuts s to at most n bytes on a rune boundary.
+func cutBytes(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}
