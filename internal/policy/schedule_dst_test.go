@@ -15,10 +15,10 @@ type transition2027 struct {
 }
 
 var transitions2027 = []transition2027{
-	{zone: "America/New_York", day: "2027-03-14", fwd: true},  // 02:00 EST -> 03:00 EDT
-	{zone: "America/New_York", day: "2027-11-07", fwd: false}, // 02:00 EDT -> 01:00 EST
-	{zone: "Europe/Berlin", day: "2027-03-28", fwd: true},     // 02:00 CET -> 03:00 CEST
-	{zone: "Europe/Berlin", day: "2027-10-31", fwd: false},    // 03:00 CEST -> 02:00 CET
+	{zone: "America/New_York", day: "2027-03-14", fwd: true},     // 02:00 EST -> 03:00 EDT
+	{zone: "America/New_York", day: "2027-11-07", fwd: false},    // 02:00 EDT -> 01:00 EST
+	{zone: "Europe/Berlin", day: "2027-03-28", fwd: true},        // 02:00 CET -> 03:00 CEST
+	{zone: "Europe/Berlin", day: "2027-10-31", fwd: false},       // 03:00 CEST -> 02:00 CET
 	{zone: "Australia/Lord_Howe", day: "2027-10-03", fwd: true},  // 02:00 +10:30 -> 02:30 +11
 	{zone: "Australia/Lord_Howe", day: "2027-04-04", fwd: false}, // 02:00 +11 -> 01:30 +10:30
 }
