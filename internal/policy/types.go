@@ -25,7 +25,7 @@ type API struct {
 
 // Retry holds the backoff settings per error class (`api.retry`), configurable so tests run fast.
 type Retry struct {
-	Transient Backoff // default: initial 1s, max 30s, attempts 5
+	Transient Backoff // default: initial 200ms, max 30s, until the slot's start window closes
 	Throttled Backoff // default: initial 1s, max 10s, attempts 10
 	Busy      Backoff // default: initial 30s, max 5m, max_elapsed 15m
 	Duplicate int     // fresh names to try after InvalidImageName.Duplicate (default 3)
