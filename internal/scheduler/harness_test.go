@@ -46,6 +46,9 @@ func testPolicy(name string, instances ...string) *policy.Policy {
 		Instances: instances,
 		Image:     policy.ImageSpec{NameTemplate: policy.DefaultNameTemplate},
 		Enabled:   true,
+		// Most tests fire an instance again while its previous image is being made; the
+		// concurrency tests set forbid.
+		Concurrency: policy.ConcurrencyAllow,
 	}
 }
 
@@ -118,7 +121,7 @@ type harness struct {
 func newHarness(t *testing.T, cfg *policy.Config, opts ...func(*Options)) *harness {
 	t.Helper()
 	// A real-time bound only so a broken test fails instead of hanging; nothing waits on it.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	clk := clockwork.NewFakeClockAt(t0)
 	h := &harness{t: t, ctx: ctx, clk: clk, cvm: newFakeCVM(clk), hist: &fakeHistory{}, logs: &syncBuffer{}}
