@@ -52,6 +52,7 @@ type fakeHistory struct {
 	claimLost     int   // this many claims commit but answer an error (the answer was lost)
 	unfinishedErr error // returned by RunsUnfinished when set
 	fenced        bool  // every claim and take-over answers history.ErrFenced
+	fenceWrites   bool  // every outcome write (attempt, requested, finish) answers history.ErrFenced
 	lastSlots     map[string]time.Time
 	takenOver     []int64
 	claimCalls    int
@@ -210,6 +211,9 @@ func (h *fakeHistory) RunRequested(_ context.Context, runID int64, imageID, requ
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fenceWrites {
+		return history.ErrFenced
+	}
 	r, err := h.run(runID)
 	if err != nil {
 		return err
@@ -225,6 +229,9 @@ func (h *fakeHistory) RunFinish(_ context.Context, p history.RunFinishParams) er
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fenceWrites {
+		return history.ErrFenced
+	}
 	r, err := h.run(p.RunID)
 	if err != nil {
 		return err
@@ -244,6 +251,9 @@ func (h *fakeHistory) AttemptInsert(_ context.Context, a history.Attempt) error 
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fenceWrites {
+		return history.ErrFenced
+	}
 	r, err := h.run(a.RunID)
 	if err != nil {
 		return err

@@ -120,10 +120,16 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg *policy.Config, opts ...func(*Options)) *harness {
 	t.Helper()
+	return newHarnessAt(t, t0, cfg, opts...)
+}
+
+// newHarnessAt is newHarness with the fake clock starting at start.
+func newHarnessAt(t *testing.T, start time.Time, cfg *policy.Config, opts ...func(*Options)) *harness {
+	t.Helper()
 	// A real-time bound only so a broken test fails instead of hanging; nothing waits on it.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
-	clk := clockwork.NewFakeClockAt(t0)
+	clk := clockwork.NewFakeClockAt(start)
 	h := &harness{t: t, ctx: ctx, clk: clk, cvm: newFakeCVM(clk), hist: &fakeHistory{}, logs: &syncBuffer{}}
 	for _, p := range cfg.Policies {
 		if p.Schedule != nil {

@@ -32,9 +32,9 @@ type job struct {
 	failures    [cvm.ClassQuota + 1]int
 	lookupFails int       // failed DescribeImages look-ups
 	deadline    time.Time // the slot's start window closes: no transient retry starts later
-	ambiguous   bool // a call may have created the image without telling us
-	recovered   bool // taken over from history at start
-	lookupFirst bool // look the name up before the next CreateImage
+	ambiguous   bool      // a call may have created the image without telling us
+	recovered   bool      // taken over from history at start
+	lookupFirst bool      // look the name up before the next CreateImage
 	renames     int
 	quotaRetry  bool
 	lastErr     *cvm.APIError

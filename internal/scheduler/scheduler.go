@@ -374,6 +374,11 @@ func (s *Scheduler) recordLeftovers() {
 		if len(left) > 0 {
 			s.log.Warn().Int("runs", len(left)).Msg("fenced: leaving unfinished runs to the new leader")
 		}
+		for _, j := range left {
+			if !isDone(j) {
+				s.finish(j, s.outcome(j, history.StatusPending, codeFenced, "leadership lost; the new leader reconciles the run by name"))
+			}
+		}
 		return
 	}
 	for _, j := range left {
