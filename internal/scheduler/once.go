@@ -92,6 +92,11 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 	}
 
 	jobs := s.fire(ctx, p, slot, order, skipped)
+	// A backfilled slot (RunOnceAt) gets its start window from now: it was asked for now.
+	now := s.clock.Now()
+	for _, j := range jobs {
+		j.deadline = later(j.deadline, now.Add(startWindow(p)))
+	}
 	if err := s.claimJobs(jobs, false); err != nil {
 		if errors.Is(err, history.ErrFenced) {
 			s.abandon(jobs, err)
