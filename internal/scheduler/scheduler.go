@@ -323,10 +323,12 @@ func later(a, b time.Time) time.Time {
 }
 
 // Stop stops firing and dispatching, lets in-flight calls finish within the shutdown grace
-// (then cancels them), records what did not finish, and waits for every goroutine. Runs never
-// claimed are recorded as missed; claimed runs waiting to retry fail with code Shutdown; a call
-// cut off by the grace deadline, or made ambiguous by a network error, leaves its run pending for
-// the next start to reconcile by name. Stop is idempotent and safe to call before Start.
+// (then cancels them), records what did not finish, and waits for every goroutine. Claimed runs
+// never sent are recorded as missed; runs waiting to retry fail with code Shutdown; a call cut off
+// by the grace deadline, or made ambiguous by a network error, leaves its run pending for the next
+// start to reconcile by name. A slot whose rows could not be written at all did not move its
+// policy's last handled slot, so the next start's walk records it. A fenced scheduler writes
+// nothing: the new leader reconciles. Stop is idempotent and safe to call before Start.
 func (s *Scheduler) Stop() {
 	s.stopOnce.Do(func() {
 		s.life.Lock() // a Start in progress finishes first
