@@ -14,11 +14,12 @@ import (
 
 // nextFire is one line of `imager next --format json`.
 type nextFire struct {
-	Policy string `json:"policy"`
-	Slot   string `json:"slot"`  // RFC 3339, UTC
-	Local  string `json:"local"` // RFC 3339 with the policy zone's offset
-	Zone   string `json:"zone"`
-	InMin  int64  `json:"in_minutes"` // minutes after --from (or now)
+	Policy  string `json:"policy"`
+	Slot    string `json:"slot"`  // RFC 3339, UTC
+	Local   string `json:"local"` // RFC 3339 with the policy zone's offset
+	Zone    string `json:"zone"`
+	InMin   int64  `json:"in_minutes"` // minutes after --from (or now)
+	Enabled bool   `json:"enabled"`    // false: the policy is loaded but never fired
 }
 
 // cmdNext prints each policy's upcoming fires from now, or from --from, with the number of targets
@@ -79,7 +80,7 @@ func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			for _, t := range policy.NextN(p.Schedule, start, *count) {
 				if err := enc.Encode(nextFire{Policy: p.Name, Slot: t.UTC().Format(time.RFC3339),
 					Local: t.In(p.Location).Format(time.RFC3339), Zone: t.In(p.Location).Location().String(),
-					InMin: int64(t.Sub(start) / time.Minute)}); err != nil {
+					InMin: int64(t.Sub(start) / time.Minute), Enabled: p.Enabled}); err != nil {
 					fmt.Fprintf(stderr, "imager next: %v\n", err)
 					return exitFail
 				}
