@@ -127,7 +127,7 @@ func newHarness(t *testing.T, cfg *policy.Config, opts ...func(*Options)) *harne
 func newHarnessAt(t *testing.T, start time.Time, cfg *policy.Config, opts ...func(*Options)) *harness {
 	t.Helper()
 	// A real-time bound only so a broken test fails instead of hanging; nothing waits on it.
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	clk := clockwork.NewFakeClockAt(start)
 	h := &harness{t: t, ctx: ctx, clk: clk, cvm: newFakeCVM(clk), hist: &fakeHistory{}, logs: &syncBuffer{}}

@@ -274,7 +274,15 @@ func (s *Scheduler) catchUp(now time.Time) {
 	var missed []missedSlots
 	for _, p := range s.cfg.Load().Policies {
 		from, seen := last[p.Name]
-		if p.Schedule == nil || !seen {
+		if p.Schedule == nil {
+			continue
+		}
+		if !seen {
+			// Nothing before now; from here on the policy is seen, so a later downtime
+			// before its first fire is walked too.
+			if prev := previousSlot(p.Schedule, now); !prev.IsZero() {
+				s.recordSlotHandled(p, prev)
+			}
 			continue
 		}
 		first := p.Schedule.Next(from)
@@ -291,6 +299,22 @@ func (s *Scheduler) catchUp(now time.Time) {
 	}
 	s.recordMissedAll(missed)
 	s.fireBatch(batch)
+}
+
+// previousSlot returns the latest slot of sched not after now, or zero when there is none in the
+// past five years. It searches back in widening spans, so a minutely schedule costs a few steps
+// and a yearly one a few hundred.
+func previousSlot(sched policy.Schedule, now time.Time) time.Time {
+	const longest = 5 * 366 * 24 * time.Hour
+	for span := time.Minute; ; span = min(span*4, longest) {
+		var prev time.Time
+		for at := sched.Next(now.Add(-span)); !at.IsZero() && !at.After(now); at = sched.Next(at) {
+			prev = at
+		}
+		if !prev.IsZero() || span == longest {
+			return prev
+		}
+	}
 }
 
 // recordMissedAll records every policy's missed slots.

@@ -121,6 +121,26 @@ func TestAPolicyNeverSeenHasNothingBeforeNow(t *testing.T) {
 	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1)) // the cron timer: the walk is over
 	runs, _, _ := h.hist.snapshot()
 	require.Empty(t, runs)
+	// From now on the policy is seen: a downtime before its first fire is walked at the next start.
+	last, _ := h.hist.PolicySlots(h.ctx)
+	require.Equal(t, t0, last["new"], "the latest slot not after now")
+}
+
+func TestPreviousSlot(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2027, 3, 14, 12, 34, 56, 0, time.UTC)
+	for spec, want := range map[string]time.Time{
+		"* * * * *":   time.Date(2027, 3, 14, 12, 34, 0, 0, time.UTC),
+		"0 3 * * *":   time.Date(2027, 3, 14, 3, 0, 0, 0, time.UTC),
+		"0 0 1 1 *":   time.Date(2027, 1, 1, 0, 0, 0, 0, time.UTC),
+		"0 0 29 2 *":  time.Date(2024, 2, 29, 0, 0, 0, 0, time.UTC),
+		"@every 7h":   time.Unix(now.Unix()/(7*3600)*(7*3600), 0),
+		"34 12 * * *": time.Date(2027, 3, 14, 12, 34, 0, 0, time.UTC),
+	} {
+		s, err := policy.ParseSchedule(spec, time.UTC)
+		require.NoError(t, err)
+		require.True(t, previousSlot(s, now).Equal(want), "%s: got %s, want %s", spec, previousSlot(s, now), want)
+	}
 }
 
 func TestConcurrencyForbidSkipsWhileThePreviousImageIsBeingMade(t *testing.T) {
