@@ -299,3 +299,18 @@ func TestTransientErrorsRetryUntilTheStartWindowCloses(t *testing.T) {
 	}
 	require.False(t, calls[len(calls)-1].After(t0.Add(30*time.Second+50*time.Millisecond)), "no try starts after the window")
 }
+
+func TestMissedReasonSaysWhenPostgreSQLWasAway(t *testing.T) {
+	t.Parallel()
+	p := testPolicy("why", "ins-why00001")
+	p.StartWindow = time.Minute
+	h := newHarness(t, testConfig(10, 1, p))
+	require.Equal(t, msgMissedPaused, h.s.loopMissedReason(p, t0))
+	h.s.noteDB(unavailable) // a claim write failed: PostgreSQL away since t0
+	require.Equal(t, msgMissedDBDown, h.s.loopMissedReason(p, t0))
+	require.Equal(t, msgMissedDBDown, h.s.loopMissedReason(p, t0.Add(-30*time.Second)), "away while its window was open")
+	require.Equal(t, msgMissedPaused, h.s.loopMissedReason(p, t0.Add(-2*time.Minute)), "its window closed before")
+	h.s.noteDB(nil) // back
+	require.Equal(t, msgMissedPaused, h.s.loopMissedReason(p, t0))
+	require.Equal(t, msgMissedNoLeader, h.s.startMissedReason(p, t0))
+}
