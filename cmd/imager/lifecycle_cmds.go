@@ -15,7 +15,6 @@ import (
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/retention"
-	"github.com/imager-dev/imager/internal/targets"
 )
 
 // newCVMClient builds the CVM client from --cvm-endpoint and the SDK's credential chain.
@@ -28,67 +27,6 @@ func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger, 
 		cred = c
 	}
 	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Credential: cred, Logger: log, OnCall: onCall})
-}
-
-func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	var o options
-	fs := flag.NewFlagSet("next", flag.ContinueOnError)
-	o.policyFlags(fs)
-	o.logFlags(fs)
-	o.endpointFlag(fs)
-	count := fs.Int("count", 3, "upcoming fires to show per policy")
-	offline := fs.Bool("offline", false, "do not ask the API: count only the listed instances, leave selectors unresolved")
-	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
-		return code
-	}
-	log, err := o.logger(stderr)
-	if err != nil {
-		fmt.Fprintf(stderr, "imager next: %v\n", err)
-		return exitUsage
-	}
-	cfg, ok := loadPolicies(o.policies, stderr)
-	if !ok {
-		return exitFail
-	}
-	var resolver *targets.Resolver
-	if !*offline {
-		client, err := newCVMClient(o, nil, log, nil)
-		if err != nil {
-			fmt.Fprintf(stderr, "imager next: %v (or use --offline)\n", err)
-			return exitFail
-		}
-		defer client.Close()
-		resolver = targets.NewResolver(targets.Options{CVM: client, Logger: log.With().Str("component", "targets").Logger()})
-	}
-	now := time.Now()
-	code := exitOK
-	for _, p := range cfg.Policies {
-		targetsNow := fmt.Sprintf("%d listed instances", len(p.Instances))
-		switch {
-		case resolver != nil:
-			ids, skipped, err := resolver.Resolve(ctx, p)
-			if err != nil {
-				targetsNow = fmt.Sprintf("targets unknown: %v", err)
-				code = exitFail
-				break
-			}
-			targetsNow = fmt.Sprintf("%d targets now", len(ids))
-			if len(skipped) > 0 {
-				targetsNow += fmt.Sprintf(", %d listed instances gone (would be skipped)", len(skipped))
-			}
-		case p.Select != nil:
-			targetsNow += " + selector (not resolved: --offline)"
-		}
-		state := ""
-		if !p.Enabled {
-			state = ", disabled: never fired"
-		}
-		fmt.Fprintf(stdout, "%s  %q  %s  (%s%s)\n", p.Name, p.ScheduleSpec, p.Region, targetsNow, state)
-		for _, t := range policy.NextN(p.Schedule, now, *count) {
-			fmt.Fprintf(stdout, "  %s  (in %s)\n", t.In(p.Location).Format("2006-01-02 15:04 MST"), t.Sub(now).Round(time.Minute))
-		}
-	}
-	return code
 }
 
 func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int {

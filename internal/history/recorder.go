@@ -134,6 +134,32 @@ func (r *Recorder) RunClaim(ctx context.Context, p RunClaimParams) (Run, bool, e
 	return r.store.RunClaim(ctx, p)
 }
 
+// RunsClaimFire claims every slot of one fire in the database (Store.RunsClaimFire). It is never
+// spooled: a slot whose claim cannot be written is not sent.
+func (r *Recorder) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, []bool, error) {
+	return r.store.RunsClaimFire(ctx, ps)
+}
+
+// PolicySlots reads each policy's last handled slot from the database.
+func (r *Recorder) PolicySlots(ctx context.Context) (map[string]time.Time, error) {
+	return r.store.PolicySlots(ctx)
+}
+
+// PolicySlotSet records a policy's last handled slot in the database; it is never spooled.
+func (r *Recorder) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
+	return r.store.PolicySlotSet(ctx, policy, slot)
+}
+
+// RunsInProgress reads the runs still being made from the database.
+func (r *Recorder) RunsInProgress(ctx context.Context, policy string, instances []string, before time.Time) (map[string]Run, error) {
+	return r.store.RunsInProgress(ctx, policy, instances, before)
+}
+
+// RunsTakeOver takes unfinished runs over in the database; it is never spooled.
+func (r *Recorder) RunsTakeOver(ctx context.Context, ids []int64, daemonID string) (int64, error) {
+	return r.store.RunsTakeOver(ctx, ids, daemonID)
+}
+
 // RunsUnfinished reads the unfinished runs from the database.
 func (r *Recorder) RunsUnfinished(ctx context.Context) ([]Run, error) {
 	return r.store.RunsUnfinished(ctx)

@@ -53,39 +53,36 @@ func (s *Store) queryRuns(ctx context.Context, sql string, args ...any) ([]Run, 
 
 // RunClaim inserts the run row for (policy, instance, slot). When the slot is already claimed,
 // by this or another daemon, it returns the existing row and claimed false. A terminal claim
-// (skipped, missed, failed) is finished at StartedAt.
+// (skipped, missed, failed) is finished at StartedAt. The claim is fenced: with a term (WithTerm)
+// that is not the live lease's, nothing is written and the error is ErrFenced. Claimed rows carry
+// the term.
 func (s *Store) RunClaim(ctx context.Context, p RunClaimParams) (Run, bool, error) {
-	switch {
-	case p.Status != StatusPending && p.Status != StatusSkipped && p.Status != StatusMissed && p.Status != StatusFailed:
-		return Run{}, false, fmt.Errorf("claim run: status %q: %w", p.Status, ErrInvalid)
-	case p.Policy == "" || p.InstanceID == "" || p.ScheduledAt.IsZero() || p.StartedAt.IsZero():
-		return Run{}, false, fmt.Errorf("claim run: policy, instance, slot and start time are required: %w", ErrInvalid)
+	if err := checkClaim(p); err != nil {
+		return Run{}, false, err
 	}
-	var finishedAt *time.Time
-	if p.Status.Terminal() {
-		finishedAt = &p.StartedAt
-	}
-	r, err := scanRun(s.pool.QueryRow(ctx, `
-INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
-	image_name, error_code, error_message, daemon_id, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11, now())
-ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
-RETURNING `+runColumns,
-		p.Policy, p.InstanceID, p.Region, p.ScheduledAt, p.StartedAt, finishedAt, string(p.Status),
-		p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID))
-	if err == nil {
-		return r, true, nil
-	}
-	if !errors.Is(err, pgx.ErrNoRows) {
-		return Run{}, false, fmt.Errorf("claim run %s/%s at %s: %w", p.Policy, p.InstanceID, p.ScheduledAt.UTC().Format(time.RFC3339), s.translate(err))
-	}
-	// Claimed before; the claimer has committed (ON CONFLICT waited for it), so this sees the row.
-	r, err = scanRun(s.pool.QueryRow(ctx, `SELECT `+runColumns+` FROM image_runs
-WHERE policy = $1 AND instance_id = $2 AND scheduled_at = $3`, p.Policy, p.InstanceID, p.ScheduledAt))
+	var r Run
+	claimed := true
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.claimFence(ctx, tx); err != nil {
+			return err
+		}
+		var err error
+		r, err = scanRun(tx.QueryRow(ctx, claimInsert, s.claimArgs(p)...))
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		// Claimed before; the claimer has committed (ON CONFLICT waited for it), so this sees the row.
+		claimed = false
+		r, err = scanRun(tx.QueryRow(ctx, claimSelect, p.Policy, p.InstanceID, p.ScheduledAt))
+		return notFound(err)
+	})
 	if err != nil {
-		return Run{}, false, fmt.Errorf("read claimed run %s/%s at %s: %w", p.Policy, p.InstanceID, p.ScheduledAt.UTC().Format(time.RFC3339), notFound(s.translate(err)))
+		if !errors.Is(err, ErrFenced) && !errors.Is(err, ErrNotFound) {
+			err = s.translate(err)
+		}
+		return Run{}, false, fmt.Errorf("claim run %s/%s at %s: %w", p.Policy, p.InstanceID, p.ScheduledAt.UTC().Format(time.RFC3339), err)
 	}
-	return r, false, nil
+	return r, claimed, nil
 }
 
 // RunGet returns one run.

@@ -95,11 +95,45 @@ func (b *builder) build(rp *rawPolicy) (p *Policy, ok bool) {
 	inheritedBad = b.image(rp, p) || inheritedBad
 	inheritedBad = b.retention(rp, p) || inheritedBad
 
+	inheritedBad = b.startWindow(rp, p) || inheritedBad
+
 	if rp.enabled.set {
 		p.Enabled = rp.enabled.v
 	}
 	p.Notify = rp.notify.v
 	return p, !inheritedBad && rp.decodeErrs == 0 && len(*b.errs) == start
+}
+
+// startWindow applies defaults to start_window and concurrency and checks that the window is
+// no longer than the schedule's shortest interval (else two slots could be due to start at once).
+// It reports whether it used an invalid inherited setting.
+func (b *builder) startWindow(rp *rawPolicy, p *Policy) (inheritedBad bool) {
+	conc := pick(rp.conc, b.def.conc)
+	p.Concurrency = ConcurrencyForbid
+	if conc.set {
+		p.Concurrency = conc.v
+	}
+	window := pick(rp.window, b.def.window)
+	inheritedBad = conc.bad || window.bad
+	p.StartWindow = DefaultStartWindow
+	if p.Schedule == nil {
+		if window.set {
+			p.StartWindow = window.v
+		}
+		return inheritedBad
+	}
+	gap, ok := NominalInterval(p.Schedule, b.now)
+	switch {
+	case window.set && ok && window.v > gap:
+		at, note := site(rp, rp.window, window)
+		b.errorf(at, join(rp.field, "start_window"), "start_window %s is longer than the %s between slots of %q%s: a slot would still be due when the next one starts; use at most %s",
+			formatDuration(window.v), formatDuration(gap), p.ScheduleSpec, note, formatDuration(gap))
+	case window.set:
+		p.StartWindow = window.v
+	case ok && gap < p.StartWindow:
+		p.StartWindow = gap
+	}
+	return inheritedBad
 }
 
 func (b *builder) targets(rp *rawPolicy, p *Policy) {
@@ -257,6 +291,19 @@ func (b *builder) retention(rp *rawPolicy, p *Policy) (inheritedBad bool) {
 		}
 	}
 	return false
+}
+
+// NominalInterval is the shortest gap between consecutive slots of s among the ~50 after now,
+// read on the wall clock of the schedule's zone (so a daily schedule's interval is 24h, not the
+// 23h of a spring-forward day): start windows are checked against it. ok is false when s has
+// fewer than two slots.
+func NominalInterval(s Schedule, now time.Time) (time.Duration, bool) {
+	if cs, ok := s.(*cronSchedule); ok {
+		utc := *cs
+		utc.loc = time.UTC
+		s = &utc
+	}
+	return shortestInterval(s, now, 0)
 }
 
 // shortestInterval returns the smallest gap between consecutive slots among the next ~50, stopping

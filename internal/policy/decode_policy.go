@@ -50,6 +50,8 @@ type rawDefaults struct {
 	timezone  val[*time.Location]
 	image     rawImage
 	retention rawRetention
+	window    val[time.Duration]
+	conc      val[Concurrency]
 }
 
 // rawPolicy is one entry of `policies:` as written, before defaults apply.
@@ -69,6 +71,8 @@ type rawPolicy struct {
 	retention rawRetention
 	enabled   val[bool]
 	notify    val[PolicyNotify]
+	window    val[time.Duration]
+	conc      val[Concurrency]
 }
 
 func (d *decoder) defaults(n *yaml.Node, at pos) *rawDefaults {
@@ -78,6 +82,10 @@ func (d *decoder) defaults(n *yaml.Node, at pos) *rawDefaults {
 		"timezone":  func(p pair) { def.timezone = d.timezone(p.v, "defaults.timezone") },
 		"image":     func(p pair) { d.image(p.v, "defaults.image", &def.image) },
 		"retention": func(p pair) { d.retention(p, "defaults.retention", &def.retention) },
+		"start_window": func(p pair) {
+			def.window = d.duration(p.v, "defaults.start_window", time.Second)
+		},
+		"concurrency": func(p pair) { def.conc = d.concurrency(p.v, "defaults.concurrency") },
 	})
 	return def
 }
@@ -124,9 +132,24 @@ func (d *decoder) policy(n *yaml.Node, field string) *rawPolicy {
 		"retention": func(p pair) { d.retention(p, join(field, "retention"), &rp.retention) },
 		"enabled":   func(p pair) { rp.enabled = d.boolean(p.v, join(field, "enabled")) },
 		"notify":    func(p pair) { rp.notify = d.policyNotify(p.v, join(field, "notify")) },
+		"start_window": func(p pair) {
+			rp.window = d.duration(p.v, join(field, "start_window"), time.Second)
+		},
+		"concurrency": func(p pair) { rp.conc = d.concurrency(p.v, join(field, "concurrency")) },
 	})
 	rp.decodeErrs = len(*d.errs) - start
 	return rp
+}
+
+// concurrency decodes `concurrency: forbid|allow`.
+func (d *decoder) concurrency(n *yaml.Node, field string) val[Concurrency] {
+	v := d.str(n, field)
+	out := val[Concurrency]{v: Concurrency(v.v), set: v.set, bad: v.bad, at: v.at}
+	if v.set && out.v != ConcurrencyForbid && out.v != ConcurrencyAllow {
+		d.errorf(v.at.line, field, "%q is not a concurrency: use forbid (the default: skip a slot while the previous image is still being made) or allow", v.v)
+		out.set, out.bad = false, true
+	}
+	return out
 }
 
 func (d *decoder) region(n *yaml.Node, field string) val[string] {

@@ -103,7 +103,7 @@ func DefaultAPI() API {
 		DescribeImagesRate: DefaultDescribeImagesRate,
 		Workers:            DefaultWorkers,
 		Retry: Retry{
-			Transient: Backoff{Initial: time.Second, Max: 30 * time.Second, Attempts: 5},
+			Transient: Backoff{Initial: 200 * time.Millisecond, Max: 30 * time.Second},
 			Throttled: Backoff{Initial: time.Second, Max: 10 * time.Second, Attempts: 10},
 			Busy:      Backoff{Initial: 30 * time.Second, Max: 5 * time.Minute, MaxElapsed: 15 * time.Minute},
 			Duplicate: DefaultDuplicateRetries,
@@ -350,9 +350,9 @@ func (d *decoder) api(n *yaml.Node) API {
 		"workers":              setInt(&a.Workers, "api.workers", 1, 256),
 		"retry": func(p pair) {
 			d.mapping(p.v, "api.retry", 2, map[string]func(pair){
-				"transient": func(p pair) { d.backoff(p, "api.retry.transient", &a.Retry.Transient) },
-				"throttled": func(p pair) { d.backoff(p, "api.retry.throttled", &a.Retry.Throttled) },
-				"busy":      func(p pair) { d.backoff(p, "api.retry.busy", &a.Retry.Busy) },
+				"transient": func(p pair) { d.backoff(p, "api.retry.transient", &a.Retry.Transient, true) },
+				"throttled": func(p pair) { d.backoff(p, "api.retry.throttled", &a.Retry.Throttled, false) },
+				"busy":      func(p pair) { d.backoff(p, "api.retry.busy", &a.Retry.Busy, false) },
 				"duplicate": setInt(&a.Retry.Duplicate, "api.retry.duplicate", 0, 10),
 			})
 		},
@@ -361,7 +361,9 @@ func (d *decoder) api(n *yaml.Node) API {
 }
 
 // backoff decodes one error class's backoff over its defaults and checks it can end.
-func (d *decoder) backoff(p pair, field string, b *Backoff) {
+// backoff decodes one retry class. windowBounded classes (transient) always stop when the slot's
+// start window closes, so they need neither attempts nor max_elapsed.
+func (d *decoder) backoff(p pair, field string, b *Backoff, windowBounded bool) {
 	var maxLine int
 	n := d.mapping(p.v, field, 3, map[string]func(pair){
 		"initial": func(p pair) {
@@ -392,7 +394,7 @@ func (d *decoder) backoff(p pair, field string, b *Backoff) {
 		line := cmp.Or(maxLine, p.k.Line)
 		d.errorf(line, join(field, "max"), "max %s is less than initial %s", formatDuration(b.Max), formatDuration(b.Initial))
 	}
-	if b.Attempts == 0 && b.MaxElapsed == 0 {
+	if b.Attempts == 0 && b.MaxElapsed == 0 && !windowBounded {
 		d.errorf(p.k.Line, field, "retries would never stop: set attempts or max_elapsed")
 	}
 }

@@ -28,7 +28,7 @@ func TestLoadBad(t *testing.T) {
 			{line: 2, field: "polices", msg: `unknown key "polices" (did you mean "policies"?)`},
 			{line: 4, field: "api.worker", msg: `did you mean "workers"?`},
 			{line: 8, field: "defaults.image.sysprepp", msg: `did you mean "sysprep"?`},
-			{line: 14, field: "policies[0].start_window", msg: `unknown key "start_window"`},
+			{line: 14, field: "policies[0].start_windw", msg: `did you mean "start_window"?`},
 			{line: 16, field: "policies[0].image.names", msg: `did you mean "name"?`},
 			{line: 17, field: "policies[0].retention.keep", msg: `unknown key "keep"`},
 			{line: 18, field: "policies[0].select.zone", msg: `did you mean "zones"?`},
@@ -142,6 +142,17 @@ func TestLoadBad(t *testing.T) {
 			{line: 9, field: "api.retry.busy", msg: "retries would never stop"},
 			{line: 10, field: "api.retry.duplicate", msg: "out of range 0..10"},
 		},
+		"start-window.yaml": {
+			{line: 8, field: "policies[0].start_window", msg: `start_window 2h is longer than the 1h between slots of "0 * * * *": a slot would still be due when the next one starts; use at most 1h`},
+			{line: 16, field: "policies[2].start_window", msg: "must be at least 1s, got 0s"},
+			{line: 20, field: "policies[3].concurrency", msg: `"sometimes" is not a concurrency: use forbid`},
+			{line: 24, field: "policies[4].concurrency", msg: "expected a string, got a list"},
+			{line: 33, field: "policies[6].start_window", msg: "start_window 2d is longer than the 1d between slots"},
+		},
+		"start-window-defaults.yaml": {
+			{line: 5, field: "defaults.concurrency", msg: `"maybe" is not a concurrency`},
+			{line: 10, field: "policies[1].start_window", msg: `longer than the 1h between slots of "@hourly" (set in defaults at testdata/bad/start-window-defaults.yaml:4)`},
+		},
 		"version-missing.yaml": {{line: 1, field: "version", msg: "required: add `version: 1`"}},
 		"version-2.yaml":       {{line: 1, field: "version", msg: "unsupported version 2"}},
 		"empty.yaml":           {{line: 1, field: "version", msg: "the file is empty"}},
@@ -250,6 +261,8 @@ func TestLoadMinimal(t *testing.T) {
 	require.Nil(t, p.Retention)
 	require.True(t, p.Enabled)
 	require.Equal(t, ImageSpec{NameTemplate: DefaultNameTemplate, Timeout: 4 * time.Hour}, p.Image)
+	require.Equal(t, time.Hour, p.StartWindow, "default start window: 1h for a daily schedule")
+	require.Equal(t, ConcurrencyForbid, p.Concurrency)
 	require.Same(t, p, cfg.Policy("web"))
 	require.Nil(t, cfg.Policy("nope"))
 }
@@ -317,6 +330,12 @@ func TestLoadFull(t *testing.T) {
 
 	// `retention:` with no value opts out of the defaults' retention.
 	require.Nil(t, cfg.Policy("inherits").Retention)
+
+	// start_window and concurrency: the policy's own, else the defaults'.
+	require.Equal(t, 2*time.Hour, web.StartWindow)
+	require.Equal(t, ConcurrencyForbid, web.Concurrency)
+	require.Equal(t, 30*time.Minute, tagged.StartWindow)
+	require.Equal(t, ConcurrencyAllow, tagged.Concurrency)
 }
 
 func TestLoadDirectory(t *testing.T) {

@@ -70,7 +70,20 @@ func ParseSchedule(spec string, loc *time.Location) (Schedule, error) {
 	}
 	wall := *ss
 	wall.Location = time.UTC // fields are matched on the wall clock, carried as UTC
-	return &cronSchedule{spec: s, wall: &wall, loc: loc}, nil
+	return &cronSchedule{spec: s, wall: &wall, loc: loc, everyHour: hourIsStep(s)}, nil
+}
+
+// hourIsStep reports whether a cron expression's hour field is `*` or a step (`*/2`, `1-23/2`):
+// such a schedule fires by the wall clock's hours as they come, DST repeats included.
+func hourIsStep(spec string) bool {
+	f := strings.Fields(spec)
+	switch {
+	case len(f) == 1:
+		return f[0] == "@hourly"
+	case len(f) >= 2:
+		return f[1] == "*" || strings.Contains(f[1], "/")
+	}
+	return false
 }
 
 // parseCron calls robfig's parser, turning any panic on odd input into an error.
@@ -121,22 +134,35 @@ func (s *everySchedule) Next(t time.Time) time.Time {
 func (s *everySchedule) String() string { return s.spec }
 
 // cronSchedule matches cron fields against the wall clock of loc, then maps each matching wall
-// time back to an instant: a wall time skipped by a DST jump fires at the jump, a repeated wall time
-// fires at its first occurrence. robfig's own Next works on instants in the zone and gets both
-// wrong (it skips the gap's slot or fires the repeated one twice).
+// time back to the instants it names. With a fixed hour field (`0 3 * * *`, `30 1,13 * * *`) a
+// wall time skipped by a DST jump fires once at the jump and a repeated wall time fires once, at
+// its first occurrence: a daily backup runs once a day. With `*` or a step in the hour field
+// (everyHour) the schedule fires at every matching wall time that exists, in both copies of a
+// repeated hour, and not at all for a skipped one: `0 * * * *` fires 23 times on a spring-forward
+// day and 25 times on a fall-back day, and `*/30 * * * *` leaves no gap. robfig's own Next works
+// on instants in the zone and gets both wrong (it skips the gap's slot or fires the repeated one
+// twice whatever the hour field).
 type cronSchedule struct {
-	spec string
-	wall *cron.SpecSchedule // Location UTC: operates on wall-clock times carried as UTC
-	loc  *time.Location
+	spec      string
+	wall      *cron.SpecSchedule // Location UTC: operates on wall-clock times carried as UTC
+	loc       *time.Location
+	everyHour bool
 }
 
 // maxNextSteps bounds the wall-time steps Next takes to get past t; each step past the first only
-// happens for wall times whose instant is not after t (repeated or skipped hours), a handful at most.
+// happens for wall times whose instant is not after t (repeated or skipped hours), a few hundred
+// at most.
 const maxNextSteps = 10000
+
+// maxShift bounds how far a DST change moves the wall clock (in practice 30 minutes to 2 hours).
+const maxShift = 3 * time.Hour
 
 // Next returns the first slot strictly after t, or the zero time when the expression matches no
 // date in the next five years (e.g. February 30).
 func (s *cronSchedule) Next(t time.Time) time.Time {
+	if s.everyHour {
+		return s.nextEveryHour(t)
+	}
 	w := wallClock(t, s.loc)
 	for range maxNextSteps {
 		w = s.wall.Next(w)
@@ -148,6 +174,43 @@ func (s *cronSchedule) Next(t time.Time) time.Time {
 		}
 	}
 	return time.Time{}
+}
+
+// nextEveryHour is Next for a schedule with `*` or a step in its hour field: the earliest
+// instant after t of any matching wall time. Wall order and instant order differ only around a
+// backward jump (the repeated hour), so the search starts early enough to see the second copy of
+// a repeated hour and, when such a jump lies ahead, looks maxShift past the first match.
+func (s *cronSchedule) nextEveryHour(t time.Time) time.Time {
+	w := wallClock(t, s.loc)
+	_, off := t.In(s.loc).Zone()
+	_, end := t.In(s.loc).ZoneBounds()
+	backAhead := false
+	if !end.IsZero() {
+		_, nextOff := end.In(s.loc).Zone()
+		if nextOff < off {
+			backAhead = true
+			if after := wallClock(end, s.loc); after.Before(w) {
+				w = after
+			}
+		}
+	}
+	w = w.Add(-time.Second) // wall.Next is strictly after
+	var best, bestWall time.Time
+	for range maxNextSteps {
+		w = s.wall.Next(w)
+		if w.IsZero() || (!best.IsZero() && w.After(bestWall.Add(maxShift))) {
+			break
+		}
+		for _, at := range instantsOfWall(w, s.loc) {
+			if at.After(t) && (best.IsZero() || at.Before(best)) {
+				best, bestWall = at, w
+			}
+		}
+		if !best.IsZero() && (!backAhead || end.After(best)) {
+			break // no backward jump between t and best: no later wall time comes earlier
+		}
+	}
+	return best
 }
 
 // String returns the spec the schedule was parsed from (without any CRON_TZ= prefix).
@@ -186,6 +249,28 @@ func instantOfWall(w time.Time, loc *time.Location) time.Time {
 	}
 	// Unreachable with consistent zone data; Go's own normalisation is a sane answer.
 	return time.Date(w.Year(), w.Month(), w.Day(), w.Hour(), w.Minute(), w.Second(), w.Nanosecond(), loc)
+}
+
+// instantsOfWall returns every instant whose wall clock in loc reads w (carried as UTC), in
+// order: none for a wall time a forward jump skips, two for one a backward jump repeats.
+func instantsOfWall(w time.Time, loc *time.Location) []time.Time {
+	const window = 15 * 60 * 60
+	u := w.Unix()
+	ns := int64(w.Nanosecond())
+	var out []time.Time
+	at := time.Unix(u-window, 0).In(loc)
+	for range 64 {
+		_, off := at.Zone()
+		start, end := at.ZoneBounds()
+		if c := u - int64(off); (start.IsZero() || c >= start.Unix()) && (end.IsZero() || c < end.Unix()) {
+			out = append(out, time.Unix(c, ns).In(loc))
+		}
+		if end.IsZero() || end.Unix() > u+window {
+			break
+		}
+		at = end.In(loc)
+	}
+	return out
 }
 
 // zoneCache holds loaded time zones: time.LoadLocation reads and parses tzdata on every call, and a

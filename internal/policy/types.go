@@ -26,7 +26,7 @@ type API struct {
 
 // Retry holds the backoff settings per error class (`api.retry`), configurable so tests run fast.
 type Retry struct {
-	Transient Backoff // default: initial 1s, max 30s, attempts 5
+	Transient Backoff // default: initial 200ms, max 30s, until the slot's start window closes
 	Throttled Backoff // default: initial 1s, max 10s, attempts 10
 	Busy      Backoff // default: initial 30s, max 5m, max_elapsed 15m
 	Duplicate int     // fresh names to try after InvalidImageName.Duplicate (default 3)
@@ -57,6 +57,13 @@ type Policy struct {
 	Retention    *Retention   // nil when not set: images are never pruned
 	Notify       PolicyNotify // the policy's notify: block (notify.go)
 	Enabled      bool
+	// StartWindow is how long after its nominal time a slot may still start (`start_window`,
+	// default the smaller of 1h and the schedule's shortest interval). A slot found later is
+	// recorded missed; transient retries of a slot stop when its window closes.
+	StartWindow time.Duration
+	// Concurrency says whether a slot is sent while the same instance's previous image of the
+	// policy is still being made (`concurrency`, default forbid).
+	Concurrency Concurrency
 
 	// Parsed templates, set by Load. Hand-built policies leave them nil and the render functions
 	// parse the strings above instead.
@@ -64,6 +71,21 @@ type Policy struct {
 	descTmpl template
 	tagTmpls map[string]template
 }
+
+// Concurrency is the `concurrency:` setting of a policy.
+type Concurrency string
+
+// The values of `concurrency:`.
+const (
+	// ConcurrencyForbid records a slot skipped (PreviousImageInProgress) while the instance's
+	// previous image of the policy is still pending or requested.
+	ConcurrencyForbid Concurrency = "forbid"
+	// ConcurrencyAllow sends every slot whatever the previous one is doing.
+	ConcurrencyAllow Concurrency = "allow"
+)
+
+// DefaultStartWindow caps the default start window of a policy.
+const DefaultStartWindow = time.Hour
 
 // ImageSpec is how each image of the policy is made.
 type ImageSpec struct {
@@ -100,8 +122,10 @@ type Retention struct {
 
 // Schedule yields a policy's slots: nominal fire times.
 type Schedule interface {
-	// Next returns the first slot strictly after t. Slots in a skipped DST hour fire once at the
-	// jump; slots in a repeated hour fire once (at the first occurrence). @every slots are aligned
-	// to multiples of the interval since the Unix epoch, so they agree across restarts and replicas.
+	// Next returns the first slot strictly after t. A schedule with a fixed hour fires a slot in
+	// a skipped DST hour once at the jump and a slot in a repeated hour once (at the first
+	// occurrence); one whose hour field is `*` or a step fires at every matching wall-clock time
+	// that exists, in both copies of a repeated hour. @every slots are aligned to multiples of the
+	// interval since the Unix epoch, so they agree across restarts and replicas.
 	Next(t time.Time) time.Time
 }

@@ -2,6 +2,8 @@ package scheduler
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -19,11 +21,13 @@ type nextFire struct {
 }
 
 // cronLoop fires policies on their schedules with one clock timer for the earliest next slot
-// across every policy. Slots are computed from the last instant already handled, so a reload
-// never skips a slot that came due while it was applied.
+// across every policy. It first catches up the slots that passed since each policy's last handled
+// slot (catchUp). Slots are computed from the last instant already handled, so a reload never
+// skips a slot that came due while it was applied.
 func (s *Scheduler) cronLoop() {
 	defer s.wg.Done()
 	handled := s.clock.Now()
+	s.catchUp(handled)
 	fires := s.nextFires(handled)
 	for {
 		var timer clockwork.Timer
@@ -42,19 +46,22 @@ func (s *Scheduler) cronLoop() {
 		case <-due:
 			now := s.clock.Now()
 			var batch []nextFire
+			var missed []missedSlots
 			for i := range fires {
 				f := &fires[i]
 				if f.at.IsZero() || f.at.After(now) {
 					continue
 				}
-				slot, passed := latestDue(f.p.Schedule, f.at, now)
-				if passed > 0 {
-					s.log.Warn().Str("policy", f.p.Name).Time("slot", slot).Int("slots_passed", passed).
-						Msg("slots passed while the daemon could not fire; firing only the latest")
+				w := walkSlots(f.p, f.at, now)
+				if !w.fire.IsZero() {
+					batch = append(batch, nextFire{p: f.p, at: w.fire})
 				}
-				batch = append(batch, nextFire{p: f.p, at: slot})
-				f.at = f.p.Schedule.Next(slot)
+				if len(w.missed) > 0 {
+					missed = append(missed, missedSlots{p: f.p, slots: w.missed, beyond: w.beyond, reason: s.loopMissedReason})
+				}
+				f.at = f.p.Schedule.Next(w.last)
 			}
+			s.recordMissedAll(missed)
 			s.fireBatch(batch)
 			handled = now
 		}
@@ -85,19 +92,38 @@ func earliest(fires []nextFire) (time.Time, bool) {
 	return at, !at.IsZero()
 }
 
-// latestDue walks from the due slot first to the last slot not after now; passed counts the slots
-// walked over.
-func latestDue(sched policy.Schedule, first, now time.Time) (slot time.Time, passed int) {
-	slot = first
-	for passed < maxSkippedSlots {
-		next := sched.Next(slot)
-		if next.IsZero() || next.After(now) {
-			break
-		}
-		slot = next
-		passed++
+// slotWalk is what a walk over a policy's due slots found.
+type slotWalk struct {
+	fire   time.Time   // the latest slot still inside the start window; zero when none
+	missed []time.Time // the other slots, the latest maxMissedSlots of them, oldest first
+	beyond int         // missed slots not in missed (older ones)
+	last   time.Time   // the latest slot walked
+}
+
+// walkSlots walks p's slots from first (included) to now: the latest slot whose start window is
+// still open is to be fired, every other one is missed.
+func walkSlots(p *policy.Policy, first, now time.Time) slotWalk {
+	var slots []time.Time
+	walked := 0
+	for at := first; !at.IsZero() && !at.After(now) && walked < maxSkippedSlots; at = p.Schedule.Next(at) {
+		slots = append(slots, at)
+		walked++
 	}
-	return slot, passed
+	var w slotWalk
+	if len(slots) == 0 {
+		return w
+	}
+	w.last = slots[len(slots)-1]
+	if now.Before(w.last.Add(startWindow(p))) {
+		w.fire = w.last
+		slots = slots[:len(slots)-1]
+	}
+	if len(slots) > maxMissedSlots {
+		w.beyond = len(slots) - maxMissedSlots
+		slots = slots[len(slots)-maxMissedSlots:]
+	}
+	w.missed = slots
+	return w
 }
 
 func stopTimer(t clockwork.Timer) {
@@ -112,8 +138,19 @@ func stopTimer(t clockwork.Timer) {
 // while the API paces (DescribeInstances, CreateImage) still hold for all of them together.
 const fireConcurrency = 8
 
-// fireBatch fires every due (policy, slot) and returns when all are queued.
+// fireBatch fires every due (policy, slot) and returns when all are claimed and queued (or
+// handed to a claim retry). The BeforeFireBatch hook sees every due policy first.
 func (s *Scheduler) fireBatch(batch []nextFire) {
+	if len(batch) == 0 {
+		return
+	}
+	if hook := s.opts.BeforeFireBatch; hook != nil {
+		ps := make([]*policy.Policy, len(batch))
+		for i, f := range batch {
+			ps[i] = f.p
+		}
+		hook(s.stopCtx, ps)
+	}
 	if len(batch) == 1 {
 		s.fireScheduled(batch[0].p, batch[0].at)
 		return
@@ -130,12 +167,37 @@ func (s *Scheduler) fireBatch(batch []nextFire) {
 	wg.Wait()
 }
 
-// fireScheduled fires p's slot from the cron loop.
+// fireScheduled fires p's slot from the cron loop. When its claim cannot be written, the slot is
+// kept in memory and retried until its start window closes (then recorded missed) by a goroutine
+// of its own, so the cron loop goes on.
 func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
+	if s.stopCtx.Err() != nil {
+		return // a fire during shutdown is found again by the next start's walk
+	}
 	targets, skipped := s.targets(s.stopCtx, p)
 	jobs := s.fire(s.stopCtx, p, slot, withSkipped(targets, skipped), skipped)
-	// A fire during shutdown is set aside and recorded as missed by Stop.
-	s.enqueueAll(jobs, false)
+	if len(jobs) == 0 {
+		s.recordSlotHandled(p, slot)
+		return
+	}
+	err := s.claimJobs(jobs, false)
+	if err == nil {
+		s.enqueueAll(jobs, false)
+		return
+	}
+	if errors.Is(err, history.ErrFenced) {
+		s.abandon(jobs, err)
+		return
+	}
+	s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).Time("window_closes", jobs[0].deadline).
+		Msg("cannot claim the slot; retrying until its start window closes")
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if s.claimUntilWindow(s.stopCtx, jobs) == nil {
+			s.enqueueAll(jobs, false)
+		}
+	}()
 }
 
 // withSkipped returns targets followed by the skipped instances not among them, sorted: the
@@ -152,10 +214,11 @@ func withSkipped(targets []string, skipped map[string]string) []string {
 	return append(order, extra...)
 }
 
-// fire makes one job per instance of order for p's slot. Runs that are not to be sent are
-// claimed in their terminal status at once and their jobs come back finished: every run of a
-// disabled policy (skipped), the instances in skipped (skipped, with the reason), and those the
-// BeforeFire hook refuses (failed, ImageQuotaLimitExceeded). The caller queues the others.
+// fire makes one job per instance of order for p's slot and decides, before anything is written,
+// which are not to be sent: every run of a disabled policy (skipped), the instances in skipped
+// (skipped, with the reason), those whose previous image is still being made under `concurrency:
+// forbid` (skipped, PreviousImageInProgress) and those the BeforeFire hook refuses (failed,
+// ImageQuotaLimitExceeded). The caller claims them all at once (claimJobs) and queues the others.
 func (s *Scheduler) fire(ctx context.Context, p *policy.Policy, slot time.Time, order []string, skipped map[string]string) []*job {
 	s.log.Info().Str("policy", p.Name).Time("slot", slot).Strs("targets", order).
 		Int("skipped", len(skipped)).Bool("enabled", p.Enabled).Msg("policy fired")
@@ -167,20 +230,55 @@ func (s *Scheduler) fire(ctx context.Context, p *policy.Policy, slot time.Time, 
 		reason, skip := skipped[inst]
 		switch {
 		case !p.Enabled:
-			s.claimTerminal(j, history.StatusSkipped, "", msgPolicyDisabled)
+			j.plan(history.StatusSkipped, "", msgPolicyDisabled)
 		case skip:
 			s.jobLog(j).Warn().Str("reason", reason).Msg("target skipped")
-			s.claimTerminal(j, history.StatusSkipped, codeTargetGone, reason)
+			j.plan(history.StatusSkipped, codeTargetGone, reason)
 		default:
 			send = append(send, j)
 		}
 	}
+	send = s.forbidConcurrent(ctx, p, slot, send)
 	s.refuseBeforeFire(ctx, p, slot, send)
 	return jobs
 }
 
+// forbidConcurrent plans as skipped the jobs whose instance's previous image of the policy is
+// still pending or requested, under `concurrency: forbid`, and returns the others.
+func (s *Scheduler) forbidConcurrent(ctx context.Context, p *policy.Policy, slot time.Time, send []*job) []*job {
+	if p.Concurrency == policy.ConcurrencyAllow || len(send) == 0 {
+		return send
+	}
+	instances := make([]string, len(send))
+	for i, j := range send {
+		instances[i] = j.instance
+	}
+	hctx, cancel := context.WithTimeout(ctx, historyTimeout)
+	busy, err := s.hist.RunsInProgress(hctx, p.Name, instances, slot)
+	cancel()
+	if err != nil {
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).
+			Msg("cannot check for images still being made (concurrency: forbid); sending every slot")
+		return send
+	}
+	out := send[:0:0]
+	for _, j := range send {
+		prev, ok := busy[j.instance]
+		if !ok {
+			out = append(out, j)
+			continue
+		}
+		msg := fmt.Sprintf("previous image %s (slot %s) is still %s; concurrency: forbid skips this slot",
+			prev.ImageName, prev.ScheduledAt.UTC().Format(time.RFC3339), prev.Status)
+		s.jobLog(j).Warn().Str("previous_image_name", prev.ImageName).Str("error_code", CodePreviousImageInProgress).
+			Msg("previous image still being made; slot skipped")
+		j.plan(history.StatusSkipped, CodePreviousImageInProgress, msg)
+	}
+	return out
+}
+
 // refuseBeforeFire asks the BeforeFire hook which of the jobs about to be sent must not be, and
-// records those as failed.
+// plans those as failed.
 func (s *Scheduler) refuseBeforeFire(ctx context.Context, p *policy.Policy, slot time.Time, send []*job) {
 	if s.opts.BeforeFire == nil || len(send) == 0 {
 		return
@@ -206,7 +304,7 @@ func (s *Scheduler) refuseBeforeFire(ctx context.Context, p *policy.Policy, slot
 			reason = r
 		}
 		refusedIDs = append(refusedIDs, j.instance)
-		s.claimTerminal(j, history.StatusFailed, codeQuotaExceeded, r)
+		j.plan(history.StatusFailed, codeQuotaExceeded, r)
 	}
 	if len(refusedIDs) > 0 {
 		s.log.Error().Str("policy", p.Name).Str("region", p.Region).Time("slot", slot).
@@ -277,39 +375,4 @@ func dedupe(ids []string) []string {
 		}
 	}
 	return out
-}
-
-// claimTerminal records a slot that a rule decided not to send (status skipped, missed, or
-// failed with code).
-func (s *Scheduler) claimTerminal(j *job, status history.Status, code, message string) {
-	now := s.clock.Now()
-	ctx, cancel := s.historyContext()
-	run, claimed, err := s.hist.RunClaim(ctx, history.RunClaimParams{
-		Policy:       j.policy.Name,
-		InstanceID:   j.instance,
-		Region:       j.region,
-		ScheduledAt:  j.slot,
-		ImageName:    j.name,
-		DaemonID:     s.daemonID,
-		StartedAt:    now,
-		Status:       status,
-		ErrorCode:    code,
-		ErrorMessage: message,
-	})
-	cancel()
-	switch {
-	case err != nil:
-		s.jobLog(j).Error().Err(err).Str("status", string(status)).Msg("cannot record the slot")
-		if code == "" {
-			code = codeHistoryUnavailable
-		}
-		s.finish(j, s.outcome(j, status, code, message))
-	case !claimed:
-		o := outcomeFromRun(run)
-		o.AlreadyClaimed = true
-		s.finish(j, o)
-	default:
-		j.run, j.claimed = run, true
-		s.finish(j, s.outcome(j, status, code, message))
-	}
 }

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"time"
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
@@ -14,10 +15,24 @@ type CVM interface {
 }
 
 // History is what the scheduler needs from the history store. *history.Store implements it.
+//
+// Every write may answer history.ErrFenced: this process's leadership term is no longer current,
+// and the scheduler stops sending at once (Options.OnFenced).
 type History interface {
-	// RunClaim inserts the run row for (policy, instance, slot). claimed is false, with the
-	// existing row, when the slot was already claimed (by this or another daemon).
-	RunClaim(ctx context.Context, p history.RunClaimParams) (run history.Run, claimed bool, err error)
+	// RunsClaimFire writes every slot row of one fire in one transaction and moves the policy's
+	// last handled slot forward. claimed[i] is false, with the existing row, for a slot claimed
+	// before (by this or another daemon).
+	RunsClaimFire(ctx context.Context, ps []history.RunClaimParams) (runs []history.Run, claimed []bool, err error)
+	// PolicySlots returns each policy's last handled slot.
+	PolicySlots(ctx context.Context) (map[string]time.Time, error)
+	// PolicySlotSet moves a policy's last handled slot forward (a slot without targets).
+	PolicySlotSet(ctx context.Context, policy string, slot time.Time) error
+	// RunsInProgress returns, per instance, the policy's latest run before the slot that is
+	// still pending or requested (concurrency: forbid).
+	RunsInProgress(ctx context.Context, policy string, instances []string, before time.Time) (map[string]history.Run, error)
+	// RunsTakeOver records this daemon (and its term) as the owner of unfinished runs it is
+	// about to reconcile.
+	RunsTakeOver(ctx context.Context, ids []int64, daemonID string) (int64, error)
 	// RunRename records the name a run will try next (after InvalidImageName.Duplicate).
 	RunRename(ctx context.Context, runID int64, imageName string) error
 	// RunRequested records an accepted CreateImage: status requested, image id (may be empty),

@@ -47,23 +47,120 @@ type fakeHistory struct {
 	runs          []history.Run // id = index + 1
 	attempts      []history.Attempt
 	renames       []string
-	claimErr      error // returned by RunClaim when set
+	claimErr      error // returned by RunsClaimFire when set
+	claimErrs     int   // when > 0, only this many more claims answer claimErr
 	claimLost     int   // this many claims commit but answer an error (the answer was lost)
 	unfinishedErr error // returned by RunsUnfinished when set
+	fenced        bool  // every claim and take-over answers history.ErrFenced
+	fenceWrites   bool  // every outcome write (attempt, requested, finish) answers history.ErrFenced
+	lastSlots     map[string]time.Time
+	takenOver     []int64
+	claimCalls    int
 }
 
 var _ History = (*fakeHistory)(nil)
 
-func (h *fakeHistory) RunClaim(_ context.Context, p history.RunClaimParams) (history.Run, bool, error) {
+func (h *fakeHistory) RunsClaimFire(_ context.Context, ps []history.RunClaimParams) ([]history.Run, []bool, error) {
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.claimErr != nil {
-		return history.Run{}, false, h.claimErr
+	h.claimCalls++
+	if h.fenced {
+		return nil, nil, fmt.Errorf("claim: %w", history.ErrFenced)
 	}
+	if h.claimErr != nil {
+		if h.claimErrs > 0 {
+			h.claimErrs--
+			if h.claimErrs == 0 {
+				defer func() { h.claimErr = nil }()
+			}
+		}
+		return nil, nil, h.claimErr
+	}
+	lost := h.claimLost > 0
+	if lost {
+		h.claimLost--
+	}
+	runs := make([]history.Run, len(ps))
+	claimed := make([]bool, len(ps))
+	for i, p := range ps {
+		runs[i], claimed[i] = h.claimOne(p)
+		if h.lastSlots == nil {
+			h.lastSlots = map[string]time.Time{}
+		}
+		if p.ScheduledAt.After(h.lastSlots[p.Policy]) {
+			h.lastSlots[p.Policy] = p.ScheduledAt
+		}
+	}
+	if lost {
+		return nil, nil, errFake
+	}
+	return runs, claimed, nil
+}
+
+func (h *fakeHistory) PolicySlots(context.Context) (map[string]time.Time, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]time.Time{}
+	for k, v := range h.lastSlots {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (h *fakeHistory) PolicySlotSet(_ context.Context, policy string, slot time.Time) error {
+	defer h.changed.fire()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fenced {
+		return history.ErrFenced
+	}
+	if h.lastSlots == nil {
+		h.lastSlots = map[string]time.Time{}
+	}
+	if slot.After(h.lastSlots[policy]) {
+		h.lastSlots[policy] = slot
+	}
+	return nil
+}
+
+func (h *fakeHistory) RunsInProgress(_ context.Context, policy string, instances []string, before time.Time) (map[string]history.Run, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := map[string]history.Run{}
+	for _, r := range h.runs {
+		if r.Policy == policy && slices.Contains(instances, r.InstanceID) && r.ScheduledAt.Before(before) &&
+			(r.Status == history.StatusPending || r.Status == history.StatusRequested) {
+			if prev, ok := out[r.InstanceID]; !ok || r.ScheduledAt.After(prev.ScheduledAt) {
+				out[r.InstanceID] = r
+			}
+		}
+	}
+	return out, nil
+}
+
+func (h *fakeHistory) RunsTakeOver(_ context.Context, ids []int64, daemonID string) (int64, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fenced {
+		return 0, history.ErrFenced
+	}
+	var n int64
+	for _, id := range ids {
+		if r, err := h.run(id); err == nil && !r.Status.Terminal() {
+			r.DaemonID = daemonID
+			h.takenOver = append(h.takenOver, id)
+			n++
+		}
+	}
+	return n, nil
+}
+
+// claimOne inserts one row unless the slot has one; h.mu is held.
+func (h *fakeHistory) claimOne(p history.RunClaimParams) (history.Run, bool) {
 	for _, r := range h.runs {
 		if r.Policy == p.Policy && r.InstanceID == p.InstanceID && r.ScheduledAt.Equal(p.ScheduledAt) {
-			return r, false, nil
+			return r, false
 		}
 	}
 	r := history.Run{
@@ -84,11 +181,7 @@ func (h *fakeHistory) RunClaim(_ context.Context, p history.RunClaimParams) (his
 		r.FinishedAt = &at
 	}
 	h.runs = append(h.runs, r)
-	if h.claimLost > 0 {
-		h.claimLost--
-		return history.Run{}, false, errFake
-	}
-	return r, true, nil
+	return r, true
 }
 
 func (h *fakeHistory) run(id int64) (*history.Run, error) {
@@ -118,6 +211,9 @@ func (h *fakeHistory) RunRequested(_ context.Context, runID int64, imageID, requ
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fenceWrites {
+		return history.ErrFenced
+	}
 	r, err := h.run(runID)
 	if err != nil {
 		return err
@@ -133,6 +229,9 @@ func (h *fakeHistory) RunFinish(_ context.Context, p history.RunFinishParams) er
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fenceWrites {
+		return history.ErrFenced
+	}
 	r, err := h.run(p.RunID)
 	if err != nil {
 		return err
@@ -152,6 +251,9 @@ func (h *fakeHistory) AttemptInsert(_ context.Context, a history.Attempt) error 
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.fenceWrites {
+		return history.ErrFenced
+	}
 	r, err := h.run(a.RunID)
 	if err != nil {
 		return err

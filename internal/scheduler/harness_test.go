@@ -46,6 +46,9 @@ func testPolicy(name string, instances ...string) *policy.Policy {
 		Instances: instances,
 		Image:     policy.ImageSpec{NameTemplate: policy.DefaultNameTemplate},
 		Enabled:   true,
+		// Most tests fire an instance again while its previous image is being made; the
+		// concurrency tests set forbid.
+		Concurrency: policy.ConcurrencyAllow,
 	}
 }
 
@@ -117,10 +120,16 @@ type harness struct {
 
 func newHarness(t *testing.T, cfg *policy.Config, opts ...func(*Options)) *harness {
 	t.Helper()
+	return newHarnessAt(t, t0, cfg, opts...)
+}
+
+// newHarnessAt is newHarness with the fake clock starting at start.
+func newHarnessAt(t *testing.T, start time.Time, cfg *policy.Config, opts ...func(*Options)) *harness {
+	t.Helper()
 	// A real-time bound only so a broken test fails instead of hanging; nothing waits on it.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	clk := clockwork.NewFakeClockAt(t0)
+	clk := clockwork.NewFakeClockAt(start)
 	h := &harness{t: t, ctx: ctx, clk: clk, cvm: newFakeCVM(clk), hist: &fakeHistory{}, logs: &syncBuffer{}}
 	for _, p := range cfg.Policies {
 		if p.Schedule != nil {

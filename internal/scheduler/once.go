@@ -92,6 +92,24 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 	}
 
 	jobs := s.fire(ctx, p, slot, order, skipped)
+	// A backfilled slot (RunOnceAt) gets its start window from now: it was asked for now.
+	now := s.clock.Now()
+	for _, j := range jobs {
+		j.deadline = later(j.deadline, now.Add(startWindow(p)))
+	}
+	if err := s.claimJobs(jobs, false); err != nil {
+		if errors.Is(err, history.ErrFenced) {
+			s.abandon(jobs, err)
+			return nil, fmt.Errorf("run policy %s: %w", p.Name, err)
+		}
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).Msg("cannot claim the slot; retrying until its start window closes")
+		switch err := s.claimUntilWindow(ctx, jobs); {
+		case errors.Is(err, history.ErrFenced):
+			return nil, fmt.Errorf("run policy %s: %w", p.Name, err)
+		case err != nil && !errors.Is(err, errWindowClosed):
+			return nil, fmt.Errorf("run policy %s: %w", p.Name, err)
+		}
+	}
 	if !s.enqueueAll(jobs, true) {
 		return nil, errors.New("scheduler is stopping")
 	}

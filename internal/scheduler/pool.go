@@ -30,14 +30,20 @@ type job struct {
 	sent        bool      // at least one CreateImage was sent by this daemon
 	firstCall   time.Time // when the first CreateImage was sent (busy backoff's MaxElapsed)
 	failures    [cvm.ClassQuota + 1]int
-	lookupFails int  // failed DescribeImages look-ups
-	claimFails  int  // failed RunClaim writes
-	ambiguous   bool // a call may have created the image without telling us
-	recovered   bool // taken over from history at start
-	lookupFirst bool // look the name up before the next CreateImage
+	lookupFails int       // failed DescribeImages look-ups
+	deadline    time.Time // the slot's start window closes: no transient retry starts later
+	ambiguous   bool      // a call may have created the image without telling us
+	recovered   bool      // taken over from history at start
+	lookupFirst bool      // look the name up before the next CreateImage
 	renames     int
 	quotaRetry  bool
 	lastErr     *cvm.APIError
+
+	// What the fire decided for the slot before claiming it: pending (send), or a terminal
+	// status with its code and message (skipped, failed by a rule, missed).
+	planStatus  history.Status
+	planCode    string
+	planMessage string
 
 	done    chan struct{} // closed once outcome is set
 	outcome Outcome
@@ -50,8 +56,16 @@ func newJob(p *policy.Policy, instance string, slot time.Time) *job {
 		instance: instance,
 		slot:     slot,
 		name:     policy.ImageName(p, instance, slot, 0),
+		deadline: slot.Add(startWindow(p)),
 		done:     make(chan struct{}),
+
+		planStatus: history.StatusPending,
 	}
+}
+
+// plan records what the fire decided for j instead of sending it.
+func (j *job) plan(status history.Status, code, message string) {
+	j.planStatus, j.planCode, j.planMessage = status, code, message
 }
 
 // enqueue queues j to run at ready. While the scheduler stops, j is set aside for Stop to record.
@@ -158,7 +172,10 @@ func (s *Scheduler) runJob(j *job) {
 		s.leave(j)
 		return
 	}
-	if !j.claimed && !s.claim(j) {
+	if !j.claimed {
+		// Fires claim every slot before queueing it; this is a bug, not an outage.
+		s.jobLog(j).Error().Msg("unclaimed slot reached a worker; not sending")
+		s.finish(j, s.outcome(j, history.StatusPending, codeHistoryUnavailable, "slot was not claimed"))
 		return
 	}
 	if j.lookupFirst {
@@ -174,57 +191,11 @@ func (s *Scheduler) runJob(j *job) {
 	if !ok {
 		return
 	}
-	if err := s.pace.Wait(s.stopCtx); err != nil {
+	if err := s.pace.Wait(s.stopCtx); err != nil || s.fenced.Load() {
 		s.leave(j)
 		return
 	}
 	s.createImage(j, in)
-}
-
-// claim inserts the run row before any API call: the unique key makes a slot run at most once.
-// It reports whether the worker should go on with the job.
-func (s *Scheduler) claim(j *job) bool {
-	now := s.clock.Now()
-	ctx, cancel := s.historyContext()
-	run, claimed, err := s.hist.RunClaim(ctx, history.RunClaimParams{
-		Policy:      j.policy.Name,
-		InstanceID:  j.instance,
-		Region:      j.region,
-		ScheduledAt: j.slot,
-		ImageName:   j.name,
-		DaemonID:    s.daemonID,
-		StartedAt:   now,
-		Status:      history.StatusPending,
-	})
-	cancel()
-	if err != nil {
-		j.claimFails++
-		log := s.jobLog(j).With().Err(err).Int("claim_failures", j.claimFails).Logger()
-		if d, ok := s.backoff(s.retry().Transient, j.claimFails, 0); ok {
-			log.Warn().Dur("retry_in", d).Msg("cannot claim the slot; will retry")
-			s.enqueue(j, now.Add(d))
-			return false
-		}
-		log.Error().Msg("cannot claim the slot; giving up without calling the API")
-		s.finish(j, s.outcome(j, history.StatusFailed, codeHistoryUnavailable, err.Error()))
-		return false
-	}
-	// After a failed claim, the row found may be this job's own: the insert committed but its
-	// answer was lost.
-	ownEarlierClaim := j.claimFails > 0 && run.DaemonID == s.daemonID && run.Status == history.StatusPending && run.Attempts == 0
-	if !claimed && !ownEarlierClaim {
-		s.jobLog(j).Info().Str("claimed_by", run.DaemonID).Str("run_status", string(run.Status)).
-			Msg("slot already claimed; not sending")
-		o := outcomeFromRun(run)
-		o.AlreadyClaimed = true
-		s.finish(j, o)
-		return false
-	}
-	j.run, j.claimed = run, true
-	if run.ImageName != "" {
-		j.name = run.ImageName
-	}
-	return true
 }
 
 // createImageInput builds the request for j; false when the run failed instead.
@@ -304,6 +275,7 @@ func (s *Scheduler) requested(j *job, imageID, requestID string) {
 	err := s.hist.RunRequested(ctx, j.run.ID, imageID, requestID)
 	cancel()
 	if err != nil {
+		s.checkFenced(err)
 		// The run stays pending in history; the next start finds the image by name.
 		s.jobLog(j).Error().Err(err).Str("image_id", imageID).Str("request_id", requestID).
 			Msg("cannot record the accepted CreateImage")
@@ -330,6 +302,7 @@ func (s *Scheduler) finishRun(j *job, status history.Status, code, message strin
 	})
 	cancel()
 	if err != nil {
+		s.checkFenced(err)
 		s.jobLog(j).Error().Err(err).Str("status", string(status)).Str("error_code", code).
 			Msg("cannot record the run's end")
 	}
@@ -373,6 +346,7 @@ func (s *Scheduler) recordAttempt(j *job, action string, start time.Time, elapse
 	err := s.hist.AttemptInsert(ctx, a)
 	cancel()
 	if err != nil {
+		s.checkFenced(err)
 		s.jobLog(j).Error().Err(err).Str("action", action).Int("attempt", a.Attempt).
 			Str("request_id", requestID).Msg("cannot record the API call")
 	}

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -535,18 +536,45 @@ func TestClaimConflictSendsNothing(t *testing.T) {
 	require.Empty(t, attempts)
 }
 
-func TestClaimErrorIsRetriedThenGivesUpWithoutCalling(t *testing.T) {
+// unavailable is the error the history store answers while PostgreSQL is away.
+var unavailable = fmt.Errorf("claim: %w", history.ErrUnavailable)
+
+func TestClaimIsRetriedWithinTheStartWindow(t *testing.T) {
 	t.Parallel()
 	const inst = "ins-cle00001"
-	h := newHarness(t, testConfig(10, 1, testPolicy("cle", inst)))
-	h.hist.claimErr = errFake
+	p := testPolicy("cle", inst)
+	p.StartWindow = time.Minute
+	h := newHarness(t, testConfig(10, 1, p))
+	h.hist.claimErr, h.hist.claimErrs = unavailable, 3
 	h.start()
-	out := h.once(time.Second, "cle")
-	require.Equal(t, history.StatusFailed, out[0].Status)
-	require.Equal(t, codeHistoryUnavailable, out[0].ErrorCode)
-	calls, _ := h.cvm.snapshot()
-	require.Empty(t, calls)
-	require.Contains(t, h.logs.String(), "cannot claim the slot; giving up")
+	out := h.once(100*time.Millisecond, "cle")
+	require.Equal(t, history.StatusRequested, out[0].Status)
+	require.Equal(t, 1, h.cvm.count("CreateImage"))
+	require.Equal(t, 4, h.hist.claimCalls)
+	require.Contains(t, h.logs.String(), "slot claimed after retrying")
+}
+
+func TestClaimThatCannotBeWrittenBeforeTheWindowClosesIsRecordedMissed(t *testing.T) {
+	t.Parallel()
+	const inst = "ins-cle00002"
+	p := testPolicy("cle", inst)
+	p.StartWindow = 10 * time.Second
+	cfg := testConfig(10, 1, p)
+	cfg.API.Retry.Transient = policy.Backoff{} // the defaults: 200ms doubling, bounded by the window
+	h := newHarness(t, cfg)
+	// PostgreSQL stays away well past the window, then comes back.
+	h.hist.claimErr, h.hist.claimErrs = unavailable, 12
+	h.start()
+	out := h.once(200*time.Millisecond, "cle")
+	require.Equal(t, history.StatusMissed, out[0].Status)
+	require.Equal(t, CodeMissed, out[0].ErrorCode)
+	require.Contains(t, out[0].ErrorMessage, "PostgreSQL was unreachable")
+	require.Zero(t, h.cvm.count("CreateImage"), "a slot that was never claimed is never sent")
+	run := h.runByInstance("cle", inst)
+	require.Equal(t, history.StatusMissed, run.Status)
+	require.Equal(t, t0, run.ScheduledAt)
+	require.False(t, run.StartedAt.Before(t0.Add(10*time.Second)), "recorded after the window closed")
+	require.Equal(t, 13, h.hist.claimCalls)
 }
 
 func TestClaimWhoseAnswerWasLostIsTakenOnRetry(t *testing.T) {
@@ -584,31 +612,4 @@ func TestDataDisksAllUsesTheHook(t *testing.T) {
 	out = h2.once(time.Second, "dsk")
 	require.Equal(t, history.StatusRequested, out[0].Status)
 	require.Equal(t, []string{"disk-of-" + inst}, h2.cvm.callsOf("CreateImage")[0].Create.DataDiskIDs)
-}
-
-func TestBackoff(t *testing.T) {
-	t.Parallel()
-	h := newHarness(t, testConfig(10, 1))
-	b := policy.Backoff{Initial: time.Second, Max: 10 * time.Second, Attempts: 6}
-	for n := 1; n < 6; n++ {
-		c := min(time.Second<<(n-1), 10*time.Second)
-		for range 50 {
-			d, ok := h.s.backoff(b, n, 0)
-			require.True(t, ok)
-			require.GreaterOrEqual(t, d, c/2, "n=%d", n)
-			require.LessOrEqual(t, d, c, "n=%d", n)
-		}
-	}
-	_, ok := h.s.backoff(b, 6, 0)
-	require.False(t, ok, "Attempts calls in all")
-
-	e := policy.Backoff{Initial: 30 * time.Second, Max: 5 * time.Minute, MaxElapsed: 15 * time.Minute}
-	d, ok := h.s.backoff(e, 40, 14*time.Minute+50*time.Second)
-	require.True(t, ok)
-	require.Equal(t, 10*time.Second, d, "the last try lands on MaxElapsed")
-	_, ok = h.s.backoff(e, 41, 15*time.Minute)
-	require.False(t, ok)
-	d, ok = h.s.backoff(e, 1000, 0)
-	require.True(t, ok)
-	require.LessOrEqual(t, d, 5*time.Minute, "no overflow past Max")
 }

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
@@ -23,6 +24,11 @@ const (
 	codeDryRunOperation     = "DryRunOperation" // the API's answer to a DryRun whose checks passed
 	codeQuotaExceeded       = "ImageQuotaLimitExceeded"
 	codeTargetGone          = "InvalidInstanceId.NotFound" // a listed instance DescribeInstances no longer knows
+	// CodeMissed marks a slot that was never started: it passed while no scheduler could fire
+	// it, or its start window closed before its claim could be written.
+	CodeMissed = "Missed"
+	// CodePreviousImageInProgress marks a slot skipped by `concurrency: forbid`.
+	CodePreviousImageInProgress = "PreviousImageInProgress"
 )
 
 // Messages recorded on runs that were not sent.
@@ -33,9 +39,10 @@ const (
 	msgShutdownWaiting = "daemon shut down while the run waited to retry"
 )
 
-// Retry defaults of PRODUCT.md section 2, used for a Backoff left entirely zero in the config.
+// Retry defaults (README "Scheduling, pacing and retries"), used for a Backoff left entirely zero
+// in the config. Transient and throttled retries also stop when the slot's start window closes.
 var (
-	defaultTransient = policy.Backoff{Initial: time.Second, Max: 30 * time.Second, Attempts: 5}
+	defaultTransient = policy.Backoff{Initial: 200 * time.Millisecond, Max: 30 * time.Second}
 	defaultThrottled = policy.Backoff{Initial: time.Second, Max: 10 * time.Second, Attempts: 10}
 	defaultBusy      = policy.Backoff{Initial: 30 * time.Second, Max: 5 * time.Minute, MaxElapsed: 15 * time.Minute}
 )
@@ -52,11 +59,11 @@ func (s *Scheduler) decide(j *job, ae *cvm.APIError) {
 	switch ae.Class {
 	case cvm.ClassThrottled:
 		s.pace.Throttle()
-		s.retryOrFail(j, ae, retry.Throttled)
+		s.retryOrFail(j, ae, retry.Throttled, j.deadline)
 	case cvm.ClassTransient:
-		s.retryOrFail(j, ae, retry.Transient)
+		s.retryOrFail(j, ae, retry.Transient, j.deadline)
 	case cvm.ClassBusy:
-		s.retryOrFail(j, ae, retry.Busy)
+		s.retryOrFail(j, ae, retry.Busy, time.Time{})
 	case cvm.ClassDuplicateName:
 		s.duplicateName(j, ae, retry.Duplicate)
 	case cvm.ClassQuota:
@@ -66,49 +73,30 @@ func (s *Scheduler) decide(j *job, ae *cvm.APIError) {
 	}
 }
 
-// retryOrFail queues j again after the class's backoff, or fails it once the backoff gives up.
-func (s *Scheduler) retryOrFail(j *job, ae *cvm.APIError, b policy.Backoff) {
+// retryOrFail queues j again after the class's backoff, or fails it once the backoff gives up:
+// after its attempts or elapsed time, or when the next try would start after deadline (the slot's
+// start window; zero: none).
+func (s *Scheduler) retryOrFail(j *job, ae *cvm.APIError, b policy.Backoff, deadline time.Time) {
 	j.failures[ae.Class]++
 	now := s.clock.Now()
-	d, ok := s.backoff(b, j.failures[ae.Class], now.Sub(j.firstCall))
+	d, ok := asPolicy(b).Until(j.failures[ae.Class], now.Sub(j.firstCall), now, deadline, s.jitter)
 	if !ok {
-		s.fail(j, ae.Code, ae.Message)
+		msg := ae.Message
+		if !deadline.IsZero() && !now.Before(deadline) {
+			msg = fmt.Sprintf("%s (retried %d times until the start window closed)", ae.Message, j.failures[ae.Class])
+		}
+		s.fail(j, ae.Code, msg)
 		return
 	}
 	s.jobLog(j).Info().Str("error_code", ae.Code).Str("class", ae.Class.String()).
-		Str("request_id", ae.RequestID).Int("failures", j.failures[ae.Class]).Dur("retry_in", d).
+		Str("request_id", ae.RequestID).Int("failures", j.failures[ae.Class]).Int64("retry_in_ms", d.Milliseconds()).
 		Msg("CreateImage will be retried")
 	s.enqueue(j, now.Add(d))
 }
 
-// backoff returns the delay before the next try after the n-th failure (n ≥ 1), elapsed after the
-// first try, or false when b says to give up. The delay is exponential with jitter: a random
-// duration in [c/2, c] with c = min(Max, Initial·2^(n−1)), cut so the next try is no later than
-// MaxElapsed after the first.
-func (s *Scheduler) backoff(b policy.Backoff, n int, elapsed time.Duration) (time.Duration, bool) {
-	if b.Attempts > 0 && n >= b.Attempts {
-		return 0, false
-	}
-	if b.MaxElapsed > 0 && elapsed >= b.MaxElapsed {
-		return 0, false
-	}
-	c := max(b.Initial, 0)
-	for i := 1; i < n && c > 0 && c < time.Hour && (b.Max <= 0 || c < b.Max); i++ {
-		c *= 2
-	}
-	if b.Max > 0 && c > b.Max {
-		c = b.Max
-	}
-	d := c / 2
-	if spread := int64(c - d); spread > 0 {
-		s.rngMu.Lock()
-		d += time.Duration(s.rng.Int64N(spread + 1))
-		s.rngMu.Unlock()
-	}
-	if b.MaxElapsed > 0 && elapsed+d > b.MaxElapsed {
-		d = b.MaxElapsed - elapsed
-	}
-	return d, true
+// asPolicy is a configured backoff as the backoff package's policy.
+func asPolicy(b policy.Backoff) backoff.Policy {
+	return backoff.Policy{Initial: b.Initial, Max: b.Max, Attempts: b.Attempts, MaxElapsed: b.MaxElapsed}
 }
 
 // retry returns the configured retry settings, with defaults for backoffs left zero.
@@ -151,6 +139,7 @@ func (s *Scheduler) duplicateName(j *job, ae *cvm.APIError, limit int) {
 	err = s.hist.RunRename(ctx, j.run.ID, name)
 	cancel()
 	if err != nil {
+		s.checkFenced(err)
 		s.jobLog(j).Error().Err(err).Str("new_image_name", name).Msg("cannot record the run's new image name")
 	}
 	s.jobLog(j).Info().Str("new_image_name", name).Int("renames", j.renames).
@@ -205,8 +194,8 @@ func (s *Scheduler) lookupFailed(j *job, err error) {
 	if ae, ok := cvm.AsAPIError(err); ok {
 		code = ae.Code
 	}
-	if d, ok := s.backoff(s.retry().Transient, j.lookupFails, 0); ok {
-		s.jobLog(j).Warn().Err(err).Dur("retry_in", d).Msg("cannot look the image up by name; will retry")
+	if d, ok := asPolicy(s.retry().Transient).Until(j.lookupFails, 0, now, j.deadline, s.jitter); ok {
+		s.jobLog(j).Warn().Err(err).Int64("retry_in_ms", d.Milliseconds()).Msg("cannot look the image up by name; will retry")
 		s.enqueue(j, now.Add(d))
 		return
 	}

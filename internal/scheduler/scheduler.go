@@ -17,6 +17,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
@@ -31,6 +32,10 @@ const historyTimeout = 10 * time.Second
 
 // maxSkippedSlots bounds the walk over slots that passed while the daemon could not fire.
 const maxSkippedSlots = 100000
+
+// maxMissedSlots is how many passed slots of one policy get missed rows at one walk; beyond it one
+// summary line is logged (README "Missed slots and outages").
+const maxMissedSlots = 100
 
 // Options configures a Scheduler. Config, CVM and History are required.
 type Options struct {
@@ -77,6 +82,19 @@ type Options struct {
 	// DisableCron runs the pool without firing any schedule: `imager once` fires only what it
 	// is asked to, while a daemon on the same database keeps the schedules.
 	DisableCron bool
+	// BeforeFireBatch is called once per cron batch (the policies due at one instant, and the
+	// slots caught up at start) with every due policy, before their targets are resolved, so
+	// their listed instances can be checked together. Nil does nothing.
+	BeforeFireBatch func(ctx context.Context, policies []*policy.Policy)
+	// OnFenced is called once when a history write answers history.ErrFenced: this process's
+	// leadership term is no longer current. The scheduler has already stopped sending (no new
+	// CreateImage) when it is called; it runs on a scheduler goroutine, so it must not block
+	// nor call Stop itself (signal the leadership loop instead). Nil only logs.
+	OnFenced func()
+	// MissedReason returns the error_message of the missed rows recorded at start for slots that
+	// passed before this scheduler ran (e.g. "slot passed while no imager leader was running").
+	// Nil means that message.
+	MissedReason func(p *policy.Policy, slot time.Time) string
 }
 
 // Scheduler fires policies and runs their CreateImage calls. Create it with New, run it with
@@ -93,8 +111,11 @@ type Scheduler struct {
 	pace         *pace.Limiter // CreateImage
 	describePace *pace.Limiter // DescribeImages
 
-	rngMu sync.Mutex
-	rng   *rand.Rand
+	jitter *backoff.Jitter
+
+	fencedOnce sync.Once
+	fenced     atomic.Bool
+	dbDownAt   atomic.Int64 // unix nanoseconds of the first failed claim write of an outage; 0: reachable
 
 	mu        sync.Mutex
 	queue     jobQueue
@@ -157,7 +178,7 @@ func New(opts Options) (*Scheduler, error) {
 		workers:      api.Workers,
 		pace:         pace.New(opts.Clock, api.CreateImageRate, opts.Pace),
 		describePace: opts.DescribePace,
-		rng:          opts.Rand,
+		jitter:       backoff.NewJitter(opts.Rand),
 		baseCtx:      context.Background(),
 		wake:         make(chan struct{}, 1),
 		reload:       make(chan struct{}, 1),
@@ -234,20 +255,39 @@ func (s *Scheduler) Start(ctx context.Context) error {
 }
 
 // recoverRuns queues every run left pending by a previous daemon (crashed or cut off between
-// the call and the database write). Each first looks its image up by exact name and adopts it
-// when found; otherwise it is sent again under its recorded name.
+// the call and the database write), after taking them over under this daemon's term (a fenced
+// write: a replica that is no longer leader touches nothing). Each first looks its image up by
+// exact name and adopts it when found; otherwise it is sent again under its recorded name, so a
+// slot never gets a second image.
 func (s *Scheduler) recoverRuns(ctx context.Context) error {
 	runs, err := s.hist.RunsUnfinished(ctx)
 	if err != nil {
 		return fmt.Errorf("recover unfinished runs: %w", err)
 	}
+	var ids []int64
+	for _, r := range runs {
+		if r.Status == history.StatusPending { // requested runs are followed to completion elsewhere
+			ids = append(ids, r.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	if _, err := s.hist.RunsTakeOver(ctx, ids, s.daemonID); err != nil {
+		if errors.Is(err, history.ErrFenced) {
+			s.onFenced(err)
+		}
+		return fmt.Errorf("take over unfinished runs: %w", err)
+	}
+	now := s.clock.Now()
 	n := 0
 	for _, r := range runs {
 		if r.Status != history.StatusPending {
-			continue // requested runs are followed to completion elsewhere
+			continue
 		}
+		p := s.policyByName(r.Policy)
 		j := &job{
-			policy:      s.policyByName(r.Policy),
+			policy:      p,
 			region:      r.Region,
 			instance:    r.InstanceID,
 			slot:        r.ScheduledAt,
@@ -258,21 +298,37 @@ func (s *Scheduler) recoverRuns(ctx context.Context) error {
 			ambiguous:   true, // the previous daemon may have sent it
 			recovered:   true,
 			lookupFirst: true,
+			deadline:    later(r.ScheduledAt.Add(startWindow(p)), now.Add(startWindow(p))),
 		}
-		s.enqueue(j, s.clock.Now())
+		s.enqueue(j, now)
 		n++
 	}
-	if n > 0 {
-		s.log.Info().Int("runs", n).Msg("recovering runs left pending")
-	}
+	s.log.Info().Int("runs", n).Msg("recovering runs left pending")
 	return nil
 }
 
+// startWindow is p's start window; the default one for a policy no longer loaded.
+func startWindow(p *policy.Policy) time.Duration {
+	if p == nil || p.StartWindow <= 0 {
+		return policy.DefaultStartWindow
+	}
+	return p.StartWindow
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
 // Stop stops firing and dispatching, lets in-flight calls finish within the shutdown grace
-// (then cancels them), records what did not finish, and waits for every goroutine. Runs never
-// claimed are recorded as missed; claimed runs waiting to retry fail with code Shutdown; a call
-// cut off by the grace deadline, or made ambiguous by a network error, leaves its run pending for
-// the next start to reconcile by name. Stop is idempotent and safe to call before Start.
+// (then cancels them), records what did not finish, and waits for every goroutine. Claimed runs
+// never sent are recorded as missed; runs waiting to retry fail with code Shutdown; a call cut off
+// by the grace deadline, or made ambiguous by a network error, leaves its run pending for the next
+// start to reconcile by name. A slot whose rows could not be written at all did not move its
+// policy's last handled slot, so the next start's walk records it. A fenced scheduler writes
+// nothing: the new leader reconciles. Stop is idempotent and safe to call before Start.
 func (s *Scheduler) Stop() {
 	s.stopOnce.Do(func() {
 		s.life.Lock() // a Start in progress finishes first
@@ -316,10 +372,21 @@ func (s *Scheduler) recordLeftovers() {
 	for len(s.work) > 0 {
 		left = append(left, <-s.work)
 	}
+	if s.fenced.Load() {
+		if len(left) > 0 {
+			s.log.Warn().Int("runs", len(left)).Msg("fenced: leaving unfinished runs to the new leader")
+		}
+		for _, j := range left {
+			if !isDone(j) {
+				s.finish(j, s.outcome(j, history.StatusPending, codeFenced, "leadership lost; the new leader reconciles the run by name"))
+			}
+		}
+		return
+	}
 	for _, j := range left {
 		switch {
 		case !j.claimed:
-			s.claimTerminal(j, history.StatusMissed, "", msgShutdownMissed)
+			s.jobLog(j).Error().Msg("slot was never claimed; the next walk of missed slots records it")
 		case j.ambiguous || (j.recovered && !j.sent):
 			s.jobLog(j).Warn().Msg("run left pending at shutdown; the next start reconciles it by name")
 			s.finish(j, s.outcome(j, history.StatusPending, "", "left pending at shutdown"))

@@ -92,20 +92,39 @@ func TestCronFiresOneRunPerTargetAtTheSlot(t *testing.T) {
 
 func TestCronFiresOnlyTheLatestSlotAfterAClockJump(t *testing.T) {
 	t.Parallel()
-	p := scheduled(t, testPolicy("jump", "ins-jmp00001"), "@every 1h")
+	p := scheduled(t, testPolicy("jump", "ins-jmp00001", "ins-jmp00002"), "@every 1h")
 	h := newHarness(t, testConfig(10, 1, p))
 	h.start()
 	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1))
-	h.clk.Advance(5*time.Hour + 30*time.Minute) // slots 13:00 … 17:00 passed
+	h.clk.Advance(5*time.Hour + 30*time.Minute) // slots 13:00 … 17:00 passed; 17:00 is in its 1h window
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool { return len(runs) == 1 && runs[0].Status == history.StatusRequested })
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool {
+			n := 0
+			for _, r := range runs {
+				if r.Status == history.StatusRequested {
+					n++
+				}
+			}
+			return n == 2
+		})
 	}()
 	h.drive(done, 10*time.Millisecond)
-	run := h.runByInstance("jump", "ins-jmp00001")
-	require.Equal(t, t0.Add(5*time.Hour), run.ScheduledAt)
-	require.Contains(t, h.logs.String(), `"slots_passed":4`)
+	runs, _, _ := h.hist.snapshot()
+	require.Len(t, runs, 10, "every slot has a row per target")
+	for _, r := range runs {
+		if r.ScheduledAt.Equal(t0.Add(5 * time.Hour)) {
+			require.Equal(t, history.StatusRequested, r.Status)
+			continue
+		}
+		require.Equal(t, history.StatusMissed, r.Status, "slot %s", r.ScheduledAt)
+		require.Equal(t, CodeMissed, r.ErrorCode)
+		require.Equal(t, msgMissedPaused, r.ErrorMessage)
+		require.NotNil(t, r.FinishedAt)
+	}
+	require.Equal(t, 2, h.cvm.count("CreateImage"))
+	require.Contains(t, h.logs.String(), `"message":"slots missed"`)
 }
 
 func TestDisabledPolicyRecordsSkippedRuns(t *testing.T) {

@@ -1,0 +1,235 @@
+package history
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// claimFence takes the lease row in share mode, so a replica taking the lease over waits for this
+// transaction (and then sees its rows), and checks fenceClaim for s's term. It returns ErrFenced
+// when the term is no longer the live lease's.
+func (s *Store) claimFence(ctx context.Context, tx pgx.Tx) error {
+	if s.term == 0 {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM leader_lease WHERE name = $1 FOR SHARE`, LeaseName); err != nil {
+		return s.translate(err)
+	}
+	var ok bool
+	if err := tx.QueryRow(ctx, `SELECT `+fenceClaim(1), s.term).Scan(&ok); err != nil {
+		return s.translate(err)
+	}
+	if !ok {
+		return ErrFenced
+	}
+	return nil
+}
+
+// termArg is the term stored on rows a fenced store writes: NULL when unfenced.
+func (s *Store) termArg() *int64 {
+	if s.term == 0 {
+		return nil
+	}
+	t := s.term
+	return &t
+}
+
+// checkClaim refuses a claim the schema cannot hold.
+func checkClaim(p RunClaimParams) error {
+	switch {
+	case p.Status != StatusPending && p.Status != StatusSkipped && p.Status != StatusMissed && p.Status != StatusFailed:
+		return fmt.Errorf("claim run: status %q: %w", p.Status, ErrInvalid)
+	case p.Policy == "" || p.InstanceID == "" || p.ScheduledAt.IsZero() || p.StartedAt.IsZero():
+		return fmt.Errorf("claim run: policy, instance, slot and start time are required: %w", ErrInvalid)
+	}
+	return nil
+}
+
+const claimInsert = `
+INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+	image_name, error_code, error_message, daemon_id, term, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11, $12, now())
+ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
+RETURNING ` + runColumns
+
+const claimSelect = `SELECT ` + runColumns + ` FROM image_runs
+WHERE policy = $1 AND instance_id = $2 AND scheduled_at = $3`
+
+func (s *Store) claimArgs(p RunClaimParams) []any {
+	var finishedAt *time.Time
+	if p.Status.Terminal() {
+		finishedAt = &p.StartedAt
+	}
+	return []any{p.Policy, p.InstanceID, p.Region, p.ScheduledAt, p.StartedAt, finishedAt, string(p.Status),
+		p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID, s.termArg()}
+}
+
+// RunsClaimFire writes every slot row of one fire (one per target, pending for those to send and
+// terminal for those a rule decided not to send) in one transaction, before any call is made, and
+// moves each policy's last handled slot (policy_slots) forward to the latest slot among them.
+// For each params it returns the row and whether this call inserted it; a slot claimed before
+// keeps its row (claimed false). The claim is fenced: with a term (WithTerm) that is not the live
+// lease's, nothing is written and the error is ErrFenced.
+func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, []bool, error) {
+	for _, p := range ps {
+		if err := checkClaim(p); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(ps) == 0 {
+		return nil, nil, nil
+	}
+	runs := make([]Run, len(ps))
+	claimed := make([]bool, len(ps))
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.claimFence(ctx, tx); err != nil {
+			return err
+		}
+		b := &pgx.Batch{}
+		for _, p := range ps {
+			b.Queue(claimInsert, s.claimArgs(p)...)
+		}
+		br := tx.SendBatch(ctx, b)
+		for i := range ps {
+			r, err := scanRun(br.QueryRow())
+			switch {
+			case err == nil:
+				runs[i], claimed[i] = r, true
+			case !errors.Is(err, pgx.ErrNoRows):
+				_ = br.Close()
+				return err
+			}
+		}
+		if err := br.Close(); err != nil {
+			return err
+		}
+		for i, p := range ps {
+			if claimed[i] {
+				continue
+			}
+			r, err := scanRun(tx.QueryRow(ctx, claimSelect, p.Policy, p.InstanceID, p.ScheduledAt))
+			if err != nil {
+				return err
+			}
+			runs[i] = r
+		}
+		latest := map[string]time.Time{}
+		for _, p := range ps {
+			if t, ok := latest[p.Policy]; !ok || p.ScheduledAt.After(t) {
+				latest[p.Policy] = p.ScheduledAt
+			}
+		}
+		for pol, at := range latest {
+			if _, err := tx.Exec(ctx, policySlotUpsert, pol, at, s.termArg()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if errors.Is(err, ErrFenced) {
+			return nil, nil, fmt.Errorf("claim %d slots of %s at %s: %w", len(ps), ps[0].Policy, ps[0].ScheduledAt.UTC().Format(time.RFC3339), ErrFenced)
+		}
+		return nil, nil, fmt.Errorf("claim %d slots of %s at %s: %w", len(ps), ps[0].Policy, ps[0].ScheduledAt.UTC().Format(time.RFC3339), s.translate(err))
+	}
+	return runs, claimed, nil
+}
+
+const policySlotUpsert = `INSERT INTO policy_slots (policy, last_slot, term, updated_at) VALUES ($1, $2, $3, now())
+ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
+	term = EXCLUDED.term, updated_at = now()`
+
+// PolicySlotSet records slot as handled for policy (a fire with no targets, or a walk that
+// recorded nothing): the last handled slot only moves forward. It is fenced like a claim.
+func (s *Store) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
+	if policy == "" || slot.IsZero() {
+		return fmt.Errorf("record last slot: policy and slot are required: %w", ErrInvalid)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.claimFence(ctx, tx); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, policySlotUpsert, policy, slot, s.termArg())
+		return err
+	})
+	if errors.Is(err, ErrFenced) {
+		return fmt.Errorf("record last slot of %s: %w", policy, ErrFenced)
+	}
+	if err != nil {
+		return fmt.Errorf("record last slot of %s: %w", policy, s.translate(err))
+	}
+	return nil
+}
+
+// PolicySlots returns, per policy, the latest slot handled (policy_slots.last_slot, UTC).
+func (s *Store) PolicySlots(ctx context.Context) (map[string]time.Time, error) {
+	rows, err := s.pool.Query(ctx, `SELECT policy, last_slot FROM policy_slots`)
+	if err != nil {
+		return nil, fmt.Errorf("read last slots: %w", s.translate(err))
+	}
+	defer rows.Close()
+	out := map[string]time.Time{}
+	for rows.Next() {
+		var p string
+		var at time.Time
+		if err := rows.Scan(&p, &at); err != nil {
+			return nil, fmt.Errorf("read last slots: %w", s.translate(err))
+		}
+		out[p] = at.UTC()
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read last slots: %w", s.translate(err))
+	}
+	return out, nil
+}
+
+// RunsInProgress returns, per instance of instances, the latest run of policy with a slot before
+// before that is still pending or requested: its image is still being made (`concurrency:
+// forbid`).
+func (s *Store) RunsInProgress(ctx context.Context, policy string, instances []string, before time.Time) (map[string]Run, error) {
+	out := map[string]Run{}
+	if len(instances) == 0 {
+		return out, nil
+	}
+	runs, err := s.queryRuns(ctx, `SELECT DISTINCT ON (instance_id) `+runColumns+` FROM image_runs
+WHERE policy = $1 AND instance_id = ANY($2) AND scheduled_at < $3 AND status IN ('pending', 'requested')
+ORDER BY instance_id, scheduled_at DESC`, policy, instances, before)
+	if err != nil {
+		return nil, fmt.Errorf("runs in progress of %s: %w", policy, err)
+	}
+	for _, r := range runs {
+		out[r.InstanceID] = r
+	}
+	return out, nil
+}
+
+// RunsTakeOver records that daemonID, under s's term, now owns the unfinished runs ids (a new
+// leader reconciling what an earlier one left): image_runs.term and daemon_id are set. It is
+// fenced like a claim (ErrFenced, nothing changed). Runs that finished meanwhile are left alone;
+// it returns how many were taken over.
+func (s *Store) RunsTakeOver(ctx context.Context, ids []int64, daemonID string) (int64, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	var n int64
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.claimFence(ctx, tx); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `UPDATE image_runs SET term = $2, daemon_id = $3, updated_at = now()
+WHERE id = ANY($1) AND status IN ('pending', 'requested')`, ids, s.termArg(), daemonID)
+		n = tag.RowsAffected()
+		return err
+	})
+	if errors.Is(err, ErrFenced) {
+		return 0, fmt.Errorf("take over %d runs: %w", len(ids), ErrFenced)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("take over %d runs: %w", len(ids), s.translate(err))
+	}
+	return n, nil
+}
