@@ -1,10 +1,8 @@
-// Package lifecycle follows imager's images after CreateImage was accepted, and keeps fires
-// inside the region's image quota.
+// Package lifecycle follows imager's images after CreateImage was accepted.
 //
 // The Tracker polls DescribeImages for every run in status requested until its image is NORMAL
 // (run available), CREATEFAILED, past the policy's image.timeout, or gone; its state lives only in
-// PostgreSQL, so it resumes after a restart. The QuotaGate checks, before a fire, that the
-// region's custom image quota has room for the fire's slots, pruning first when it can.
+// PostgreSQL, so it resumes after a restart.
 package lifecycle
 
 import (
@@ -34,12 +32,6 @@ type TrackerHistory interface {
 
 // TrackerCVM is what the Tracker needs from the CVM API. *cvm.Client implements it.
 type TrackerCVM interface {
-	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
-}
-
-// QuotaCVM is what the QuotaGate needs from the CVM API. *cvm.Client implements it.
-type QuotaCVM interface {
-	DescribeImageQuota(ctx context.Context, region string) (quota int, requestID string, err error)
 	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
 }
 
@@ -78,5 +70,4 @@ var (
 	_ TrackerHistory = (*history.Store)(nil)
 	_ TrackerHistory = recorderHistory{}
 	_ TrackerCVM     = (*cvm.Client)(nil)
-	_ QuotaCVM       = (*cvm.Client)(nil)
 )

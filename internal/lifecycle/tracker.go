@@ -140,7 +140,7 @@ func NewTracker(opts TrackerOptions) *Tracker {
 		pace:     opts.Pace,
 		config:   opts.Config,
 		clock:    opts.Clock,
-		log:      opts.Logger.With().Str("component", "tracker").Logger(),
+		log:      opts.Logger, // the caller tags it with component
 		interval: opts.PollInterval,
 		onAvail:  opts.OnAvailable,
 		kick:     make(chan struct{}, 1),

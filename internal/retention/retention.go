@@ -139,7 +139,7 @@ func NewPruner(opts Options) *Pruner {
 		deletePace:   opts.DeletePace,
 		config:       opts.Config,
 		clock:        opts.Clock,
-		log:          opts.Logger.With().Str("component", "retention").Logger(),
+		log:          opts.Logger, // the caller tags it with component
 		jitter:       backoff.NewJitter(nil),
 	}
 	if p.clock == nil {

@@ -94,7 +94,7 @@ func NewResolver(opts Options) *Resolver {
 		cvm:   opts.CVM,
 		pace:  opts.Pace,
 		clock: opts.Clock,
-		log:   opts.Logger.With().Str("component", "targets").Logger(),
+		log:   opts.Logger, // the caller tags it with component
 
 		jitter: backoff.NewJitter(nil),
 		primed: map[instanceKey]primedAnswer{},
