@@ -37,16 +37,17 @@ type TrackerCVM interface {
 
 // Pace spaces DescribeImages calls. The daemon passes the scheduler's DescribePace
 // (*pace.Limiter), so every DescribeImages of the account shares
-// api.describe_images_rate. When the Pace also has a Throttle() method, it is called after a
-// RequestLimitExceeded answer.
+// api.describe_images_rate.
 type Pace interface {
 	Wait(ctx context.Context) error
 }
 
-// throttler is the optional part of a Pace.
-type throttler interface {
-	Throttle()
-}
+// throttler and observer are the optional parts of a Pace (*pace.Limiter has both): told of a
+// RequestLimitExceeded answer, and of each call's round trip.
+type (
+	throttler interface{ Throttle() }
+	observer  interface{ Observe(time.Duration) }
+)
 
 // RecorderHistory adapts a *history.Recorder to TrackerHistory: writes go through the recorder
 // (spooled and replayed when the database is briefly away), reads go to its store.
