@@ -17,6 +17,7 @@ import (
 	"github.com/imager-dev/imager/internal/metrics"
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/quota"
 	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
 	"github.com/imager-dev/imager/internal/targets"
@@ -120,7 +121,7 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 		DeletePace: pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{}),
 		Clock:      d.clock, Logger: log.With().Str("component", "retention").Logger(),
 	})
-	gate := lifecycle.NewQuotaGate(lifecycle.QuotaOptions{
+	gate := quota.NewGate(quota.Options{
 		CVM: d.client, Pace: describePace, Clock: d.clock, Prune: d.pruner.PruneRegion,
 		Logger: log.With().Str("component", "quota").Logger(),
 	})

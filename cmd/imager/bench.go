@@ -27,6 +27,7 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	runs := fs.Int("runs", 3, "runs of each benchmark; the report gives the median, min and max")
 	quick := fs.Bool("quick", false, "tiny sizes: a smoke run in seconds whose figures mean nothing")
 	binary := fs.String("binary", "", "imager binary the scale benchmark runs (default: this executable)")
+	dbURL := fs.String("database-url", "", "PostgreSQL server to create the benchmarks' databases on (default: a throwaway cluster)")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
@@ -63,7 +64,12 @@ func cmdBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		cookbook = bench.CookbookQueries(readme)
 	}
 
+	var newDB func(context.Context) (string, error)
+	if *dbURL != "" {
+		newDB = bench.ServerDatabases(*dbURL)
+	}
 	report, err := bench.Run(ctx, bench.Config{
+		NewDatabase:  newDB,
 		Only:         names,
 		Runs:         *runs,
 		Quick:        *quick,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -175,4 +176,33 @@ func policyFile(api apiBlock, policies []genPolicy) []byte {
 		b.WriteString("    instances: [" + strings.Join(p.Instances, ", ") + "]\n")
 	}
 	return []byte(b.String())
+}
+
+// ServerDatabases returns a Config.NewDatabase that creates each benchmark's database on the
+// running server at url (a database URL whose user may CREATE DATABASE), instead of a throwaway
+// cluster. Databases are named bench_<unix time>_<n> and left in place.
+func ServerDatabases(url string) func(ctx context.Context) (string, error) {
+	var n atomic.Int64
+	stamp := time.Now().Unix()
+	return func(ctx context.Context) (string, error) {
+		cfg, err := pgx.ParseConfig(url)
+		if err != nil {
+			return "", fmt.Errorf("benchmark database server URL: %w", err)
+		}
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			return "", fmt.Errorf("connect to the benchmark database server: %w", err)
+		}
+		defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
+		name := fmt.Sprintf("bench_%d_%d", stamp, n.Add(1))
+		if _, err := conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+			return "", fmt.Errorf("create benchmark database %s: %w", name, err)
+		}
+		u, err := neturl.Parse(url)
+		if err != nil {
+			return "", fmt.Errorf("benchmark database server URL: %w", err)
+		}
+		u.Path = "/" + name
+		return u.String(), nil
+	}
 }

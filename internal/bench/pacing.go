@@ -29,6 +29,8 @@ type PacingParams struct {
 	NaiveRetries int
 	// Seed seeds the simulator's fault decisions.
 	Seed int64
+	// Loaded runs imager beside a background load (StartLoad): CPU hogs and a build loop.
+	Loaded bool
 }
 
 // ClientPacing is what the simulator saw of one client in one pacing run.
@@ -75,6 +77,13 @@ func RunPacing(ctx context.Context, env Env, p PacingParams) (PacingRun, error) 
 	instances := instanceIDs(0, p.Calls)
 	var run PacingRun
 	var err error
+	if p.Loaded {
+		load, err := StartLoad(ctx)
+		if err != nil {
+			return run, err
+		}
+		defer load.Stop()
+	}
 	if run.Imager, err = imagerPacing(ctx, env, p, instances); err != nil {
 		return run, fmt.Errorf("pacing through imager: %w", err)
 	}

@@ -255,6 +255,12 @@ func (r *Report) writePacing(w io.Writer) []metric {
 		}
 		if p.TransientAttempts > 0 || p.TransientInitial > 0 || p.TransientMax > 0 {
 			title += ", api.retry.transient: " + transientSettings(p)
+		} else if p.FaultRate > 0 {
+			title += ", imager's default retry settings"
+		}
+		if p.Loaded {
+			id = "pacing.loaded"
+			title += ", on a loaded machine: " + LoadDescription()
 		}
 		fmt.Fprintf(w, "### %s\n\n", title)
 		imager := func(f func(c ClientPacing) float64) []float64 {
@@ -297,6 +303,11 @@ func (r *Report) writePacing(w io.Writer) []metric {
 					func(c ClientPacing) float64 { return paced(c) / (n / l) }, nil},
 				pacingRow{"", "makespan beyond that (s): the retries waiting at the end", "%.2f",
 					func(c ClientPacing) float64 { return c.Makespan.Seconds() - paced(c) }, nil})
+		} else if p.Loaded {
+			// Jitter widens the spacing by up to 5 % (pace.DefaultMaxMargin), and a lone throttle
+			// is forgiven.
+			rows[1].tgt = ptarget("≥", 0.95)
+			rows[5].tgt = ptarget("≤", 1)
 		} else {
 			rows[1].tgt = ptarget("≥", 0.97)
 			rows[2].tgt = ptarget("≤", 1.03)
@@ -380,10 +391,17 @@ type pacingRow struct {
 }
 
 func faultSuffix(p PacingParams) string {
+	var s string
 	if p.FaultRate > 0 {
-		return fmt.Sprintf(" %.0f%% faults", p.FaultRate*100)
+		s = fmt.Sprintf(" %.0f%% faults", p.FaultRate*100)
+		if p.TransientAttempts == 0 && p.TransientInitial == 0 && p.TransientMax == 0 {
+			s += " (default retries)"
+		}
 	}
-	return ""
+	if p.Loaded {
+		s += " loaded"
+	}
+	return s
 }
 
 func (r *Report) writeFire(w io.Writer) []metric {

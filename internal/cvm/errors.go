@@ -33,6 +33,7 @@ func Classify(code string) Class {
 		return ClassThrottled
 	case strings.HasPrefix(code, "InternalError"),
 		code == CodeNetworkError, code == CodeTimeout, code == CodeCanceled, code == CodeBadResponse,
+		code == CodeUnclassified,
 		isHTTP5xx(code):
 		return ClassTransient
 	case code == "MutexOperation.TaskRunning",
@@ -47,6 +48,26 @@ func Classify(code string) Class {
 	default:
 		return ClassPermanent
 	}
+}
+
+// ClassifyError is the one classification of a failed call's error, for every caller of the
+// API (scheduler, tracker, retention, targets): the *APIError in err's chain when the client
+// translated it; otherwise — a plain network error, a context deadline, an error from a wrapper —
+// a transient, ambiguous *APIError for action (the request may have reached the API): Code
+// CodeTimeout for a deadline or a network timeout, CodeCanceled for a cancellation, and
+// CodeUnclassified for anything else, with err's text as Message. nil for a nil err.
+func ClassifyError(action string, err error) *APIError {
+	if err == nil {
+		return nil
+	}
+	if ae, ok := AsAPIError(err); ok {
+		return ae
+	}
+	code := contextCode(err, nil)
+	if code == "" {
+		code = CodeUnclassified
+	}
+	return newAPIError(action, code, err.Error(), "")
 }
 
 // isHTTP5xx reports whether code is one of the "HTTP" + status codes with a 5xx status.

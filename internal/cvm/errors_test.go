@@ -2,6 +2,9 @@ package cvm
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -264,4 +267,29 @@ func TestWrongSecretNeverLeaks(t *testing.T) {
 		require.NotContains(t, text, testSecretKey)
 	}
 	require.Contains(t, logs.String(), `"error_code":"AuthFailure.SignatureFailure"`, "the logs were written")
+}
+
+func TestClassifyErrorMakesUnclassifiedErrorsTransientAndAmbiguous(t *testing.T) {
+	t.Parallel()
+	require.Nil(t, ClassifyError(ActionDescribeImages, nil))
+
+	own := &APIError{Action: ActionDeleteImages, Code: "InvalidImageId.NotFound", Class: ClassPermanent}
+	require.Same(t, own, ClassifyError(ActionDescribeImages, fmt.Errorf("wrapped: %w", own)))
+
+	for _, tc := range []struct {
+		err  error
+		code string
+	}{
+		{errors.New("connection reset by peer"), CodeUnclassified},
+		{&net.OpError{Op: "dial", Err: errors.New("connection refused")}, CodeUnclassified},
+		{fmt.Errorf("call: %w", context.DeadlineExceeded), CodeTimeout},
+		{context.Canceled, CodeCanceled},
+	} {
+		ae := ClassifyError(ActionDescribeImages, tc.err)
+		require.Equal(t, tc.code, ae.Code, "%v", tc.err)
+		require.Equal(t, ClassTransient, ae.Class, "%v", tc.err)
+		require.True(t, ae.Ambiguous(), "%v", tc.err)
+		require.Equal(t, ActionDescribeImages, ae.Action)
+		require.Empty(t, ae.RequestID)
+	}
 }

@@ -66,6 +66,9 @@ const (
 	CodeTimeout      = "Timeout"      // the call's deadline passed; outcome unknown
 	CodeBadResponse  = "BadResponse"  // HTTP 200 with an unparseable body; the API may have acted
 	CodeCanceled     = "Canceled"     // the caller's context was canceled mid-call; outcome unknown
+	// CodeUnclassified: an error that did not come from this client's translation (a wrapper,
+	// a fake, a plain network error); see ClassifyError. Transient and ambiguous.
+	CodeUnclassified = "UnclassifiedError"
 	// CodeInvalidInput: the client refused the input before sending anything (e.g. ImageIDs and
 	// Filters together, Limit over 100). Permanent; no request was made.
 	CodeInvalidInput = "ClientError.InvalidInput"
@@ -87,7 +90,7 @@ func (e *APIError) Error() string {
 // body could not be parsed): a retry of CreateImage may then meet its own image.
 func (e *APIError) Ambiguous() bool {
 	switch e.Code {
-	case CodeNetworkError, CodeTimeout, CodeCanceled, CodeBadResponse:
+	case CodeNetworkError, CodeTimeout, CodeCanceled, CodeBadResponse, CodeUnclassified:
 		return true
 	}
 	return false

@@ -1,10 +1,8 @@
-// Package lifecycle follows imager's images after CreateImage was accepted, and keeps fires
-// inside the region's image quota.
+// Package lifecycle follows imager's images after CreateImage was accepted.
 //
 // The Tracker polls DescribeImages for every run in status requested until its image is NORMAL
 // (run available), CREATEFAILED, past the policy's image.timeout, or gone; its state lives only in
-// PostgreSQL, so it resumes after a restart. The QuotaGate checks, before a fire, that the
-// region's custom image quota has room for the fire's slots, pruning first when it can.
+// PostgreSQL, so it resumes after a restart.
 package lifecycle
 
 import (
@@ -37,24 +35,19 @@ type TrackerCVM interface {
 	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
 }
 
-// QuotaCVM is what the QuotaGate needs from the CVM API. *cvm.Client implements it.
-type QuotaCVM interface {
-	DescribeImageQuota(ctx context.Context, region string) (quota int, requestID string, err error)
-	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
-}
-
 // Pace spaces DescribeImages calls. The daemon passes the scheduler's DescribePace
 // (*pace.Limiter), so every DescribeImages of the account shares
-// api.describe_images_rate. When the Pace also has a Throttle() method, it is called after a
-// RequestLimitExceeded answer.
+// api.describe_images_rate.
 type Pace interface {
 	Wait(ctx context.Context) error
 }
 
-// throttler is the optional part of a Pace.
-type throttler interface {
-	Throttle()
-}
+// throttler and observer are the optional parts of a Pace (*pace.Limiter has both): told of a
+// RequestLimitExceeded answer, and of each call's round trip.
+type (
+	throttler interface{ Throttle() }
+	observer  interface{ Observe(time.Duration) }
+)
 
 // RecorderHistory adapts a *history.Recorder to TrackerHistory: writes go through the recorder
 // (spooled and replayed when the database is briefly away), reads go to its store.
@@ -78,5 +71,4 @@ var (
 	_ TrackerHistory = (*history.Store)(nil)
 	_ TrackerHistory = recorderHistory{}
 	_ TrackerCVM     = (*cvm.Client)(nil)
-	_ QuotaCVM       = (*cvm.Client)(nil)
 )

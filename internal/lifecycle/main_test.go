@@ -259,3 +259,30 @@ func (tr *tracked) drive(done <-chan struct{}, step time.Duration) {
 		}
 	}
 }
+
+// nextDriving returns the next poll's report, moving the fake clock by step whenever the poll
+// waits on it (retry backoffs and the pace) before reporting.
+func (tr *tracked) nextDriving(step time.Duration) polled {
+	tr.e.t.Helper()
+	for {
+		ctx, cancel := context.WithCancel(tr.e.ctx)
+		blocked := make(chan error, 1)
+		go func() { blocked <- tr.e.fake.BlockUntilContext(ctx, 1) }()
+		select {
+		case p := <-tr.polls:
+			cancel()
+			<-blocked
+			return p
+		case err := <-blocked:
+			cancel()
+			require.NoError(tr.e.t, err)
+			// The loop reports a poll before it waits for the next one: a report may be waiting.
+			select {
+			case p := <-tr.polls:
+				return p
+			default:
+			}
+			tr.e.fake.Advance(step)
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 
 	"github.com/imager-dev/imager/internal/cvm"
@@ -23,13 +24,20 @@ const maxLookupPages = 10
 // pollResult sums up one poll.
 type pollResult struct {
 	runs        int   // requested runs loaded
-	calls       int   // DescribeImages calls made
+	calls       int   // DescribeImages calls made, retries included
 	failedCalls int   // of which failed (a fault of the API or the network, not of one image id)
+	lookups     int   // questions asked (a batch of ids, a page of a tag look-up, a name)
+	gaveUp      int   // of which still failed after their retries (left for the next poll)
 	terminal    int   // runs recorded terminal
 	readErr     error // the requested runs could not be read
 }
 
-func (r pollResult) failed() bool { return r.readErr != nil || r.failedCalls > 0 }
+// failed reports whether the poll as a whole failed: history could not be read, or most of its
+// questions went unanswered even after their retries. A few failed calls among many answered
+// ones do not slow the polls down.
+func (r pollResult) failed() bool {
+	return r.readErr != nil || (r.lookups > 0 && 2*r.gaveUp > r.lookups)
+}
 
 // call is one DescribeImages call, as image_attempts records it.
 type call struct {
@@ -100,8 +108,9 @@ func (t *Tracker) forgetAllBut(live map[int64]bool) {
 	}
 }
 
-// pollRegion follows the runs of one region: by image id in batches, then by name. The first
-// failed call ends the region's pass; the rest waits for the next poll.
+// pollRegion follows the runs of one region: by image id in batches of BatchSize, then the runs
+// without an image id by imager's tags (tagLookup). A question that still fails after its
+// retries skips only its own runs; the rest of the pass goes on.
 func (t *Tracker) pollRegion(ctx context.Context, region string, runs []*history.Run, res *pollResult) {
 	var ids []string
 	byImage := map[string][]*history.Run{}
@@ -117,21 +126,16 @@ func (t *Tracker) pollRegion(ctx context.Context, region string, runs []*history
 		byImage[r.ImageID] = append(byImage[r.ImageID], r)
 	}
 	for lo := 0; lo < len(ids); lo += BatchSize {
-		batch := ids[lo:min(lo+BatchSize, len(ids))]
-		if !t.pollBatch(ctx, region, batch, byImage, res) {
+		if ctx.Err() != nil {
 			return
 		}
+		t.pollBatch(ctx, region, ids[lo:min(lo+BatchSize, len(ids))], byImage, res)
 	}
-	for _, r := range unnamed {
-		if !t.pollByName(ctx, region, r, res) {
-			return
-		}
-	}
+	t.pollUnnamed(ctx, region, unnamed, res)
 }
 
-// pollBatch asks about one batch of image ids and acts on each run's image. It reports whether
-// the region's pass may go on.
-func (t *Tracker) pollBatch(ctx context.Context, region string, batch []string, byImage map[string][]*history.Run, res *pollResult) bool {
+// pollBatch asks about one batch of image ids and acts on each run's image.
+func (t *Tracker) pollBatch(ctx context.Context, region string, batch []string, byImage map[string][]*history.Run, res *pollResult) {
 	var runs []*history.Run
 	for _, id := range batch {
 		runs = append(runs, byImage[id]...)
@@ -139,22 +143,23 @@ func (t *Tracker) pollBatch(ctx context.Context, region string, batch []string, 
 	out, c, ok := t.describe(ctx, region, cvm.DescribeImagesInput{ImageIDs: batch, Limit: len(batch)}, runs, res)
 	if !ok {
 		if c == nil || !unknownImageID(c.err) {
-			return false
+			return
 		}
 		if len(batch) == 1 {
 			// The API refuses this id outright: it does not know the image.
 			for _, r := range byImage[batch[0]] {
 				t.imageMissing(ctx, r, nil, res)
 			}
-			return true
+			return
 		}
 		// One id spoils the batch: ask about each alone to find it.
 		for _, id := range batch {
-			if !t.pollBatch(ctx, region, []string{id}, byImage, res) {
-				return false
+			if ctx.Err() != nil {
+				return
 			}
+			t.pollBatch(ctx, region, []string{id}, byImage, res)
 		}
-		return true
+		return
 	}
 	found := make(map[string]*cvm.Image, len(out.Images))
 	for i := range out.Images {
@@ -169,7 +174,80 @@ func (t *Tracker) pollBatch(ctx context.Context, region string, batch []string, 
 			}
 		}
 	}
-	return true
+}
+
+// unnamedGroup is the runs of one fire of one policy whose CreateImage answer had no ImageId.
+type unnamedGroup struct {
+	policy, slot string
+	runs         []*history.Run
+}
+
+// pollUnnamed finds the images of runs whose CreateImage answer had no ImageId. Every image
+// imager makes carries its policy and slot as tags, so the runs of one fire are looked up
+// together: DescribeImages filtered by tag:imager-policy and tag:imager-slot, 100 per page,
+// then names compared exactly. Only a run that look-up misses (an image made without imager's
+// tags, or one the API has not indexed yet) is looked up by its own name.
+func (t *Tracker) pollUnnamed(ctx context.Context, region string, runs []*history.Run, res *pollResult) {
+	var groups []*unnamedGroup
+	byKey := map[[2]string]*unnamedGroup{}
+	for _, r := range runs {
+		if r.ImageName == "" {
+			t.imageMissing(ctx, r, nil, res)
+			continue
+		}
+		k := [2]string{r.Policy, policy.SlotTag(r.ScheduledAt)}
+		g := byKey[k]
+		if g == nil {
+			g = &unnamedGroup{policy: k[0], slot: k[1]}
+			byKey[k] = g
+			groups = append(groups, g)
+		}
+		g.runs = append(g.runs, r)
+	}
+	for _, g := range groups {
+		if ctx.Err() != nil {
+			return
+		}
+		t.tagLookup(ctx, region, g, res)
+	}
+}
+
+// tagLookup finds the images of one group by imager's tags, page by page.
+func (t *Tracker) tagLookup(ctx context.Context, region string, g *unnamedGroup, res *pollResult) {
+	filters := []cvm.Filter{
+		{Name: "tag:" + policy.TagPolicy, Values: []string{g.policy}},
+		{Name: "tag:" + policy.TagSlot, Values: []string{g.slot}},
+	}
+	byName := map[string][]*history.Run{}
+	for _, r := range g.runs {
+		byName[r.ImageName] = append(byName[r.ImageName], r)
+	}
+	matched := map[int64]bool{}
+	offset := 0
+	for range maxLookupPages {
+		out, c, ok := t.describe(ctx, region, cvm.DescribeImagesInput{Filters: filters, Offset: offset, Limit: cvm.MaxLimit}, g.runs, res)
+		if !ok {
+			return // nothing decided for these runs: the next poll asks again
+		}
+		for i := range out.Images {
+			img := &out.Images[i]
+			for _, r := range byName[img.Name] {
+				if !matched[r.ID] && imageOfRun(img, r) {
+					matched[r.ID] = true
+					t.foundByName(ctx, r, img, c, res)
+				}
+			}
+		}
+		offset += len(out.Images)
+		if len(out.Images) == 0 || offset >= out.TotalCount {
+			break
+		}
+	}
+	for _, r := range g.runs {
+		if !matched[r.ID] && ctx.Err() == nil {
+			t.pollByName(ctx, region, r, res)
+		}
+	}
 }
 
 // unknownImageID reports whether a failed DescribeImages refused an image id itself
@@ -178,14 +256,10 @@ func unknownImageID(ae *cvm.APIError) bool {
 	return ae != nil && strings.HasPrefix(ae.Code, "InvalidImageId.")
 }
 
-// pollByName finds the image of a run whose CreateImage answer had no ImageId: the image-name
-// filter is fuzzy, so names are compared exactly, and an image whose imager tags name another
-// policy or instance is not this run's. It reports whether the region's pass may go on.
-func (t *Tracker) pollByName(ctx context.Context, region string, r *history.Run, res *pollResult) bool {
-	if r.ImageName == "" {
-		t.imageMissing(ctx, r, nil, res)
-		return true
-	}
+// pollByName finds the image of one run whose CreateImage answer had no ImageId by the
+// image-name filter: the filter is fuzzy, so names are compared exactly, and an image whose
+// imager tags name another policy or instance is not this run's.
+func (t *Tracker) pollByName(ctx context.Context, region string, r *history.Run, res *pollResult) {
 	filter := []cvm.Filter{{Name: "image-name", Values: []string{r.ImageName}}}
 	offset := 0
 	var last *call
@@ -193,13 +267,13 @@ func (t *Tracker) pollByName(ctx context.Context, region string, r *history.Run,
 		out, c, ok := t.describe(ctx, region, cvm.DescribeImagesInput{Filters: filter, Offset: offset, Limit: cvm.MaxLimit},
 			[]*history.Run{r}, res)
 		if !ok {
-			return false
+			return
 		}
 		last = c
 		for i := range out.Images {
 			if img := &out.Images[i]; img.Name == r.ImageName && imageOfRun(img, r) {
 				t.foundByName(ctx, r, img, c, res)
-				return true
+				return
 			}
 		}
 		offset += len(out.Images)
@@ -208,7 +282,6 @@ func (t *Tracker) pollByName(ctx context.Context, region string, r *history.Run,
 		}
 	}
 	t.imageMissing(ctx, r, last, res)
-	return true
 }
 
 // imageOfRun reports whether img, named as r's image, may be r's: imager's tags, when present,
@@ -243,9 +316,33 @@ func (t *Tracker) foundByName(ctx context.Context, r *history.Run, img *cvm.Imag
 	t.observe(ctx, r, img, nil, res)
 }
 
-// describe makes one paced DescribeImages call. On a failure it records the call on every run
-// it was made for and reports ok false with the call (nil when ctx ended).
+// describe asks DescribeImages one question, paced, retrying a failed call on its own with the
+// tracker's backoff (internal/backoff; bounded by attempts and by half a poll interval) so that
+// one InternalError does not leave its runs unpolled until the next poll. Every failed call is
+// recorded on every run it was made for. It reports ok false with the last call when the
+// question still failed (nil when ctx ended); an unknown image id is not retried.
 func (t *Tracker) describe(ctx context.Context, region string, in cvm.DescribeImagesInput, runs []*history.Run, res *pollResult) (cvm.DescribeImagesOutput, *call, bool) {
+	res.lookups++
+	first := t.clock.Now()
+	for n := 1; ; n++ {
+		out, c, ok := t.describeOnce(ctx, region, in, runs, res)
+		if ok || c == nil || unknownImageID(c.err) {
+			return out, c, ok
+		}
+		d, retry := t.retry.Next(n, t.clock.Since(first), t.jitter)
+		if !retry || c.err.Class != cvm.ClassTransient && c.err.Class != cvm.ClassThrottled {
+			res.gaveUp++
+			return out, c, false
+		}
+		if err := sleep(ctx, t.clock, d); err != nil {
+			return out, nil, false
+		}
+	}
+}
+
+// describeOnce makes one paced DescribeImages call. On a failure it records the call on every
+// run it was made for and reports ok false with the call (nil when ctx ended).
+func (t *Tracker) describeOnce(ctx context.Context, region string, in cvm.DescribeImagesInput, runs []*history.Run, res *pollResult) (cvm.DescribeImagesOutput, *call, bool) {
 	if t.pace != nil {
 		if err := t.pace.Wait(ctx); err != nil {
 			return cvm.DescribeImagesOutput{}, nil, false
@@ -254,6 +351,9 @@ func (t *Tracker) describe(ctx context.Context, region string, in cvm.DescribeIm
 	start := t.clock.Now()
 	out, err := t.cvm.DescribeImages(ctx, region, in)
 	c := &call{start: start, elapsed: t.clock.Since(start), requestID: out.RequestID}
+	if o, ok := t.pace.(observer); ok {
+		o.Observe(c.elapsed)
+	}
 	res.calls++
 	if err == nil {
 		return out, c, true
@@ -261,10 +361,7 @@ func (t *Tracker) describe(ctx context.Context, region string, in cvm.DescribeIm
 	if ctx.Err() != nil {
 		return out, nil, false // stopping: the call was cut off, not failed
 	}
-	ae, ok := cvm.AsAPIError(err)
-	if !ok {
-		ae = &cvm.APIError{Action: actionDescribeImages, Code: "UnclassifiedError", Message: err.Error(), Class: cvm.ClassTransient}
-	}
+	ae := cvm.ClassifyError(actionDescribeImages, err)
 	c.err, c.requestID = ae, ae.RequestID
 	if !unknownImageID(ae) {
 		res.failedCalls++
@@ -280,6 +377,18 @@ func (t *Tracker) describe(ctx context.Context, region string, in cvm.DescribeIm
 		t.recordCall(ctx, r, c)
 	}
 	return out, c, false
+}
+
+// sleep waits d on clock, or until ctx is done.
+func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration) error {
+	timer := clock.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.Chan():
+		return nil
+	}
 }
 
 // observe acts on the state of r's image. c is the call that reported it, recorded when the

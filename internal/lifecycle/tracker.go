@@ -9,6 +9,7 @@ import (
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
 )
@@ -26,6 +27,11 @@ const (
 	// BatchSize is the most image ids one DescribeImages call asks about.
 	BatchSize = 100
 )
+
+// describeRetry is how a failed DescribeImages call is retried within a poll: from 200 ms,
+// doubling with jitter up to 2 s, at most five tries and never past half a poll interval (set
+// per Tracker), so a question that keeps failing is left for the next poll in time.
+var describeRetry = backoff.Policy{Initial: 200 * time.Millisecond, Max: 2 * time.Second, Attempts: 5}
 
 // Error codes the Tracker records on the runs it fails.
 const (
@@ -76,9 +82,10 @@ type TrackerOptions struct {
 // Tracker follows every run in status requested until it is terminal (see the package comment).
 //
 // Each poll loads the requested runs from history, groups them by region, and asks
-// DescribeImages about up to BatchSize image ids per call; a run without an image id (the
-// CreateImage answer had none, as in the seed) is looked up by the image-name filter, comparing
-// names exactly. NORMAL makes the run available (size and finish time) and calls OnAvailable;
+// DescribeImages about up to BatchSize image ids per call; runs without an image id (the
+// CreateImage answer had none, as in the seed) are looked up together per policy and slot by
+// imager's tags, 100 per page, comparing names exactly (and by the image-name filter, one run at
+// a time, when that missed them). NORMAL makes the run available (size and finish time) and calls OnAvailable;
 // CREATEFAILED fails it with CodeCreateFailed; an image still being made after the policy's
 // image.timeout since the run started fails it with CodeTimeout; an image the API does not
 // know for MissingPolls consecutive polls fails it with CodeImageNotFound.
@@ -88,8 +95,11 @@ type TrackerOptions struct {
 // DescribeImages call that failed. Polls that change nothing are not recorded: a run followed
 // for hours would otherwise collect hundreds of identical rows.
 //
-// A failed poll (history unreadable, or a DescribeImages call failing) is retried at the next
-// poll, and each consecutive failure doubles the delay up to MaxPollBackoff.
+// A failed DescribeImages call is retried on its own, paced, with a short backoff (describeRetry);
+// a question that still fails skips only its runs, which the next poll asks about again. A poll
+// fails as a whole only when history cannot be read or most of its questions went unanswered;
+// each consecutive failed poll doubles the delay up to MaxPollBackoff, while polls in which most
+// calls succeed keep the interval.
 //
 // The only state kept in memory is a cache of what PostgreSQL already says, plus the count of
 // polls that missed an image (which starts over after a restart).
@@ -102,6 +112,8 @@ type Tracker struct {
 	log      zerolog.Logger
 	interval time.Duration
 	onAvail  func(ctx context.Context, run history.Run)
+	retry    backoff.Policy
+	jitter   *backoff.Jitter
 
 	kick chan struct{} // one slot: poll now
 
@@ -141,9 +153,11 @@ func NewTracker(opts TrackerOptions) *Tracker {
 		pace:     opts.Pace,
 		config:   opts.Config,
 		clock:    opts.Clock,
-		log:      opts.Logger,
+		log:      opts.Logger, // the caller tags it with component
 		interval: opts.PollInterval,
 		onAvail:  opts.OnAvailable,
+		retry:    retryFor(opts.PollInterval),
+		jitter:   backoff.NewJitter(nil),
 		kick:     make(chan struct{}, 1),
 		waiters:  map[*waiter]struct{}{},
 		inFlight: map[int64]bool{},
@@ -244,6 +258,13 @@ func pollDelay(interval time.Duration, failures int) time.Duration {
 		d *= 2
 	}
 	return min(d, limit)
+}
+
+// retryFor is describeRetry bounded by half the poll interval.
+func retryFor(interval time.Duration) backoff.Policy {
+	p := describeRetry
+	p.MaxElapsed = interval / 2
+	return p
 }
 
 // imageTimeout is how long a run's image may take: its policy's image.timeout, or the default.

@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
@@ -155,11 +157,12 @@ func TestSeedShapeRunIsFoundByExactName(t *testing.T) {
 	require.Equal(t, want, got.ImageID)
 	require.Equal(t, history.StatusRequested, got.Status)
 	calls := e.describeCalls()
-	require.Len(t, calls, 1)
+	require.Len(t, calls, 2, "the look-up by imager's tags, then by name (this image has no imager tags)")
 	require.NotContains(t, calls[0].Params, "ImageIds")
+	require.NotContains(t, calls[1].Params, "ImageIds")
 	a := e.attempts(r.ID)
 	require.Len(t, a, 1, "the call that found the image id is recorded")
-	require.Equal(t, calls[0].RequestID, a[0].RequestID)
+	require.Equal(t, calls[1].RequestID, a[0].RequestID)
 
 	tr.advance(10 * time.Minute)
 	require.Equal(t, 1, tr.next().res.terminal)
@@ -264,7 +267,7 @@ type countingPace struct {
 func (p *countingPace) Wait(context.Context) error { p.waits.Add(1); return nil }
 func (p *countingPace) Throttle()                  { p.throttles.Add(1) }
 
-func TestDescribeFailuresAreRecordedAndRetriedWithBackoff(t *testing.T) {
+func TestDescribeFailuresAreRetriedWithinThePoll(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, false, cvmsim.Options{ImageReadyAfter: -1})
 	runs := []history.Run{e.requested("web"), e.requested("web")}
@@ -273,20 +276,19 @@ func TestDescribeFailuresAreRecordedAndRetriedWithBackoff(t *testing.T) {
 	tr := e.newTracker(func(o *TrackerOptions) { o.Pace = pace })
 	tr.start()
 
-	wantDelays := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute}
-	wantCodes := []string{"InternalError", "RequestLimitExceeded", "InternalError"}
-	for i, d := range wantDelays {
-		if i > 0 {
-			tr.advance(wantDelays[i-1])
-		}
-		p := tr.next()
-		require.Equal(t, 1, p.res.failedCalls)
-		require.Equal(t, d, p.delay, "poll %d", i+1)
-	}
+	// The first poll retries its one question until the API answers: no poll is lost, and the
+	// interval does not grow.
+	p := tr.nextDriving(time.Second)
+	require.Equal(t, 4, p.res.calls)
+	require.Equal(t, 3, p.res.failedCalls)
+	require.Zero(t, p.res.gaveUp)
+	require.Equal(t, DefaultPollInterval, p.delay)
 	require.EqualValues(t, 1, pace.throttles.Load(), "RequestLimitExceeded slows the shared pace")
+	require.Less(t, e.clk.Since(t0), 4*time.Second, "retries start at 200 ms, not at the next poll")
 
+	wantCodes := []string{"InternalError", "RequestLimitExceeded", "InternalError"}
 	calls := e.describeCalls()
-	require.Len(t, calls, 3)
+	require.Len(t, calls, 4)
 	for _, r := range runs {
 		a := e.attempts(r.ID)
 		require.Len(t, a, 3, "each failed call is recorded on each run of its batch")
@@ -299,11 +301,6 @@ func TestDescribeFailuresAreRecordedAndRetriedWithBackoff(t *testing.T) {
 		require.Equal(t, history.StatusRequested, e.run(r.ID).Status)
 	}
 
-	// The API answers again: the delay is back to the interval, and the images are followed.
-	tr.advance(4 * time.Minute)
-	p := tr.next()
-	require.Zero(t, p.res.failedCalls)
-	require.Equal(t, DefaultPollInterval, p.delay)
 	e.sim.CompleteAll()
 	tr.advance(DefaultPollInterval)
 	require.Equal(t, 2, tr.next().res.terminal)
@@ -314,6 +311,115 @@ func TestDescribeFailuresAreRecordedAndRetriedWithBackoff(t *testing.T) {
 		require.Empty(t, a[3].ErrorCode)
 	}
 	require.EqualValues(t, 5, pace.waits.Load(), "every call waited on the pace")
+}
+
+// A question that keeps failing is given up for this poll without holding up the others, and
+// only a poll whose questions mostly failed backs the interval off.
+func TestAFailingQuestionDoesNotEndThePass(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, cvmsim.Options{ImageReadyAfter: -1})
+	var runs []history.Run
+	for range BatchSize + 1 { // two batches of ids
+		runs = append(runs, e.requested("web"))
+	}
+	e.sim.CompleteAll()
+	codes := make([]string, describeRetry.Attempts)
+	for i := range codes {
+		codes[i] = "InternalError"
+	}
+	e.sim.QueueErrors(cvmsim.ActionDescribeImages, codes...) // the first batch, every try
+	tr := e.newTracker()
+	tr.start()
+
+	p := tr.nextDriving(time.Second)
+	require.Equal(t, 2, p.res.lookups)
+	require.Equal(t, 1, p.res.gaveUp)
+	require.Equal(t, 1, p.res.terminal, "the second batch was still asked about")
+	require.Equal(t, DefaultPollInterval, p.delay, "half the questions answered: the interval holds")
+	tr.advance(DefaultPollInterval)
+	require.Equal(t, BatchSize, tr.next().res.terminal)
+	for _, r := range runs {
+		require.Equal(t, history.StatusAvailable, e.run(r.ID).Status)
+	}
+
+	// A poll whose only question fails every try does back off.
+	r := e.requested("web")
+	e.sim.QueueErrors(cvmsim.ActionDescribeImages, codes...)
+	tr.advance(DefaultPollInterval)
+	p = tr.nextDriving(time.Second)
+	require.Equal(t, 1, p.res.gaveUp)
+	require.Equal(t, 2*DefaultPollInterval, p.delay)
+	require.Equal(t, history.StatusRequested, e.run(r.ID).Status)
+}
+
+// TestTrackingKeepsUpUnderInternalErrors: with 20 % of DescribeImages calls answered
+// InternalError, every image the API has finished is available within two poll intervals, and
+// runs without an image id are found by imager's tags in batches, not one call each.
+func TestTrackingKeepsUpUnderInternalErrors(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, false, cvmsim.Options{ImageReadyAfter: -1})
+	var runs []history.Run
+	for range 150 {
+		runs = append(runs, e.requested("web"))
+	}
+	// 50 runs of one fire whose CreateImage answer had no ImageId; their images carry imager's
+	// tags, as every image imager makes does.
+	for i := range 50 {
+		inst := fmt.Sprintf("ins-un%06d", i)
+		e.sim.AddInstance(cvmsim.Instance{ID: inst, Region: region})
+		name := fmt.Sprintf("web-%s-20260301-1200-sfx%05d", inst, i)
+		_, err := e.client.CreateImage(e.ctx, region, cvm.CreateImageInput{InstanceID: inst, ImageName: name, Tags: []cvm.Tag{
+			{Key: policy.TagPolicy, Value: "web"}, {Key: policy.TagInstance, Value: inst}, {Key: policy.TagSlot, Value: policy.SlotTag(t0)},
+		}})
+		require.NoError(t, err)
+		runs = append(runs, e.claim("web", inst, name, "", ""))
+	}
+	e.sim.CompleteAll()
+	e.sim.SetFaults(cvmsim.Faults{InternalErrorRate: 0.2, Actions: []string{cvmsim.ActionDescribeImages}})
+
+	interval := 30 * time.Second
+	tr := e.newTracker(func(o *TrackerOptions) { o.PollInterval = interval })
+	tr.start()
+	start := e.clk.Now()
+	available := func() int {
+		n := 0
+		for _, r := range runs {
+			if e.run(r.ID).Status == history.StatusAvailable {
+				n++
+			}
+		}
+		return n
+	}
+	p := tr.nextDriving(time.Second)
+	polls := 1
+	if available() < len(runs) {
+		require.Equal(t, interval, p.delay, "the interval does not grow while most calls succeed")
+		tr.advance(p.delay)
+		tr.nextDriving(time.Second)
+		polls++
+	}
+	require.Equal(t, len(runs), available(), "after %d polls", polls)
+	require.LessOrEqual(t, e.clk.Since(start), 2*interval)
+
+	var byName, byTag, byID, failed int
+	for _, c := range e.describeCalls() {
+		switch {
+		case c.Params["ImageIds"] != nil:
+			byID++
+		case strings.Contains(fmt.Sprint(c.Params["Filters"]), "image-name"):
+			byName++
+		default:
+			byTag++
+		}
+		if c.Code != "" {
+			failed++
+		}
+	}
+	require.Zero(t, byName, "no run was looked up on its own")
+	// Two batches of ids and one page of tags per poll, plus retries of the ~20 % that failed.
+	require.LessOrEqual(t, byID+byTag, 3*polls+failed)
+	require.GreaterOrEqual(t, byTag, 1)
+	t.Logf("polls %d, calls by id %d, by tag %d, failed %d", polls, byID, byTag, failed)
 }
 
 func TestPollDelay(t *testing.T) {

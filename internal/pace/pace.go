@@ -9,29 +9,52 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"golang.org/x/time/rate"
 )
 
 // Pace defaults.
 const (
-	// DefaultMargin is the share of the configured rate the pace leaves unused. At 10 calls per
-	// second it spaces calls 102 ms apart instead of 100 ms, so 11 calls span at least 1.02 s: the
-	// server may see each call up to ~20 ms early or late (network and scheduling jitter) and still
-	// never count more than 10 in one second, while imager reaches 98% of the limit.
+	// DefaultMargin is the least share of the configured rate the pace leaves unused. At 10 calls
+	// per second it spaces calls at least 102 ms apart instead of 100 ms, so 11 calls span at
+	// least 1.02 s: ~20 ms of room for the network and scheduling jitter between imager sending a
+	// call and the API counting it.
 	DefaultMargin = 0.02
-	// DefaultThrottleCooldown is how long the pace stays halved after a RequestLimitExceeded.
+	// DefaultMaxMargin is the most of the rate the pace gives up to observed jitter: however
+	// wide the spread of recent round trips, the pace keeps 95 % of the limit.
+	DefaultMaxMargin = 0.05
+	// DefaultSlowdown is how much a lone RequestLimitExceeded lowers the pace, and
+	// DefaultSlowdownFor how long: a short, gentle step back, since one throttle usually means one
+	// call arrived a few milliseconds early.
+	DefaultSlowdown    = 0.10
+	DefaultSlowdownFor = 2 * time.Second
+	// DefaultThrottleCooldown is how long the pace stays lowered after repeated throttles.
 	DefaultThrottleCooldown = 5 * time.Second
 
-	// minThrottleFactor bounds repeated halving: the pace never drops below 1/16 of the rate.
+	// strikeWindow is how long a throttle counts towards the next one: a throttle within this
+	// time of the previous one is "repeated" and backs off harder.
+	strikeWindow = 10 * time.Second
+	// burstWindow: throttles within this time of the last lowering are one burst of rejections
+	// (several workers' calls in flight together) and lower the pace once.
+	burstWindow = time.Second
+	// minThrottleFactor bounds repeated lowering: the pace never drops below 1/16 of the rate.
 	minThrottleFactor = 1.0 / 16
+	// jitterSamples is how many recent round trips (and wake-up delays) the spread is read from.
+	jitterSamples = 64
+	// minJitterSamples: fewer samples than this say nothing about the spread yet.
+	minJitterSamples = 8
+	// spreadQuantile is the high percentile of the samples the spread is measured to.
+	spreadQuantile = 0.95
 )
 
 // Options tunes a Limiter. The zero value means the defaults.
 type Options struct {
-	// Margin is the share of the rate left unused as jitter room, in (0, 0.5]; 0 means
+	// Margin is the least share of the rate left unused as jitter room, in (0, 0.5]; 0 means
 	// DefaultMargin.
 	Margin float64
-	// Cooldown is how long Throttle keeps the rate lowered; 0 means DefaultThrottleCooldown.
+	// MaxMargin is the most of the rate observed jitter may take, in [Margin, 0.5]; 0 means
+	// DefaultMaxMargin (or Margin when that is larger).
+	MaxMargin float64
+	// Cooldown is how long repeated throttles keep the rate lowered; 0 means
+	// DefaultThrottleCooldown.
 	Cooldown time.Duration
 }
 
@@ -39,28 +62,43 @@ type Options struct {
 // window ever holds more than the configured number of calls, while keeping close to that rate
 // when work is queued. Every caller, for every policy, waits on the same Limiter.
 //
-// It is a token bucket (golang.org/x/time/rate) with burst 1, run at rate×(1−margin). The burst
-// must be 1: a bucket of rate r and burst b that has been idle holds b tokens, so it admits b
-// calls at once and then one every 1/r — a window that starts with that burst holds b − 1 + ⌈r⌉
-// calls (PRODUCT.md's "b + r" bound), over the limit for any b > 1 when r is close to the limit.
-// With burst 1 every two grants are at least 1/(rate(1−margin)) apart, so any one-second window
-// holds at most ⌈rate(1−margin)⌉ ≤ rate calls, and rate+1 calls span at least 1/(1−margin) s:
-// about 20 ms to spare for jitter at the default margin.
+// It grants one call at a time (a token bucket of burst 1): each grant comes at least one
+// interval after the previous one, and an idle Limiter stores up no burst. A bucket of rate r and
+// burst b that has been idle admits b calls at once and then one every 1/r, so a window starting
+// with that burst holds b − 1 + ⌈r⌉ calls: over the limit for any b > 1 when r is close to it.
+//
+// The interval is chosen so that rate+1 consecutive grants span at least one second plus the
+// jitter observed lately (Observe): the spread between a high percentile and the least of recent
+// call round trips, plus how late this process woke up for its own grants. It is never shorter
+// than 1/(rate·(1−Margin)) — any second then holds at most rate grants — and never longer than
+// 1/(rate·(1−MaxMargin)), so a noisy network costs at most MaxMargin of the rate.
+//
+// A RequestLimitExceeded answer (Throttle) lowers the rate by DefaultSlowdown for
+// DefaultSlowdownFor when it is the first in a while; throttles that keep coming within
+// strikeWindow lower it further (×0.75, then halving down to 1/16) for Cooldown.
 //
 // All time is read from the injected clock, and waits use the clock's timers, so fake clocks work.
 type Limiter struct {
-	clock    clockwork.Clock
-	margin   float64
-	cooldown time.Duration
+	clock     clockwork.Clock
+	margin    float64
+	maxMargin float64
+	cooldown  time.Duration
 
 	mu             sync.Mutex
 	perSecond      int
 	factor         float64   // 1, or lower while throttled
-	lastHalved     time.Time // when factor was last lowered
+	strikes        int       // throttles (bursts) in a row, each within strikeWindow of the last
+	lastStrike     time.Time // when the pace was last lowered
+	lastThrottle   time.Time // the latest Throttle call
 	throttledUntil time.Time
 	lastGrant      time.Time // send time of the latest reservation
 	granted        bool
-	lim            *rate.Limiter
+
+	rtts     []time.Duration // ring of recent round trips
+	rttNext  int
+	lates    []time.Duration // ring of recent wake-up delays past a grant's time
+	lateNext int
+	spread   time.Duration // from rtts and lates, recomputed when they change
 }
 
 // New returns a pace of perSecond calls in any sliding second (at least 1).
@@ -71,28 +109,32 @@ func New(clock clockwork.Clock, perSecond int, opts Options) *Limiter {
 	if opts.Margin <= 0 || opts.Margin > 0.5 {
 		opts.Margin = DefaultMargin
 	}
+	if opts.MaxMargin <= 0 || opts.MaxMargin > 0.5 {
+		opts.MaxMargin = DefaultMaxMargin
+	}
+	opts.MaxMargin = max(opts.MaxMargin, opts.Margin)
 	if opts.Cooldown <= 0 {
 		opts.Cooldown = DefaultThrottleCooldown
 	}
-	p := &Limiter{
+	return &Limiter{
 		clock:     clock,
 		margin:    opts.Margin,
+		maxMargin: opts.MaxMargin,
 		cooldown:  opts.Cooldown,
 		perSecond: max(perSecond, 1),
 		factor:    1,
 	}
-	p.lim = rate.NewLimiter(p.bucketRate(), 1)
-	return p
 }
 
 // Wait blocks until the caller may send one call, or until ctx is done. A reservation given up
-// because ctx ended is not returned to the bucket: that only leaves a little capacity unused.
+// because ctx ended is not returned: that only leaves a little capacity unused.
 func (p *Limiter) Wait(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	now := p.clock.Now()
-	d := p.reserve(now).Sub(now)
+	at := p.reserve(now)
+	d := at.Sub(now)
 	if d <= 0 {
 		return nil
 	}
@@ -100,22 +142,51 @@ func (p *Limiter) Wait(ctx context.Context) error {
 	defer t.Stop()
 	select {
 	case <-t.Chan():
+		// A late wake-up (a busy machine) sends this call closer to the next one than planned:
+		// it widens the spacing as round-trip jitter does.
+		p.observeLate(p.clock.Since(at))
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// reserve takes the next send time at or after now.
+// Observe records the round trip of one call sent under this pace: the time from sending it to
+// its answer. The spread of recent round trips widens the spacing (see Limiter). Callers measure
+// on their injected clock; zero and negative durations are ignored.
+func (p *Limiter) Observe(rtt time.Duration) {
+	if rtt <= 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.rtts, p.rttNext = pushRing(p.rtts, p.rttNext, rtt)
+	p.spread = p.measureSpreadLocked()
+}
+
+// observeLate records how late Wait woke up past a grant's time.
+func (p *Limiter) observeLate(late time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.lates, p.lateNext = pushRing(p.lates, p.lateNext, max(late, 0))
+	p.spread = p.measureSpreadLocked()
+}
+
+// pushRing appends d to a ring of jitterSamples durations.
+func pushRing(ring []time.Duration, next int, d time.Duration) ([]time.Duration, int) {
+	if len(ring) < jitterSamples {
+		return append(ring, d), next
+	}
+	ring[next] = d
+	return ring, (next + 1) % jitterSamples
+}
+
+// reserve takes the next send time at or after now: one interval after the previous grant.
 func (p *Limiter) reserve(now time.Time) time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.restoreLocked(now)
-	r := p.lim.ReserveN(now, 1) // always OK: n equals the burst
-	at := now.Add(r.DelayFrom(now))
-	// rate.Limiter.SetLimitAt lets a reservation made after a rate increase act before, or too
-	// close to, those made earlier at the old rate. Keeping each grant at least one interval after
-	// the previous one holds the burst-1 guarantee across SetRate and the end of a cool-down.
+	at := now
 	if p.granted {
 		if floor := p.lastGrant.Add(p.intervalLocked()); at.Before(floor) {
 			at = floor
@@ -125,57 +196,119 @@ func (p *Limiter) reserve(now time.Time) time.Time {
 	return at
 }
 
-// Throttle lowers the pace after the API answered RequestLimitExceeded: the rate is halved for the
-// cool-down, then restored. Throttles within a second of the last halving only extend the
-// cool-down, so one burst of rejections seen by several workers halves the rate once.
+// Throttle lowers the pace after the API answered RequestLimitExceeded. The first throttle in a
+// while lowers the rate by DefaultSlowdown for DefaultSlowdownFor; one that follows within
+// strikeWindow lowers it to 3/4, and each further one halves it, for the cool-down. Throttles
+// within a second of the last lowering are the same burst (several workers' calls were in flight)
+// and only extend the slow-down.
 func (p *Limiter) Throttle() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	now := p.clock.Now()
 	p.restoreLocked(now)
-	if (p.factor == 1 || now.Sub(p.lastHalved) >= time.Second) && p.factor > minThrottleFactor {
-		p.factor /= 2
-		p.lastHalved = now
-		p.lim.SetLimitAt(now, p.bucketRate())
+	p.lastThrottle = now
+	if p.strikes > 0 && now.Sub(p.lastStrike) < burstWindow {
+		p.throttledUntil = later(p.throttledUntil, now.Add(p.holdLocked()))
+		return
 	}
-	p.throttledUntil = now.Add(p.cooldown)
+	if p.strikes > 0 && now.Sub(p.lastStrike) >= strikeWindow {
+		p.strikes = 0 // the last throttle was long ago: this one is lone again
+	}
+	p.strikes++
+	p.lastStrike = now
+	switch p.strikes {
+	case 1:
+		p.factor = min(p.factor, 1-DefaultSlowdown)
+	case 2:
+		p.factor = min(p.factor, 0.75)
+	default:
+		p.factor = max(p.factor/2, minThrottleFactor)
+	}
+	p.throttledUntil = later(p.throttledUntil, now.Add(p.holdLocked()))
 }
 
-// SetRate changes the configured rate (a policy reload), keeping any running cool-down.
+// holdLocked is how long the current strike keeps the pace lowered. The caller holds p.mu.
+func (p *Limiter) holdLocked() time.Duration {
+	if p.strikes <= 1 {
+		return DefaultSlowdownFor
+	}
+	return p.cooldown
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// SetRate changes the configured rate (a policy reload), keeping any running slow-down.
 func (p *Limiter) SetRate(perSecond int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	now := p.clock.Now()
-	p.restoreLocked(now)
+	p.restoreLocked(p.clock.Now())
 	p.perSecond = max(perSecond, 1)
-	p.lim.SetLimitAt(now, p.bucketRate())
 }
 
-// Rate returns the calls per second the bucket grants now: the configured rate less the margin,
-// lowered while a throttle cool-down runs.
+// Rate returns the calls per second the pace grants now while work is queued: the configured
+// rate less the jitter margin, lowered while a slow-down runs.
 func (p *Limiter) Rate() float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.restoreLocked(p.clock.Now())
-	return float64(p.bucketRate())
+	return float64(time.Second) / float64(p.intervalLocked())
 }
 
-// restoreLocked ends a finished cool-down. The caller holds p.mu.
+// Spread returns the jitter the pace currently makes room for (see Limiter).
+func (p *Limiter) Spread() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.spread
+}
+
+// restoreLocked ends a finished slow-down. Strikes are forgotten only after strikeWindow
+// without a throttle. The caller holds p.mu.
 func (p *Limiter) restoreLocked(now time.Time) {
 	if p.factor < 1 && !now.Before(p.throttledUntil) {
 		p.factor = 1
-		p.lim.SetLimitAt(now, p.bucketRate())
+	}
+	if p.strikes > 0 && now.Sub(p.lastThrottle) >= strikeWindow {
+		p.strikes = 0
 	}
 }
 
-// bucketRate is the token rate for the current settings. The caller holds p.mu.
-func (p *Limiter) bucketRate() rate.Limit {
-	return rate.Limit(float64(p.perSecond) * (1 - p.margin) * p.factor)
+// measureSpreadLocked is the jitter to make room for: the spread of recent round trips (a high
+// percentile less the least) plus a high percentile of wake-up delays. The caller holds p.mu.
+func (p *Limiter) measureSpreadLocked() time.Duration {
+	var s time.Duration
+	if len(p.rtts) >= minJitterSamples {
+		r := slices.Clone(p.rtts)
+		slices.Sort(r)
+		s += quantile(r, spreadQuantile) - r[0]
+	}
+	if len(p.lates) >= minJitterSamples {
+		l := slices.Clone(p.lates)
+		slices.Sort(l)
+		s += quantile(l, spreadQuantile)
+	}
+	return s
 }
 
-// intervalLocked is the least spacing between two grants. The caller holds p.mu.
+// quantile returns the q-quantile of sorted (nearest rank).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	i := int(float64(len(sorted))*q+0.999999) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// intervalLocked is the least spacing between two grants now. The caller holds p.mu.
 func (p *Limiter) intervalLocked() time.Duration {
-	return time.Duration(float64(time.Second) / float64(p.bucketRate()))
+	r := float64(p.perSecond)
+	lo := float64(time.Second) / (r * (1 - p.margin))
+	hi := float64(time.Second) / (r * (1 - p.maxMargin))
+	want := (float64(time.Second) + float64(p.spread)) / r
+	iv := min(max(want, lo), hi)
+	return time.Duration(iv / p.factor)
 }
 
 // MaxInAnySecond returns the most of times that fall in any half-open one-second window: the

@@ -71,32 +71,54 @@ func TestLimiterWaitUsesTheClock(t *testing.T) {
 	require.ErrorIs(t, <-done, context.Canceled)
 }
 
-func TestLimiterThrottleHalvesThenRestores(t *testing.T) {
+func TestLimiterLoneThrottleIsAGentleShortSlowdown(t *testing.T) {
 	t.Parallel()
 	clk := clockwork.NewFakeClockAt(t0)
 	p := New(clk, 10, Options{Cooldown: 5 * time.Second})
-	require.InDelta(t, 9.8, p.Rate(), 1e-9)
+	require.InDelta(t, 9.8, p.Rate(), 1e-6)
 
 	p.Throttle()
-	require.InDelta(t, 4.9, p.Rate(), 1e-9)
+	require.InDelta(t, 9.8*0.9, p.Rate(), 1e-6, "a lone throttle costs 10 %, not half")
 	a := p.reserve(clk.Now())
 	b := p.reserve(clk.Now())
-	require.InDelta(t, float64(time.Second)/4.9, float64(b.Sub(a)), float64(time.Microsecond), "throttled spacing")
+	require.InDelta(t, float64(time.Second)/(9.8*0.9), float64(b.Sub(a)), float64(time.Microsecond), "slowed spacing")
 
-	// Another rejection in the same second (another worker, same burst) does not halve again.
+	// Other rejections of the same burst (in flight together) do not lower it again.
 	clk.Advance(500 * time.Millisecond)
 	p.Throttle()
-	require.InDelta(t, 4.9, p.Rate(), 1e-9)
-	// One more than a second after the halving does.
-	clk.Advance(600 * time.Millisecond)
-	p.Throttle()
-	require.InDelta(t, 2.45, p.Rate(), 1e-9)
+	require.InDelta(t, 9.8*0.9, p.Rate(), 1e-6)
+	// The slow-down is short: two seconds from the last throttle.
+	clk.Advance(1999 * time.Millisecond)
+	require.InDelta(t, 9.8*0.9, p.Rate(), 1e-6)
+	clk.Advance(time.Millisecond)
+	require.InDelta(t, 9.8, p.Rate(), 1e-6)
 
+	// Long after, a throttle is lone again.
+	clk.Advance(20 * time.Second)
+	p.Throttle()
+	require.InDelta(t, 9.8*0.9, p.Rate(), 1e-6)
+}
+
+func TestLimiterRepeatedThrottlesBackOffHarder(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := New(clk, 10, Options{Cooldown: 5 * time.Second})
+	p.Throttle()
+	require.InDelta(t, 9.8*0.9, p.Rate(), 1e-6)
+	// Another throttle 3 s later (after the first slow-down ended): a second strike.
+	clk.Advance(3 * time.Second)
+	require.InDelta(t, 9.8, p.Rate(), 1e-6)
+	p.Throttle()
+	require.InDelta(t, 9.8*0.75, p.Rate(), 1e-6)
+	// A third, more than a second after the second: halved.
+	clk.Advance(1100 * time.Millisecond)
+	p.Throttle()
+	require.InDelta(t, 9.8*0.375, p.Rate(), 1e-6)
 	// The cool-down runs from the last throttle.
 	clk.Advance(4 * time.Second)
-	require.InDelta(t, 2.45, p.Rate(), 1e-9)
+	require.InDelta(t, 9.8*0.375, p.Rate(), 1e-6)
 	clk.Advance(time.Second)
-	require.InDelta(t, 9.8, p.Rate(), 1e-9)
+	require.InDelta(t, 9.8, p.Rate(), 1e-6)
 }
 
 func TestLimiterHalvingHasAFloor(t *testing.T) {
@@ -107,7 +129,80 @@ func TestLimiterHalvingHasAFloor(t *testing.T) {
 		p.Throttle()
 		clk.Advance(time.Second)
 	}
-	require.InDelta(t, 16*0.5/16, p.Rate(), 1e-9)
+	require.InDelta(t, 16*0.5/16, p.Rate(), 1e-6)
+}
+
+// TestLimiterWidensSpacingByObservedJitter feeds round trips with a spread into the pace and
+// checks that rate+1 grants span one second plus that spread, within the margin bounds.
+func TestLimiterWidensSpacingByObservedJitter(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		spread   time.Duration
+		wantSpan time.Duration // of rate+1 consecutive grants at rate 10
+	}{
+		{"no jitter keeps the least margin", 0, 1020408163},
+		{"small jitter stays within the least margin", 10 * time.Millisecond, 1020408163},
+		{"30 ms of jitter", 30 * time.Millisecond, time.Second + 30*time.Millisecond},
+		{"wild jitter is capped at 95 % of the rate", 400 * time.Millisecond, 1052631578},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			clk := clockwork.NewFakeClockAt(t0)
+			p := New(clk, 10, Options{})
+			for i := range jitterSamples {
+				// Round trips from 40 ms to 40 ms + spread, evenly.
+				p.Observe(40*time.Millisecond + tc.spread*time.Duration(i)/time.Duration(jitterSamples-1))
+			}
+			sends := make([]time.Time, 200)
+			for i := range sends {
+				sends[i] = p.reserve(clk.Now())
+			}
+			require.LessOrEqual(t, MaxInAnySecond(sends), 10)
+			span := sends[10].Sub(sends[0])
+			require.InDelta(t, float64(tc.wantSpan), float64(span), float64(2*time.Millisecond))
+			require.GreaterOrEqual(t, p.Rate(), 0.95*10-1e-9)
+		})
+	}
+}
+
+func TestLimiterSpreadForgetsOldJitter(t *testing.T) {
+	t.Parallel()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := New(clk, 10, Options{})
+	require.Zero(t, p.Spread(), "too few samples say nothing")
+	for i := range jitterSamples {
+		p.Observe(time.Duration(50+i) * time.Millisecond)
+	}
+	require.Greater(t, p.Spread(), 50*time.Millisecond)
+	// A network that calmed down: the ring fills with steady round trips.
+	for range jitterSamples {
+		p.Observe(50 * time.Millisecond)
+	}
+	require.Zero(t, p.Spread())
+	require.InDelta(t, 9.8, p.Rate(), 1e-6)
+}
+
+// TestLimiterLateWakeUpsWidenTheSpacing checks that Wait measures how late it woke up past a
+// grant's time (a busy machine) and makes room for it.
+func TestLimiterLateWakeUpsWidenTheSpacing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clk := clockwork.NewFakeClockAt(t0)
+	p := New(clk, 10, Options{})
+	for range minJitterSamples + 2 {
+		clk.Advance(time.Second)
+		require.NoError(t, p.Wait(ctx)) // an idle pace grants at once
+		interval := time.Duration(float64(time.Second) / p.Rate())
+		done := make(chan error, 1)
+		go func() { done <- p.Wait(ctx) }()
+		require.NoError(t, clk.BlockUntilContext(ctx, 1))
+		clk.Advance(interval + 30*time.Millisecond) // woken 30 ms past the grant
+		require.NoError(t, <-done)
+	}
+	require.Greater(t, p.Spread(), 20*time.Millisecond)
+	require.Less(t, p.Rate(), 9.8)
+	require.GreaterOrEqual(t, p.Rate(), 0.95*10-1e-9)
 }
 
 func TestLimiterRateIncreaseKeepsQueuedReservationsInOrder(t *testing.T) {
@@ -126,7 +221,7 @@ func TestLimiterRateIncreaseKeepsQueuedReservationsInOrder(t *testing.T) {
 		require.False(t, sends[i].Before(sends[i-1]), "reservation %d acts before %d", i, i-1)
 	}
 	require.LessOrEqual(t, MaxInAnySecond(sends), 10)
-	require.InDelta(t, 9.8, p.Rate(), 1e-9)
+	require.InDelta(t, 9.8, p.Rate(), 1e-6)
 }
 
 func TestLimiterSetRateKeepsTheCooldown(t *testing.T) {
@@ -135,11 +230,11 @@ func TestLimiterSetRateKeepsTheCooldown(t *testing.T) {
 	p := New(clk, 10, Options{Cooldown: 5 * time.Second})
 	p.Throttle()
 	p.SetRate(20)
-	require.InDelta(t, 9.8, p.Rate(), 1e-9) // 20 × 0.98 halved
-	clk.Advance(5 * time.Second)
-	require.InDelta(t, 19.6, p.Rate(), 1e-9)
+	require.InDelta(t, 19.6*0.9, p.Rate(), 1e-6) // 20 × 0.98, slowed
+	clk.Advance(DefaultSlowdownFor)
+	require.InDelta(t, 19.6, p.Rate(), 1e-6)
 	p.SetRate(0)
-	require.InDelta(t, 0.98, p.Rate(), 1e-9, "rates below 1 are raised to 1")
+	require.InDelta(t, 0.98, p.Rate(), 1e-6, "rates below 1 are raised to 1")
 }
 
 func BenchmarkLimiter(b *testing.B) {

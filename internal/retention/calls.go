@@ -10,6 +10,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
@@ -70,6 +71,7 @@ func (p *Pruner) describeBatch(ctx context.Context, region string, ids []string)
 		}
 		start := p.clock.Now()
 		out, err := p.cvm.DescribeImages(ctx, region, cvm.DescribeImagesInput{ImageIDs: ids, Limit: cvm.MaxLimit})
+		observe(p.describePace, p.clock.Since(start))
 		if err == nil {
 			return out, nil
 		}
@@ -156,6 +158,7 @@ func (p *Pruner) deleteImage(ctx context.Context, d Decision) (deleted bool, err
 		}
 		start := p.clock.Now()
 		requestID, callErr := p.cvm.DeleteImages(ctx, d.Region, []string{d.ImageID}, d.DeleteSnapshots)
+		observe(p.deletePace, p.clock.Since(start))
 		var ae *cvm.APIError
 		if callErr != nil {
 			ae = apiError(cvm.ActionDeleteImages, callErr)
@@ -228,8 +231,9 @@ func throttled(ae *cvm.APIError, pace Pace) {
 	}
 }
 
-// backoff is the wait before try+1: the configured initial delay of the error's class
-// (api.retry.transient or .throttled; 1s if unset), doubled per try, at most 10s.
+// backoff is the wait before try+1 (internal/backoff): from the configured initial delay of the
+// error's class (api.retry.transient or .throttled; 1s if unset), doubled per try with jitter, at
+// most 10s.
 func (p *Pruner) backoff(ae *cvm.APIError, try int) time.Duration {
 	var b policy.Backoff
 	if cfg := p.cfg(); cfg != nil {
@@ -238,27 +242,28 @@ func (p *Pruner) backoff(ae *cvm.APIError, try int) time.Duration {
 			b = cfg.API.Retry.Throttled
 		}
 	}
-	d := b.Initial
-	if d <= 0 {
-		d = defaultBackoff
+	bp := backoff.Policy{Initial: b.Initial, Max: maxBackoff}
+	if bp.Initial <= 0 {
+		bp.Initial = defaultBackoff
 	}
-	limit := maxBackoff
-	if b.Max > 0 && b.Max < limit {
-		limit = b.Max
+	if b.Max > 0 && b.Max < bp.Max {
+		bp.Max = b.Max
 	}
-	for range try - 1 {
-		d *= 2
-	}
-	return min(d, limit)
+	d, _ := bp.Next(try, 0, p.jitter)
+	return d
 }
 
-// apiError returns err as an *cvm.APIError; errors from elsewhere (a fake, a wrapper) become a
-// permanent one with their text.
+// apiError classifies a failed call's error (cvm.ClassifyError): an error the client did not
+// classify is transient and retried like a network error.
 func apiError(action string, err error) *cvm.APIError {
-	if ae, ok := cvm.AsAPIError(err); ok {
-		return ae
+	return cvm.ClassifyError(action, err)
+}
+
+// observe feeds a call's round trip to pace when it measures jitter (*pace.Limiter).
+func observe(pace Pace, rtt time.Duration) {
+	if o, ok := pace.(interface{ Observe(time.Duration) }); ok {
+		o.Observe(rtt)
 	}
-	return &cvm.APIError{Action: action, Code: "Unknown", Message: err.Error(), Class: cvm.ClassPermanent}
 }
 
 // sleep waits d on clock, or until ctx is done.

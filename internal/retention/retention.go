@@ -27,6 +27,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
@@ -125,6 +126,7 @@ type Pruner struct {
 	config       func() *policy.Config
 	clock        clockwork.Clock
 	log          zerolog.Logger
+	jitter       *backoff.Jitter
 
 	mu sync.Mutex // one deleting pass at a time
 }
@@ -138,7 +140,8 @@ func NewPruner(opts Options) *Pruner {
 		deletePace:   opts.DeletePace,
 		config:       opts.Config,
 		clock:        opts.Clock,
-		log:          opts.Logger,
+		log:          opts.Logger, // the caller tags it with component
+		jitter:       backoff.NewJitter(nil),
 	}
 	if p.clock == nil {
 		p.clock = clockwork.NewRealClock()

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -236,6 +235,7 @@ func (s *Scheduler) createImage(j *job, in cvm.CreateImageInput) {
 	out, err := s.cvm.CreateImage(s.callCtx, j.region, in)
 	elapsed := s.clock.Since(start)
 	j.sent = true
+	s.pace.Observe(elapsed) // the round trip's spread widens the pace's spacing
 	ae, ambiguous := asAPIError("CreateImage", err)
 	requestID := out.RequestID
 	if ae != nil {
@@ -377,18 +377,13 @@ func (s *Scheduler) historyContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(s.baseCtx, historyTimeout)
 }
 
-// asAPIError returns err as the CVM client's classified error. An error the client did not
-// classify counts as transient and ambiguous: the request may have reached the API.
+// asAPIError returns err as the CVM client's classified error (cvm.ClassifyError): an error the
+// client did not classify counts as transient and ambiguous, since the request may have reached
+// the API.
 func asAPIError(action string, err error) (ae *cvm.APIError, ambiguous bool) {
-	if err == nil {
+	ae = cvm.ClassifyError(action, err)
+	if ae == nil {
 		return nil, false
 	}
-	if ae, ok := cvm.AsAPIError(err); ok {
-		return ae, ae.Ambiguous()
-	}
-	code := codeUnclassified
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		code = cvm.CodeTimeout
-	}
-	return &cvm.APIError{Action: action, Code: code, Message: err.Error(), Class: cvm.ClassTransient}, true
+	return ae, ae.Ambiguous()
 }

@@ -124,7 +124,7 @@ func TestCreateImageRequestAndRecords(t *testing.T) {
 	logs := h.logs.String()
 	require.Contains(t, logs, `"message":"policy fired"`)
 	require.Contains(t, logs, `"request_id":"`+o.RequestID+`"`)
-	require.Contains(t, logs, `"component":"scheduler"`)
+	require.NotContains(t, logs, `"component"`, "the caller tags the logger with its component, the scheduler does not add one")
 }
 
 func TestErrorClasses(t *testing.T) {
@@ -330,12 +330,13 @@ func TestThrottledSlowsTheSharedPace(t *testing.T) {
 	h := newHarness(t, testConfig(10, 1, testPolicy("thr", inst)))
 	h.cvm.script(inst, apiError("RequestLimitExceeded", cvm.ClassThrottled))
 	h.start()
-	require.InDelta(t, 9.8, h.s.pace.Rate(), 1e-9)
+	require.InDelta(t, 9.8, h.s.pace.Rate(), 1e-6)
 
 	c := h.goRunOnce("thr")
-	// The run waits for its retry on the dispatcher's timer: the pace is halved by then.
+	// The run waits for its retry on the dispatcher's timer: a lone throttle has slowed the pace
+	// gently by then.
 	require.False(t, h.waitWaiters(1, c.done))
-	require.InDelta(t, 4.9, h.s.pace.Rate(), 1e-9)
+	require.InDelta(t, 9.8*(1-pace.DefaultSlowdown), h.s.pace.Rate(), 1e-6)
 	h.drive(c.done, time.Second)
 	require.NoError(t, c.err)
 	require.Equal(t, history.StatusRequested, c.out[0].Status)
@@ -343,7 +344,7 @@ func TestThrottledSlowsTheSharedPace(t *testing.T) {
 
 	// Restored after the cool-down.
 	h.clk.Advance(pace.DefaultThrottleCooldown)
-	require.InDelta(t, 9.8, h.s.pace.Rate(), 1e-9)
+	require.InDelta(t, 9.8, h.s.pace.Rate(), 1e-6)
 }
 
 func TestBusyBackoffDoesNotHoldAWorker(t *testing.T) {

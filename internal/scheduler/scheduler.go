@@ -173,7 +173,7 @@ func New(opts Options) (*Scheduler, error) {
 		cvm:          opts.CVM,
 		hist:         opts.History,
 		clock:        opts.Clock,
-		log:          opts.Logger.With().Str("component", "scheduler").Logger(),
+		log:          opts.Logger, // the caller tags it with component
 		daemonID:     opts.DaemonID,
 		workers:      api.Workers,
 		pace:         pace.New(opts.Clock, api.CreateImageRate, opts.Pace),
@@ -351,7 +351,7 @@ func (s *Scheduler) Stop() {
 		select {
 		case <-done:
 		case <-grace.Chan():
-			s.log.Warn().Dur("grace", s.opts.ShutdownGrace).Msg("shutdown grace over; cancelling calls in flight")
+			s.log.Warn().Int64("grace_ms", s.opts.ShutdownGrace.Milliseconds()).Msg("shutdown grace over; cancelling calls in flight")
 			s.callCancel()
 			<-done
 		}

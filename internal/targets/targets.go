@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 	"golang.org/x/time/rate"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/policy"
 )
@@ -34,10 +36,11 @@ const (
 
 // Retries of a failed DescribeInstances call (transient and throttled errors only): a fire
 // should not lose its tag-selected targets to one InternalError, nor wait long for them.
-const (
-	maxAttempts    = 3
-	initialBackoff = 500 * time.Millisecond
-)
+var retryBackoff = backoff.Policy{Initial: 500 * time.Millisecond, Max: 2 * time.Second, Attempts: 3}
+
+// PrimeTTL is how long the answers Prime fetched stand in for DescribeInstances: long enough for
+// the fire that primed them to resolve its policies, short enough that the next fire asks again.
+const PrimeTTL = 30 * time.Second
 
 // CVM is what the resolver needs from the CVM API. *cvm.Client implements it.
 type CVM interface {
@@ -64,12 +67,26 @@ type Options struct {
 }
 
 // Resolver resolves policy targets and data disks with DescribeInstances. It is safe for
-// concurrent use and holds no state between calls: every fire sees the account as it is now.
+// concurrent use. Its only state between calls is what Prime fetched for a fire, kept PrimeTTL:
+// every fire sees the account as it is now.
 type Resolver struct {
-	cvm   CVM
-	pace  Pace
-	clock clockwork.Clock
-	log   zerolog.Logger
+	cvm    CVM
+	pace   Pace
+	clock  clockwork.Clock
+	log    zerolog.Logger
+	jitter *backoff.Jitter
+
+	mu     sync.Mutex
+	primed map[instanceKey]primedAnswer // listed instances checked by Prime
+}
+
+// instanceKey names one instance of one region.
+type instanceKey struct{ region, id string }
+
+// primedAnswer is whether DescribeInstances reported an instance, and until when that stands.
+type primedAnswer struct {
+	exists bool
+	until  time.Time
 }
 
 // NewResolver returns a Resolver.
@@ -78,7 +95,10 @@ func NewResolver(opts Options) *Resolver {
 		cvm:   opts.CVM,
 		pace:  opts.Pace,
 		clock: opts.Clock,
-		log:   opts.Logger,
+		log:   opts.Logger, // the caller tags it with component
+
+		jitter: backoff.NewJitter(nil),
+		primed: map[instanceKey]primedAnswer{},
 	}
 	if r.pace == nil {
 		r.pace = rate.NewLimiter(rate.Limit(DefaultRate), 1)
@@ -154,10 +174,85 @@ func (r *Resolver) DataDisks(ctx context.Context, p *policy.Policy, instanceID s
 	return nil, fmt.Errorf("data disks of %s: %s", instanceID, ReasonGone)
 }
 
-// existing returns which of ids DescribeInstances reports in region.
+// Prime checks the listed instances of every policy in policies with DescribeInstances, 100 ids
+// per call across all the policies of a region, and keeps the answers PrimeTTL, so that the
+// Resolve calls of a fire of many policies make no DescribeInstances call for their listed
+// instances (one call per policy would make a fire of 1,000 policies wait on 1,000 calls). A
+// batch that fails is logged and left out: Resolve then asks about those instances itself.
+func (r *Resolver) Prime(ctx context.Context, policies []*policy.Policy) {
+	byRegion := map[string][]string{}
+	seen := map[instanceKey]bool{}
+	for _, p := range policies {
+		if p == nil {
+			continue
+		}
+		for _, id := range p.Instances {
+			k := instanceKey{p.Region, id}
+			if !seen[k] {
+				seen[k] = true
+				byRegion[p.Region] = append(byRegion[p.Region], id)
+			}
+		}
+	}
+	r.mu.Lock()
+	now := r.clock.Now()
+	for k, a := range r.primed {
+		if !now.Before(a.until) {
+			delete(r.primed, k)
+		}
+	}
+	r.mu.Unlock()
+	calls, failed := 0, 0
+	for _, region := range slices.Sorted(maps.Keys(byRegion)) {
+		for batch := range slices.Chunk(byRegion[region], cvm.MaxLimit) {
+			if ctx.Err() != nil {
+				return
+			}
+			calls++
+			out, err := r.describe(ctx, region, cvm.DescribeInstancesInput{InstanceIDs: batch, Limit: cvm.MaxLimit})
+			if err != nil {
+				failed++
+				if ctx.Err() == nil {
+					r.log.Warn().Err(err).Str("region", region).Int("instances", len(batch)).
+						Msg("cannot check listed instances ahead of the fire; each policy asks on its own")
+				}
+				continue
+			}
+			until := r.clock.Now().Add(PrimeTTL)
+			r.mu.Lock()
+			for _, id := range batch {
+				r.primed[instanceKey{region, id}] = primedAnswer{until: until}
+			}
+			for _, in := range out.Instances {
+				if k := (instanceKey{region, in.ID}); slices.Contains(batch, in.ID) {
+					r.primed[k] = primedAnswer{exists: true, until: until}
+				}
+			}
+			r.mu.Unlock()
+		}
+	}
+	r.log.Debug().Int("policies", len(policies)).Int("instances", len(seen)).Int("calls", calls).
+		Int("failed_calls", failed).Msg("listed instances checked for the fire")
+}
+
+// existing returns which of ids DescribeInstances reports in region: from what Prime fetched
+// while it stands, else asked 100 per call.
 func (r *Resolver) existing(ctx context.Context, region string, ids []string) (map[string]bool, error) {
 	found := make(map[string]bool, len(ids))
-	for batch := range slices.Chunk(ids, cvm.MaxLimit) {
+	var ask []string
+	r.mu.Lock()
+	now := r.clock.Now()
+	for _, id := range ids {
+		if a, ok := r.primed[instanceKey{region, id}]; ok && now.Before(a.until) {
+			if a.exists {
+				found[id] = true
+			}
+			continue
+		}
+		ask = append(ask, id)
+	}
+	r.mu.Unlock()
+	for batch := range slices.Chunk(ask, cvm.MaxLimit) {
 		out, err := r.describe(ctx, region, cvm.DescribeInstancesInput{InstanceIDs: batch, Limit: cvm.MaxLimit})
 		if err != nil {
 			return nil, fmt.Errorf("check listed instances: %w", err)
@@ -226,30 +321,37 @@ func (r *Resolver) pages(ctx context.Context, region string, filters []cvm.Filte
 }
 
 // describe makes one paced DescribeInstances call, retrying transient and throttled errors a few
-// times with a short backoff.
+// times with a short backoff (internal/backoff). An error the client did not classify is
+// transient (cvm.ClassifyError).
 func (r *Resolver) describe(ctx context.Context, region string, in cvm.DescribeInstancesInput) (cvm.DescribeInstancesOutput, error) {
-	delay := initialBackoff
 	for attempt := 1; ; attempt++ {
 		if err := r.pace.Wait(ctx); err != nil {
 			return cvm.DescribeInstancesOutput{}, fmt.Errorf("wait for the DescribeInstances pace: %w", err)
 		}
+		start := r.clock.Now()
 		out, err := r.cvm.DescribeInstances(ctx, region, in)
+		if o, ok := r.pace.(interface{ Observe(time.Duration) }); ok {
+			o.Observe(r.clock.Since(start))
+		}
 		if err == nil {
 			return out, nil
 		}
-		ae, ok := cvm.AsAPIError(err)
-		if !ok || (ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled) || attempt == maxAttempts {
-			return cvm.DescribeInstancesOutput{}, err
-		}
+		ae := cvm.ClassifyError(cvm.ActionDescribeInstances, err)
 		if t, ok := r.pace.(interface{ Throttle() }); ok && ae.Class == cvm.ClassThrottled {
 			t.Throttle() // a shared pace (the scheduler's) slows down for everyone
+		}
+		if ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled || ctx.Err() != nil {
+			return cvm.DescribeInstancesOutput{}, err
+		}
+		delay, ok := retryBackoff.Next(attempt, 0, r.jitter)
+		if !ok {
+			return cvm.DescribeInstancesOutput{}, err
 		}
 		r.log.Warn().Err(err).Str("region", region).Str("error_code", ae.Code).Str("request_id", ae.RequestID).
 			Int("attempt", attempt).Int64("retry_in_ms", delay.Milliseconds()).Msg("DescribeInstances failed; retrying")
 		if err := sleep(ctx, r.clock, delay); err != nil {
 			return cvm.DescribeInstancesOutput{}, fmt.Errorf("retry DescribeInstances: %w", err)
 		}
-		delay *= 2
 	}
 }
 

@@ -360,3 +360,70 @@ func TestDefaultPaceIsUsed(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.Len(t, e.describeCalls(), 1)
 }
+
+// TestPrimeChecksListedInstancesInBatchesAcrossPolicies: a fire of 1,000 policies of 3 listed
+// instances each checks all 3,000 instances in 30 DescribeInstances calls, and the policies'
+// Resolve calls then make none for them, until the answers are PrimeTTL old.
+func TestPrimeChecksListedInstancesInBatchesAcrossPolicies(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clk := clockwork.NewFakeClock()
+	e := newEnv(t, clk)
+
+	var policies []*policy.Policy
+	for i := range 1000 {
+		var ids []string
+		for j := range 3 {
+			id := fmt.Sprintf("ins-p%04d%03d", i, j)
+			ids = append(ids, id)
+			if !(i%100 == 0 && j == 2) { // every 100th policy lists one instance that is gone
+				e.sim.AddInstance(cvmsim.Instance{ID: id, Region: region, Zone: "ap-guangzhou-3"})
+			}
+		}
+		p := selectPolicy(nil, ids...)
+		p.Name = fmt.Sprintf("p%04d", i)
+		policies = append(policies, p)
+	}
+
+	e.r.Prime(ctx, policies)
+	calls := e.describeCalls()
+	require.Len(t, calls, 30)
+	for _, c := range calls {
+		require.Len(t, c.Params["InstanceIds"].([]any), 100)
+	}
+
+	for i, p := range policies {
+		got, skipped, err := e.r.Resolve(ctx, p)
+		require.NoError(t, err)
+		if i%100 == 0 {
+			require.Equal(t, p.Instances[:2], got)
+			require.Equal(t, map[string]string{p.Instances[2]: targets.ReasonGone}, skipped)
+		} else {
+			require.Equal(t, p.Instances, got)
+			require.Nil(t, skipped)
+		}
+	}
+	require.Len(t, e.describeCalls(), 30, "Resolve made no call for primed instances")
+
+	// Past the TTL, Resolve asks again: the next fire sees the account as it is then.
+	clk.Advance(targets.PrimeTTL)
+	_, _, err := e.r.Resolve(ctx, policies[1])
+	require.NoError(t, err)
+	require.Len(t, e.describeCalls(), 31)
+}
+
+// TestPrimeFailureLeavesResolveToAsk: a batch Prime cannot check is asked again by Resolve.
+func TestPrimeFailureLeavesResolveToAsk(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, clockwork.NewFakeClock())
+	e.sim.AddInstance(cvmsim.Instance{ID: "ins-a0000001", Region: region, Zone: "ap-guangzhou-3"})
+	e.sim.QueueErrors(cvmsim.ActionDescribeInstances, "AuthFailure.SignatureFailure")
+	p := selectPolicy(nil, "ins-a0000001")
+	e.r.Prime(ctx, []*policy.Policy{p})
+	require.Len(t, e.describeCalls(), 1)
+	got, _, err := e.r.Resolve(ctx, p)
+	require.NoError(t, err)
+	require.Equal(t, []string{"ins-a0000001"}, got)
+	require.Len(t, e.describeCalls(), 2)
+}

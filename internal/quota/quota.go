@@ -1,4 +1,6 @@
-package lifecycle
+// Package quota keeps fires inside the region's custom image quota: before a fire, the Gate checks
+// that the quota has room for the fire's slots, pruning first when it can.
+package quota
 
 import (
 	"context"
@@ -14,7 +16,7 @@ import (
 	"github.com/imager-dev/imager/internal/policy"
 )
 
-// QuotaGate defaults.
+// Gate defaults.
 const (
 	// DefaultQuotaCacheFor is how long a region's DescribeImageQuota answer is reused.
 	DefaultQuotaCacheFor = 10 * time.Minute
@@ -23,9 +25,30 @@ const (
 	DefaultCountCacheFor = time.Minute
 )
 
-// QuotaOptions configures a QuotaGate. CVM is required.
-type QuotaOptions struct {
-	CVM QuotaCVM
+// CVM is what the Gate needs from the CVM API. *cvm.Client implements it.
+type CVM interface {
+	DescribeImageQuota(ctx context.Context, region string) (quota int, requestID string, err error)
+	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
+}
+
+var _ CVM = (*cvm.Client)(nil)
+
+// Pace spaces DescribeImages calls (the account's shared *pace.Limiter). When the Pace also
+// has Throttle() and Observe(time.Duration) methods, they are told of RequestLimitExceeded
+// answers and of each call's round trip.
+type Pace interface {
+	Wait(ctx context.Context) error
+}
+
+// throttler and observer are the optional parts of a Pace.
+type (
+	throttler interface{ Throttle() }
+	observer  interface{ Observe(time.Duration) }
+)
+
+// Options configures a Gate. CVM is required.
+type Options struct {
+	CVM CVM
 	// Pace is waited on before every DescribeImages call (the image count); nil means no
 	// pacing. The daemon passes the scheduler's DescribePace().
 	Pace Pace
@@ -39,12 +62,12 @@ type QuotaOptions struct {
 	Prune func(ctx context.Context, region string) (freed int, err error)
 	// QuotaCacheFor is how long a quota read is reused; 0 means DefaultQuotaCacheFor.
 	QuotaCacheFor time.Duration
-	// CountCacheFor is how long an image count is reused (see QuotaGate); 0 means
+	// CountCacheFor is how long an image count is reused (see Gate); 0 means
 	// DefaultCountCacheFor, a negative value counts at every fire.
 	CountCacheFor time.Duration
 }
 
-// QuotaGate keeps fires inside the region's custom image quota (issue 3, item 6). Its Check is
+// Gate keeps fires inside the region's custom image quota (issue 3, item 6). Its Check is
 // the scheduler's BeforeFire hook and its OnQuotaExceeded the scheduler's hook of that name.
 //
 // Check compares the region's quota (DescribeImageQuota, cached for QuotaCacheFor) with the
@@ -58,8 +81,8 @@ type QuotaOptions struct {
 // Slots admitted by a fresh count but not created yet are not in that count; two fires racing
 // for the last places can together exceed the quota. CreateImage's own ImageQuotaLimitExceeded
 // answer, handled by OnQuotaExceeded, remains the backstop.
-type QuotaGate struct {
-	cvm        QuotaCVM
+type Gate struct {
+	cvm        CVM
 	pace       Pace
 	clock      clockwork.Clock
 	log        zerolog.Logger
@@ -81,8 +104,8 @@ type regionQuota struct {
 	admitted int       // slots admitted since countAt
 }
 
-// NewQuotaGate returns a QuotaGate.
-func NewQuotaGate(opts QuotaOptions) *QuotaGate {
+// NewGate returns a Gate.
+func NewGate(opts Options) *Gate {
 	if opts.Clock == nil {
 		opts.Clock = clockwork.NewRealClock()
 	}
@@ -92,11 +115,11 @@ func NewQuotaGate(opts QuotaOptions) *QuotaGate {
 	if opts.CountCacheFor == 0 {
 		opts.CountCacheFor = DefaultCountCacheFor
 	}
-	return &QuotaGate{
+	return &Gate{
 		cvm:        opts.CVM,
 		pace:       opts.Pace,
 		clock:      opts.Clock,
-		log:        opts.Logger,
+		log:        opts.Logger, // the caller tags it with component
 		prune:      opts.Prune,
 		quotaFor:   opts.QuotaCacheFor,
 		countFor:   opts.CountCacheFor,
@@ -104,7 +127,7 @@ func NewQuotaGate(opts QuotaOptions) *QuotaGate {
 	}
 }
 
-func (g *QuotaGate) region(name string) *regionQuota {
+func (g *Gate) region(name string) *regionQuota {
 	g.regionsMu.Lock()
 	defer g.regionsMu.Unlock()
 	rq, ok := g.regionByID[name]
@@ -118,7 +141,7 @@ func (g *QuotaGate) region(name string) *regionQuota {
 // Check returns the instances of a fire of p that must not be sent because the region's image
 // quota has no room for them, each with the reason. When the quota or the count cannot be read
 // it logs a warning and refuses nothing; its error is only ever ctx's.
-func (g *QuotaGate) Check(ctx context.Context, p *policy.Policy, instances []string) (map[string]string, error) {
+func (g *Gate) Check(ctx context.Context, p *policy.Policy, instances []string) (map[string]string, error) {
 	if len(instances) == 0 {
 		return nil, nil
 	}
@@ -183,7 +206,7 @@ func (g *QuotaGate) Check(ctx context.Context, p *policy.Policy, instances []str
 }
 
 // unchecked logs why a fire goes unchecked and returns the error Check returns: ctx's, or nil.
-func (g *QuotaGate) unchecked(ctx context.Context, log zerolog.Logger, msg string, err error) error {
+func (g *Gate) unchecked(ctx context.Context, log zerolog.Logger, msg string, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -192,7 +215,7 @@ func (g *QuotaGate) unchecked(ctx context.Context, log zerolog.Logger, msg strin
 }
 
 // quota returns the region's quota, read at most once per QuotaCacheFor.
-func (g *QuotaGate) quota(ctx context.Context, region string, rq *regionQuota) (int, error) {
+func (g *Gate) quota(ctx context.Context, region string, rq *regionQuota) (int, error) {
 	now := g.clock.Now()
 	if !rq.quotaAt.IsZero() && now.Sub(rq.quotaAt) < g.quotaFor {
 		return rq.quota, nil
@@ -207,16 +230,20 @@ func (g *QuotaGate) quota(ctx context.Context, region string, rq *regionQuota) (
 }
 
 // count returns how many custom images the region holds now.
-func (g *QuotaGate) count(ctx context.Context, region string, rq *regionQuota) (int, error) {
+func (g *Gate) count(ctx context.Context, region string, rq *regionQuota) (int, error) {
 	if g.pace != nil {
 		if err := g.pace.Wait(ctx); err != nil {
 			return 0, err
 		}
 	}
+	start := g.clock.Now()
 	out, err := g.cvm.DescribeImages(ctx, region, cvm.DescribeImagesInput{
 		Filters: []cvm.Filter{{Name: "image-type", Values: []string{"PRIVATE_IMAGE"}}},
 		Limit:   1,
 	})
+	if o, ok := g.pace.(observer); ok {
+		o.Observe(g.clock.Since(start))
+	}
 	if err != nil {
 		if ae, ok := cvm.AsAPIError(err); ok && ae.Class == cvm.ClassThrottled {
 			if th, ok := g.pace.(throttler); ok {
@@ -233,7 +260,7 @@ func (g *QuotaGate) count(ctx context.Context, region string, rq *regionQuota) (
 // OnQuotaExceeded is the scheduler's hook for a CreateImage answered ImageQuotaLimitExceeded:
 // it forgets what it knew of the region, prunes what retention allows, and asks for one more try
 // when anything was freed.
-func (g *QuotaGate) OnQuotaExceeded(ctx context.Context, p *policy.Policy) bool {
+func (g *Gate) OnQuotaExceeded(ctx context.Context, p *policy.Policy) bool {
 	if p == nil {
 		return false
 	}

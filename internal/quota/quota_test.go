@@ -1,4 +1,4 @@
-package lifecycle
+package quota
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
@@ -29,11 +28,11 @@ policies:
 
 var quotaInstances = []string{"ins-qt000001", "ins-qt000002", "ins-qt000003", "ins-qt000004"}
 
-// quotaStack is a real scheduler (real clock) whose BeforeFire is a QuotaGate, against a
+// quotaStack is a real scheduler (real clock) whose BeforeFire is a Gate, against a
 // simulator holding the four instances and `existing` custom images under a quota.
 type quotaStack struct {
 	*env
-	gate  *QuotaGate
+	gate  *Gate
 	sched *scheduler.Scheduler
 }
 
@@ -49,7 +48,7 @@ func newQuotaStack(t *testing.T, quota, existing int, prune func(context.Context
 	// A public image is not a custom image: it does not count.
 	e.sim.AddImage(cvmsim.Image{Name: "TencentOS Server", Region: region, Type: cvmsim.ImageTypePublic})
 
-	gate := NewQuotaGate(QuotaOptions{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs), Prune: prune})
+	gate := NewGate(Options{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs), Prune: prune})
 	cfg, err := policy.LoadBytes("quota.yaml", []byte(quotaPolicyYAML))
 	require.NoError(t, err)
 	s, err := scheduler.New(scheduler.Options{
@@ -161,7 +160,7 @@ func TestQuotaGateCaches(t *testing.T) {
 		e.sim.AddImage(cvmsim.Image{Name: fmt.Sprintf("img-%d", i), Region: region})
 	}
 	pace := &countingPace{}
-	g := NewQuotaGate(QuotaOptions{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs), Pace: pace})
+	g := NewGate(Options{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs), Pace: pace})
 	p := &policy.Policy{Name: "web", Region: region}
 	check := func(n int) map[string]string {
 		t.Helper()
@@ -220,7 +219,7 @@ func TestQuotaGateRefusesNothingWhenItCannotCount(t *testing.T) {
 			e := newEnv(t, false, cvmsim.Options{ImageQuota: 1})
 			e.sim.AddImage(cvmsim.Image{Name: "full", Region: region})
 			e.sim.QueueErrors(tc.action, "InternalError")
-			g := NewQuotaGate(QuotaOptions{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs)})
+			g := NewGate(Options{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs)})
 			p := &policy.Policy{Name: "web", Region: region}
 			refused, err := g.Check(e.ctx, p, []string{"ins-aaaaaaaa"})
 			require.NoError(t, err)
@@ -234,7 +233,7 @@ func TestQuotaGateRefusesNothingWhenItCannotCount(t *testing.T) {
 
 			ctx, cancel := context.WithCancel(e.ctx)
 			cancel()
-			g2 := NewQuotaGate(QuotaOptions{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs)})
+			g2 := NewGate(Options{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs)})
 			_, err = g2.Check(ctx, p, []string{"ins-aaaaaaaa"})
 			require.ErrorIs(t, err, context.Canceled)
 		})
@@ -267,7 +266,7 @@ func TestOnQuotaExceeded(t *testing.T) {
 					return tc.prune(ctx, r)
 				}
 			}
-			g := NewQuotaGate(QuotaOptions{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs), Prune: hook})
+			g := NewGate(Options{CVM: e.client, Clock: e.clk, Logger: zerolog.New(e.logs), Prune: hook})
 			p := &policy.Policy{Name: "web", Region: region}
 			_, err := g.Check(e.ctx, p, []string{"ins-aaaaaaaa"})
 			require.NoError(t, err)
@@ -284,41 +283,4 @@ func TestOnQuotaExceeded(t *testing.T) {
 			require.False(t, strings.Contains(e.logs.String(), `"level":"error"`))
 		})
 	}
-}
-
-// TestOnceFlowTracksToAvailable is `imager once` end to end on the real clock: RunOnce sends,
-// then WaitTerminal returns when the tracker has seen every image NORMAL.
-func TestOnceFlowTracksToAvailable(t *testing.T) {
-	t.Parallel()
-	q := newQuotaStack(t, 50, 0, nil)
-	q.sim.SetImageReadyAfter(-1)
-	tr := q.newTracker(func(o *TrackerOptions) {
-		o.PollInterval = 20 * time.Millisecond
-		o.Pace = q.sched.DescribePace()
-		o.Config = q.sched.Config
-	})
-	tr.start()
-
-	out, err := q.sched.RunOnce(q.ctx, "fleet", quotaInstances[1:3])
-	require.NoError(t, err)
-	ids := make([]int64, 0, len(out))
-	for _, o := range out {
-		require.Equal(t, history.StatusRequested, o.Status)
-		ids = append(ids, o.RunID)
-	}
-	// The tracker follows the runs; no image is finished until the test says so.
-	for tr.next().res.runs != 2 {
-	}
-	for _, id := range ids {
-		require.Equal(t, history.StatusRequested, q.run(id).Status)
-	}
-	q.sim.CompleteAll()
-	runs, err := tr.WaitTerminal(q.ctx, ids)
-	require.NoError(t, err)
-	require.Len(t, runs, 2)
-	for _, id := range ids {
-		require.Equal(t, history.StatusAvailable, runs[id].Status)
-		require.Equal(t, history.StatusAvailable, q.run(id).Status)
-	}
-	require.Len(t, tr.avail.snapshot(), 2)
 }
