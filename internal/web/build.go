@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"sort"
 	"strconv"
 	"time"
 
@@ -150,17 +149,6 @@ func (h *handler) build(ctx context.Context, q query) *page {
 	}
 	up := func() bool { return db != nil && p.DB.Error == "" }
 
-	breaches := map[string]int64{}
-	if up() {
-		counts, err := db.RPOBreachCounts(ctx)
-		if err != nil {
-			failed(err)
-		}
-		for _, c := range counts {
-			breaches[c.Policy] = c.Count
-		}
-	}
-
 	for i, pol := range policiesOf(cfg) {
 		v := policyView{Name: pol.Name, Schedule: pol.ScheduleSpec, Timezone: rows[i].Timezone,
 			Enabled: pol.Enabled, Anchor: "grid-" + pol.Name}
@@ -170,13 +158,6 @@ func (h *handler) build(ctx context.Context, q query) *page {
 		}
 		g := grid{Policy: pol.Name, Anchor: v.Anchor}
 		if up() {
-			v.Known = true
-			v.Breaches = breaches[pol.Name]
-			if err := h.lastFire(ctx, &v); err != nil {
-				failed(err)
-			}
-		}
-		if up() {
 			page := 1
 			if q.policy == pol.Name {
 				page = q.page
@@ -185,6 +166,12 @@ func (h *handler) build(ctx context.Context, q query) *page {
 				failed(err)
 			}
 		}
+		if up() {
+			if err := h.lastFire(ctx, &v); err != nil {
+				failed(err)
+			}
+		}
+		v.Known = up()
 		g.Unreadable = !up()
 		p.Policies = append(p.Policies, v)
 		p.Grids = append(p.Grids, g)
@@ -219,17 +206,11 @@ func policiesOf(cfg *policy.Config) []*policy.Policy {
 
 // lastFire fills the slot of the policy's newest run and the counts by status of that slot.
 func (h *handler) lastFire(ctx context.Context, v *policyView) error {
-	db := h.opts.History
-	last, err := db.RunsList(ctx, history.RunFilter{Policy: v.Name, Limit: 1})
-	if err != nil || len(last) == 0 {
+	slot, counts, err := h.opts.History.LastFireOf(ctx, v.Name)
+	if err != nil || slot.IsZero() {
 		return err
 	}
-	slot := last[0].ScheduledAt
 	v.LastFire = slot.Format("2006-01-02 15:04 UTC")
-	counts, err := db.RunStatusCounts(ctx, history.RunFilter{Policy: v.Name, Since: slot})
-	if err != nil {
-		return err
-	}
 	for _, st := range statusOrder {
 		if n := counts[st]; n > 0 {
 			v.LastCounts = append(v.LastCounts, statusCount{Status: string(st), Count: n})
@@ -242,15 +223,36 @@ func (h *handler) lastFire(ctx context.Context, v *policyView) error {
 var statusOrder = []history.Status{history.StatusAvailable, history.StatusRequested, history.StatusPending,
 	history.StatusFailed, history.StatusMissed, history.StatusSkipped}
 
-// fillGrid reads one page of the policy's grid. Instances are ordered so the ones that need
-// attention come first: overdue, then by how their last slot ended (failed, missed, ...), then
-// by id; page 1 of 10,000 instances shows what is wrong.
+// fillGrid reads one page of the policy's grid. Instances that need attention come first
+// (history.CoveragePageOf), so page 1 of 10,000 instances shows what is wrong.
 func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz string, now time.Time, pageNo int) error {
 	db := h.opts.History
-	cov, err := db.CoverageList(ctx, g.Policy, "", false)
+	cov, err := db.CoveragePageOf(ctx, g.Policy, (pageNo-1)*PageSize, PageSize)
 	if err != nil {
 		return err
 	}
+	if len(cov.Rows) == 0 && pageNo > 1 {
+		// Past the end: show the last page.
+		if cov, err = db.CoveragePageOf(ctx, g.Policy, 0, 1); err != nil {
+			return err
+		}
+		if cov.Instances > 0 {
+			pageNo = (cov.Instances + PageSize - 1) / PageSize
+			if cov, err = db.CoveragePageOf(ctx, g.Policy, (pageNo-1)*PageSize, PageSize); err != nil {
+				return err
+			}
+		}
+	}
+	g.Instances, g.Overdue = cov.Instances, cov.Overdue
+	v.Instances, v.Breaches = cov.Instances, int64(cov.Overdue)
+	if len(cov.Rows) == 0 {
+		g.Empty = true
+		return nil
+	}
+	g.Pages = (cov.Instances + PageSize - 1) / PageSize
+	g.Page = pageNo
+	g.First, g.Last = (pageNo-1)*PageSize+1, (pageNo-1)*PageSize+len(cov.Rows)
+
 	loc, err := time.LoadLocation(tz)
 	if err != nil {
 		loc = time.UTC
@@ -264,34 +266,8 @@ func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz strin
 			Weekend: wd == time.Saturday || wd == time.Sunday})
 	}
 
-	sort.SliceStable(cov, func(i, j int) bool {
-		a, b := cov[i], cov[j]
-		if a.Overdue != b.Overdue {
-			return a.Overdue
-		}
-		if ra, rb := attention(a.LastStatus), attention(b.LastStatus); ra != rb {
-			return ra < rb
-		}
-		return a.InstanceID < b.InstanceID
-	})
-	g.Instances = len(cov)
-	v.Instances = len(cov)
-	for _, c := range cov {
-		if c.Overdue {
-			g.Overdue++
-		}
-	}
-	if len(cov) == 0 {
-		g.Empty = true
-		return nil
-	}
-	g.Pages = (len(cov) + PageSize - 1) / PageSize
-	g.Page = min(pageNo, g.Pages)
-	lo, hi := (g.Page-1)*PageSize, min(g.Page*PageSize, len(cov))
-	g.First, g.Last = lo+1, hi
-	shown := cov[lo:hi]
-	ids := make([]string, len(shown))
-	for i, c := range shown {
+	ids := make([]string, len(cov.Rows))
+	for i, c := range cov.Rows {
 		ids[i] = c.InstanceID
 	}
 	days, err := db.DailyCoverageOf(ctx, g.Policy, ids, from, to)
@@ -306,8 +282,8 @@ func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz strin
 	for _, d := range days {
 		byDay[key{d.InstanceID, d.Day.Format(time.DateOnly)}] = d
 	}
-	g.Rows = make([]gridRow, 0, len(shown))
-	for _, c := range shown {
+	g.Rows = make([]gridRow, 0, len(cov.Rows))
+	for _, c := range cov.Rows {
 		row := gridRow{Instance: c.InstanceID, Overdue: c.Overdue, Title: instanceTitle(c, now)}
 		row.Cells = make([]cell, 0, GridDays)
 		for d := from; !d.After(to); d = d.AddDate(0, 0, 1) {
@@ -323,22 +299,6 @@ func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz strin
 	}
 	g.pageLinks()
 	return nil
-}
-
-// attention ranks a last status for the grid's order: what needs a look first.
-func attention(s history.Status) int {
-	switch s {
-	case history.StatusFailed:
-		return 0
-	case history.StatusMissed:
-		return 1
-	case history.StatusPending, history.StatusRequested:
-		return 2
-	case history.StatusSkipped:
-		return 3
-	default:
-		return 4
-	}
 }
 
 // cellTitle is a grid cell's tooltip: the day, its best status and the image id (available,

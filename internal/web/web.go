@@ -37,11 +37,10 @@ const (
 
 // History is what the page reads from imager's history (implemented by *history.Store).
 type History interface {
-	CoverageList(ctx context.Context, policy, instanceID string, overdueOnly bool) ([]history.Coverage, error)
-	RPOBreachCounts(ctx context.Context) ([]history.PolicyCount, error)
+	CoveragePageOf(ctx context.Context, policy string, offset, limit int) (history.CoveragePage, error)
+	LastFireOf(ctx context.Context, policy string) (time.Time, map[history.Status]int64, error)
 	DailyCoverageOf(ctx context.Context, policy string, instances []string, from, to time.Time) ([]history.DailyCoverage, error)
 	RunsList(ctx context.Context, f history.RunFilter) ([]history.RunListed, error)
-	RunStatusCounts(ctx context.Context, f history.RunFilter) (map[history.Status]int64, error)
 }
 
 var _ History = (*history.Store)(nil)
