@@ -136,7 +136,7 @@ policies:
 	}
 	sd.available("web-daily", "ins-aaaaaaaa", now.Add(-30*time.Minute), "img-anow", now.Add(-20*time.Minute))
 	sd.available("web-daily", "ins-bbbbbbbb", daysAgo(3), "img-b3", daysAgo(3).Add(20*time.Minute))
-	sd.claim("web-daily", "ins-bbbbbbbb", daysAgo(2), history.StatusMissed, "DaemonDown", "no daemon was running at the slot")
+	sd.claim("web-daily", "ins-bbbbbbbb", daysAgo(2), history.StatusMissed, "", "daemon shut down before the slot was sent")
 	sd.failed("web-daily", "ins-bbbbbbbb", daysAgo(1), "InvalidInstanceId.NotFound", `instance <ins-bbbbbbbb> not found & "gone"`)
 	sd.requested("web-daily", "ins-cccccccc", now.Add(-10*time.Minute), "img-cnow")
 	sd.failed("db-nightly", "ins-dddddddd", now.Add(-2*time.Hour), "InsufficientBalance", "account balance too low")
@@ -202,7 +202,7 @@ policies:
 	bRow := web.Rows[0]
 	d1, d2, d3, d4 := dayOf(daysAgo(1), time.UTC), dayOf(daysAgo(2), time.UTC), dayOf(daysAgo(3), time.UTC), dayOf(daysAgo(4), time.UTC)
 	require.Equal(t, gridCell{"c-failed", d1 + " failed: InvalidInstanceId.NotFound", red}, cellOf(bRow, d1))
-	require.Equal(t, gridCell{"c-missed", d2 + " missed: DaemonDown", grey}, cellOf(bRow, d2))
+	require.Equal(t, gridCell{"c-missed", d2 + " missed", grey}, cellOf(bRow, d2))
 	require.Equal(t, gridCell{"c-available", d3 + " available: img-b3", green}, cellOf(bRow, d3))
 	require.Equal(t, gridCell{"c-none", d4 + ": no slot", transparent}, cellOf(bRow, d4))
 	cNow := dayOf(now.Add(-10*time.Minute), time.UTC)
