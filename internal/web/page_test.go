@@ -93,6 +93,7 @@ func TestPageReachable(t *testing.T) {
 	require.NotContains(t, body, "db-banner")
 	require.Contains(t, body, `<span class="pill up">reachable</span>`)
 	require.Contains(t, gridOf(t, body, "web"), "No runs yet.")
+	require.Contains(t, body, `<span class="muted">none yet</span>`, "no last fire")
 	require.Contains(t, body, "No failures.")
 }
 
