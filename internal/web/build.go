@@ -1,0 +1,389 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
+)
+
+// page is what the template renders.
+type page struct {
+	GeneratedAt string
+	BuildMS     float64
+	GridDays    int
+
+	Role string // "leader", "standby" or "" (not reported)
+	DB   dbState
+
+	PoliciesLoaded bool
+	LoadedAt       string
+	Sources        []string
+	Policies       []policyView
+	Grids          []grid
+	Failures       []failure
+	FailuresSince  string
+}
+
+type dbState struct {
+	Configured bool
+	Up         bool
+	Error      string // why the page could not read the database
+}
+
+type policyView struct {
+	Name       string
+	Schedule   string
+	Timezone   string
+	Enabled    bool
+	NextFire   string // in the policy's time zone
+	NextFireIn string
+	LastFire   string // slot of the newest run, "" when none
+	LastCounts []statusCount
+	Breaches   int64
+	Known      bool // Breaches and LastFire were read from the database
+	Instances  int
+	Anchor     string
+}
+
+type statusCount struct {
+	Status string
+	Count  int64
+}
+
+type grid struct {
+	Policy     string
+	Anchor     string
+	Days       []dayHead
+	Rows       []gridRow
+	Page       int
+	Pages      int
+	Instances  int
+	First      int // 1-based index of the first instance shown
+	Last       int
+	Overdue    int
+	PrevURL    string
+	NextURL    string
+	PageURLs   []pageLink
+	Empty      bool // no targeted instance in coverage yet
+	Unreadable bool // the database did not answer
+}
+
+type pageLink struct {
+	N       int
+	URL     string
+	Current bool
+}
+
+type dayHead struct {
+	Label   string // day of month
+	Title   string // full date
+	Weekend bool
+}
+
+type gridRow struct {
+	Instance string
+	Overdue  bool
+	Title    string
+	Cells    []cell
+}
+
+type cell struct {
+	Class string // status class: available, requested, pending, failed, missed, skipped, none
+	Title string
+}
+
+type failure struct {
+	Slot     string
+	Policy   string
+	Instance string
+	Code     string
+	Message  string
+	Finished string
+}
+
+// build gathers the page. Database errors do not fail it: the first one marks the database
+// unreachable (a banner) and the remaining queries are skipped, so a dead database costs one
+// timeout, not one per query.
+func (h *handler) build(ctx context.Context, q query) *page {
+	now := h.opts.Clock.Now()
+	p := &page{GeneratedAt: now.UTC().Format("2006-01-02 15:04:05 UTC"), GridDays: GridDays}
+	if h.opts.Leader != nil {
+		p.Role = "standby"
+		if h.opts.Leader() {
+			p.Role = "leader"
+		}
+	}
+
+	var cfg *policy.Config
+	var loadedAt time.Time
+	if h.opts.Policies != nil {
+		cfg, loadedAt = h.opts.Policies()
+	}
+	var rows []history.PolicyRow
+	if cfg != nil {
+		p.PoliciesLoaded = true
+		p.LoadedAt = loadedAt.UTC().Format("2006-01-02 15:04:05 UTC")
+		p.Sources = cfg.Sources
+		rows = history.PolicyRows(cfg, now)
+	}
+
+	db := h.opts.History
+	p.DB.Configured = db != nil
+	failed := func(err error) {
+		if p.DB.Error == "" {
+			p.DB.Error = describe(err)
+		}
+	}
+	if db != nil {
+		if h.opts.Ping != nil {
+			if err := h.opts.Ping(ctx); err != nil {
+				failed(err)
+			}
+		}
+	}
+	up := func() bool { return db != nil && p.DB.Error == "" }
+
+	for i, pol := range policiesOf(cfg) {
+		v := policyView{Name: pol.Name, Schedule: pol.ScheduleSpec, Timezone: rows[i].Timezone,
+			Enabled: pol.Enabled, Anchor: "grid-" + pol.Name}
+		if next := pol.Schedule.Next(now); !next.IsZero() && pol.Enabled {
+			v.NextFire = next.Format("2006-01-02 15:04 MST")
+			v.NextFireIn = "in " + human(next.Sub(now))
+		}
+		g := grid{Policy: pol.Name, Anchor: v.Anchor}
+		if up() {
+			page := 1
+			if q.policy == pol.Name {
+				page = q.page
+			}
+			if err := h.fillGrid(ctx, &g, &v, rows[i].Timezone, now, page); err != nil {
+				failed(err)
+			}
+		}
+		if up() {
+			if err := h.lastFire(ctx, &v); err != nil {
+				failed(err)
+			}
+		}
+		v.Known = up()
+		g.Unreadable = !up()
+		p.Policies = append(p.Policies, v)
+		p.Grids = append(p.Grids, g)
+	}
+
+	since := now.AddDate(0, 0, -GridDays)
+	p.FailuresSince = since.UTC().Format("2006-01-02")
+	if up() {
+		runs, err := db.RunsList(ctx, history.RunFilter{Since: since, Status: history.StatusFailed, Limit: FailuresShown})
+		if err != nil {
+			failed(err)
+		}
+		for _, r := range runs {
+			f := failure{Slot: r.ScheduledAt.Format("2006-01-02 15:04 UTC"), Policy: r.Policy, Instance: r.InstanceID,
+				Code: r.ErrorCode, Message: r.ErrorMessage}
+			if r.FinishedAt != nil {
+				f.Finished = r.FinishedAt.Format("2006-01-02 15:04 UTC")
+			}
+			p.Failures = append(p.Failures, f)
+		}
+	}
+	p.DB.Up = up()
+	return p
+}
+
+func policiesOf(cfg *policy.Config) []*policy.Policy {
+	if cfg == nil {
+		return nil
+	}
+	return cfg.Policies
+}
+
+// lastFire fills the slot of the policy's newest run and the counts by status of that slot.
+func (h *handler) lastFire(ctx context.Context, v *policyView) error {
+	slot, counts, err := h.opts.History.LastFireOf(ctx, v.Name)
+	if err != nil || slot.IsZero() {
+		return err
+	}
+	v.LastFire = slot.Format("2006-01-02 15:04 UTC")
+	for _, st := range statusOrder {
+		if n := counts[st]; n > 0 {
+			v.LastCounts = append(v.LastCounts, statusCount{Status: string(st), Count: n})
+		}
+	}
+	return nil
+}
+
+// statusOrder is how statuses are listed and ranked, best first (as daily_coverage ranks them).
+var statusOrder = []history.Status{history.StatusAvailable, history.StatusRequested, history.StatusPending,
+	history.StatusFailed, history.StatusMissed, history.StatusSkipped}
+
+// fillGrid reads one page of the policy's grid. Instances that need attention come first
+// (history.CoveragePageOf), so page 1 of 10,000 instances shows what is wrong.
+func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz string, now time.Time, pageNo int) error {
+	db := h.opts.History
+	cov, err := db.CoveragePageOf(ctx, g.Policy, (pageNo-1)*PageSize, PageSize)
+	if err != nil {
+		return err
+	}
+	if len(cov.Rows) == 0 && pageNo > 1 {
+		// Past the end: show the last page.
+		if cov, err = db.CoveragePageOf(ctx, g.Policy, 0, 1); err != nil {
+			return err
+		}
+		if cov.Instances > 0 {
+			pageNo = (cov.Instances + PageSize - 1) / PageSize
+			if cov, err = db.CoveragePageOf(ctx, g.Policy, (pageNo-1)*PageSize, PageSize); err != nil {
+				return err
+			}
+		}
+	}
+	g.Instances, g.Overdue = cov.Instances, cov.Overdue
+	v.Instances, v.Breaches = cov.Instances, int64(cov.Overdue)
+	if len(cov.Rows) == 0 {
+		g.Empty = true
+		return nil
+	}
+	g.Pages = (cov.Instances + PageSize - 1) / PageSize
+	g.Page = pageNo
+	g.First, g.Last = (pageNo-1)*PageSize+1, (pageNo-1)*PageSize+len(cov.Rows)
+
+	loc, err := time.LoadLocation(tz)
+	if err != nil {
+		loc = time.UTC
+	}
+	today := now.In(loc)
+	from := time.Date(today.Year(), today.Month(), today.Day()-(GridDays-1), 0, 0, 0, 0, time.UTC)
+	to := time.Date(today.Year(), today.Month(), today.Day(), 0, 0, 0, 0, time.UTC)
+	for d := from; !d.After(to); d = d.AddDate(0, 0, 1) {
+		wd := d.Weekday()
+		g.Days = append(g.Days, dayHead{Label: strconv.Itoa(d.Day()), Title: d.Format("Mon 2006-01-02"),
+			Weekend: wd == time.Saturday || wd == time.Sunday})
+	}
+
+	ids := make([]string, len(cov.Rows))
+	for i, c := range cov.Rows {
+		ids[i] = c.InstanceID
+	}
+	days, err := db.DailyCoverageOf(ctx, g.Policy, ids, from, to)
+	if err != nil {
+		return err
+	}
+	type key struct {
+		instance string
+		day      string
+	}
+	byDay := make(map[key]history.DailyCoverage, len(days))
+	for _, d := range days {
+		byDay[key{d.InstanceID, d.Day.Format(time.DateOnly)}] = d
+	}
+	g.Rows = make([]gridRow, 0, len(cov.Rows))
+	for _, c := range cov.Rows {
+		row := gridRow{Instance: c.InstanceID, Overdue: c.Overdue, Title: instanceTitle(c, now)}
+		row.Cells = make([]cell, 0, GridDays)
+		for d := from; !d.After(to); d = d.AddDate(0, 0, 1) {
+			date := d.Format(time.DateOnly)
+			dc, ok := byDay[key{c.InstanceID, date}]
+			if !ok {
+				row.Cells = append(row.Cells, cell{Class: "none", Title: date + ": no slot"})
+				continue
+			}
+			row.Cells = append(row.Cells, cell{Class: string(dc.Status), Title: cellTitle(date, dc)})
+		}
+		g.Rows = append(g.Rows, row)
+	}
+	g.pageLinks()
+	return nil
+}
+
+// cellTitle is a grid cell's tooltip: the day, its best status and the image id (available,
+// requested) or the error code (failed, missed, skipped).
+func cellTitle(date string, d history.DailyCoverage) string {
+	t := date + " " + string(d.Status)
+	switch {
+	case d.ImageID != "" && (d.Status == history.StatusAvailable || d.Status == history.StatusRequested):
+		t += ": " + d.ImageID
+	case d.ErrorCode != "":
+		t += ": " + d.ErrorCode
+	}
+	if d.Runs > 1 {
+		t += fmt.Sprintf(" (best of %d slots)", d.Runs)
+	}
+	return t
+}
+
+func instanceTitle(c history.Coverage, now time.Time) string {
+	t := "last slot " + c.LastSlot.Format("2006-01-02 15:04 UTC") + " " + string(c.LastStatus)
+	if c.LastErrorCode != "" {
+		t += " (" + c.LastErrorCode + ")"
+	}
+	if c.LastAvailableImageID != "" && c.LastAvailableAt != nil {
+		t += "; last image " + c.LastAvailableImageID + ", " + human(now.Sub(*c.LastAvailableAt)) + " ago"
+	} else {
+		t += "; never imaged"
+	}
+	if c.Overdue {
+		t += "; OVERDUE (RPO breach)"
+	}
+	return t
+}
+
+// pageLinks builds the pager: first, last and the pages around the current one.
+func (g *grid) pageLinks() {
+	link := func(n int) string {
+		return "?" + url.Values{"policy": {g.Policy}, "page": {strconv.Itoa(n)}}.Encode() + "#" + g.Anchor
+	}
+	if g.Page > 1 {
+		g.PrevURL = link(g.Page - 1)
+	}
+	if g.Page < g.Pages {
+		g.NextURL = link(g.Page + 1)
+	}
+	if g.Pages <= 1 {
+		return
+	}
+	prev := 0
+	for n := 1; n <= g.Pages; n++ {
+		if n != 1 && n != g.Pages && (n < g.Page-3 || n > g.Page+3) {
+			continue
+		}
+		if prev != 0 && n != prev+1 {
+			g.PageURLs = append(g.PageURLs, pageLink{}) // a gap
+		}
+		g.PageURLs = append(g.PageURLs, pageLink{N: n, URL: link(n), Current: n == g.Page})
+		prev = n
+	}
+}
+
+// describe says why the database could not be read, without anything secret: history's errors
+// name no password.
+func describe(err error) string {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "no answer within " + queryTimeout.String()
+	default:
+		return err.Error()
+	}
+}
+
+// human prints a duration in days, hours and minutes.
+func human(d time.Duration) string {
+	if d < 0 {
+		d = -d
+	}
+	d = d.Round(time.Minute)
+	days, hours, mins := int(d/(24*time.Hour)), int(d%(24*time.Hour)/time.Hour), int(d%time.Hour/time.Minute)
+	switch {
+	case days > 0:
+		return fmt.Sprintf("%dd %dh", days, hours)
+	case hours > 0:
+		return fmt.Sprintf("%dh %dm", hours, mins)
+	default:
+		return fmt.Sprintf("%dm", mins)
+	}
+}

@@ -1,0 +1,235 @@
+package web_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/web"
+)
+
+const webPolicy = `version: 1
+defaults:
+  region: ap-guangzhou
+policies:
+  - name: web
+    schedule: "0 3 * * *"
+    instances: [ins-aaaaaaaa]
+`
+
+func get(t testing.TB, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
+}
+
+// gridOf returns the HTML of one policy's grid section.
+func gridOf(t testing.TB, body, pol string) string {
+	t.Helper()
+	start := strings.Index(body, `<details class="grid" id="grid-`+pol+`"`)
+	require.GreaterOrEqual(t, start, 0, "grid of %s", pol)
+	end := strings.Index(body[start:], "</details>")
+	require.Greater(t, end, 0)
+	return body[start : start+end]
+}
+
+// The page is informational: with PostgreSQL gone it still answers 200, says so, and shows what
+// the daemon knows without it. Reachability is judged by Ping, or by the queries without one.
+func TestPageDatabaseDown(t *testing.T) {
+	t.Parallel()
+	for _, withPing := range []bool{true, false} {
+		name := "ping"
+		if !withPing {
+			name = "queries"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			s := newStore(t)
+			now := time.Date(2026, 3, 29, 12, 0, 0, 0, time.UTC)
+			cfg := loadPolicies(t, s, webPolicy, now)
+			seeder{t: t, s: s}.failed("web", "ins-aaaaaaaa", now.Add(-9*time.Hour), "InternalError", "boom")
+			opts := options(s, cfg, now, now)
+			if !withPing {
+				opts.Ping = nil
+			}
+			s.Close() // the pool is closed: every query fails as unavailable
+
+			srv := serve(t, opts)
+			code, body := get(t, srv.URL+"/")
+			require.Equal(t, http.StatusOK, code)
+			require.Contains(t, body, `id="db-banner"`)
+			require.Contains(t, body, "Database unreachable")
+			require.Contains(t, body, `<span class="pill down">unreachable</span>`)
+			require.Contains(t, body, `<span class="pill leader">leader</span>`, "the role is known without the database")
+			require.Contains(t, body, "2026-03-30 03:00 UTC", "the next fire is computed from the loaded policies")
+			require.NotContains(t, body, `<table class="cov"`)
+			require.NotContains(t, body, "InternalError")
+			require.Contains(t, gridOf(t, body, "web"), "the database is unreachable")
+		})
+	}
+}
+
+func TestPageReachable(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	now := time.Date(2026, 3, 29, 12, 0, 0, 0, time.UTC)
+	cfg := loadPolicies(t, s, webPolicy, now)
+	srv := serve(t, options(s, cfg, now, now))
+	code, body := get(t, srv.URL+"/")
+	require.Equal(t, http.StatusOK, code)
+	require.NotContains(t, body, "db-banner")
+	require.Contains(t, body, `<span class="pill up">reachable</span>`)
+	require.Contains(t, gridOf(t, body, "web"), "No runs yet.")
+	require.Contains(t, body, `<span class="muted">none yet</span>`, "no last fire")
+	require.Contains(t, body, "No failures.")
+}
+
+// Without a leader elector, a database or policies the page still renders and says what it lacks.
+func TestPageNothingConfigured(t *testing.T) {
+	t.Parallel()
+	srv := serve(t, web.Options{Clock: clockwork.NewFakeClock(), Logger: zerolog.Nop()})
+	code, body := get(t, srv.URL+"/")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "not reported")
+	require.Contains(t, body, "not configured")
+	require.Contains(t, body, "none loaded yet")
+	require.NotContains(t, body, "db-banner")
+}
+
+func TestPageStandby(t *testing.T) {
+	t.Parallel()
+	opts := web.Options{Leader: func() bool { return false }, Clock: clockwork.NewFakeClock(), Logger: zerolog.Nop()}
+	_, body := get(t, serve(t, opts).URL+"/")
+	require.Contains(t, body, `<span class="pill standby">standby</span>`)
+}
+
+func TestPageBadQuery(t *testing.T) {
+	t.Parallel()
+	cfg, err := policy.LoadBytes("p.yaml", []byte(webPolicy))
+	require.NoError(t, err)
+	opts := web.Options{Policies: func() (*policy.Config, time.Time) { return cfg, time.Now() }, Logger: zerolog.Nop()}
+	srv := serve(t, opts)
+	for _, tc := range []struct {
+		query string
+		code  int
+		says  string
+	}{
+		{"?page=0", http.StatusBadRequest, `page: want a page number of 1 or more, got "0"`},
+		{"?page=abc", http.StatusBadRequest, `got "abc"`},
+		{"?page=" + strings.Repeat("9", 200), http.StatusBadRequest, `got "` + strings.Repeat("9", 80) + `..."`},
+		{"?policy=nope", http.StatusNotFound, `policy "nope" is not loaded`},
+	} {
+		code, body := get(t, srv.URL+"/"+tc.query)
+		require.Equal(t, tc.code, code, tc.query)
+		require.Contains(t, body, tc.says, tc.query)
+	}
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusMethodNotAllowed, resp.StatusCode, "the page is read-only")
+}
+
+// A policy of 250 instances is shown 100 at a time, those that need attention first.
+func TestPagePaging(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := loadPolicies(t, s, webPolicy, now)
+	// One slot yesterday per instance; every 7th failed.
+	_, err := s.Pool().Exec(ctx, `INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at,
+	finished_at, status, image_name, image_id, error_code, attempts, daemon_id)
+SELECT 'web', 'ins-' || lpad(i::text, 8, '0'), 'ap-guangzhou', $1, $1, $1, st, 'n-' || i,
+	CASE WHEN st = 'available' THEN 'img-' || i END, CASE WHEN st = 'failed' THEN 'InternalError' END, 1, 'test'
+FROM generate_series(1, 250) i, LATERAL (SELECT CASE WHEN i % 7 = 0 THEN 'failed' ELSE 'available' END AS st) x`,
+		now.Add(-time.Hour))
+	require.NoError(t, err)
+	srv := serve(t, options(s, cfg, now, now))
+
+	rowsOf := func(grid string) []string {
+		var ids []string
+		for _, part := range strings.Split(grid, `<tr data-instance="`)[1:] {
+			ids = append(ids, part[:strings.IndexByte(part, '"')])
+		}
+		return ids
+	}
+	_, body := get(t, srv.URL+"/")
+	g := gridOf(t, body, "web")
+	rows := rowsOf(g)
+	require.Len(t, rows, 100)
+	require.Equal(t, "ins-00000007", rows[0], "failed instances first")
+	require.Equal(t, "ins-00000245", rows[34], "all 35 failed ones")
+	require.Equal(t, "ins-00000001", rows[35])
+	require.Contains(t, g, "250 instances")
+	require.Contains(t, g, "showing 1–100")
+	require.Contains(t, g, "Page 1 of 3")
+	require.Contains(t, g, `href="?page=2&amp;policy=web#grid-web" rel="next"`)
+
+	_, body = get(t, srv.URL+"/?policy=web&page=3")
+	rows = rowsOf(gridOf(t, body, "web"))
+	require.Len(t, rows, 50)
+	require.Equal(t, "ins-00000250", rows[49])
+	_, body = get(t, srv.URL+"/?policy=web&page=99")
+	require.Contains(t, gridOf(t, body, "web"), "Page 3 of 3", "a page past the end shows the last")
+}
+
+// BenchmarkPage10kInstances times the whole page (queries and rendering) for one policy of
+// 10,000 instances with 30 days of daily slots (300,000 runs), the scale the page must stay
+// fast at. README "Status page" quotes the figure.
+func BenchmarkPage10kInstances(b *testing.B) {
+	ctx := context.Background()
+	s := newStore(b)
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := loadPolicies(b, s, webPolicy, now)
+	conn, err := s.Pool().Acquire(ctx)
+	require.NoError(b, err)
+	start := time.Now()
+	for _, q := range []string{
+		`SET session_replication_role = replica`, // triggers off, then the kept tables rebuilt
+		`INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+			image_name, image_id, error_code, attempts, daemon_id)
+		 SELECT 'web', 'ins-' || lpad(i::text, 8, '0'), 'ap-guangzhou', slot, slot, slot + interval '20 minutes', st,
+			'n-' || i || '-' || d, CASE WHEN st = 'available' THEN 'img-' || i || '-' || d END,
+			CASE WHEN st = 'failed' THEN 'InternalError' END, 1, 'bench'
+		 FROM generate_series(1, 10000) i, generate_series(1, 30) d,
+			LATERAL (SELECT date_trunc('day', now()) - d * interval '1 day' + interval '3 hours' AS slot,
+				CASE WHEN (i * 7 + d) % 20 = 0 THEN 'failed' WHEN (i * 7 + d) % 33 = 0 THEN 'missed'
+					ELSE 'available' END AS st) x`,
+		`SET session_replication_role = DEFAULT`,
+		`SELECT coverage_rebuild()`,
+		`ANALYZE`,
+	} {
+		_, err := conn.Exec(ctx, q)
+		require.NoError(b, err, q)
+	}
+	conn.Release()
+	b.Logf("seeded 300,000 runs over 10,000 instances in %s", time.Since(start).Round(time.Millisecond))
+
+	h := web.Handler(options(s, cfg, now, now))
+	var size int
+	b.ResetTimer()
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/?policy=web&page=42", nil))
+		if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), "Page 42 of 100") {
+			b.Fatalf("status %d, body:\n%.2000s", rec.Code, rec.Body.String())
+		}
+		size = rec.Body.Len()
+	}
+	b.ReportMetric(float64(size)/1024, "KiB/page")
+}
