@@ -34,7 +34,15 @@ type Options struct {
 	SpoolPending func() int
 	// Health returns nil when the daemon can do its work (database reachable); nil = always healthy.
 	Health func(ctx context.Context) error
-	Logger zerolog.Logger
+	// Ready returns nil when this replica is ready (/readyz): the leader with its work running,
+	// or a standby that reaches the database, with policies loaded; otherwise the reason. Nil
+	// means ready whenever healthy.
+	Ready func(ctx context.Context) error
+	// Leading reports whether this replica holds the leader lease (imager_leader{daemon_id});
+	// nil leaves the gauge out.
+	Leading  func() bool
+	DaemonID string
+	Logger   zerolog.Logger
 }
 
 // Metrics holds imager's collectors and their registry.
@@ -65,6 +73,18 @@ func New(opts Options) *Metrics {
 	if opts.RunCounts != nil {
 		m.registry.MustRegister(&runsCollector{counts: opts.RunCounts, log: opts.Logger})
 	}
+	if opts.Leading != nil {
+		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "imager_leader",
+			Help:        "1 while this replica holds the leader lease, 0 while it stands by.",
+			ConstLabels: prometheus.Labels{"daemon_id": opts.DaemonID},
+		}, func() float64 {
+			if opts.Leading() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	if opts.SpoolPending != nil {
 		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "imager_spool_pending",
@@ -80,7 +100,7 @@ func (m *Metrics) ObserveCall(action, code string, elapsed time.Duration) {
 	m.apiDuration.WithLabelValues(action).Observe(elapsed.Seconds())
 }
 
-// Handler serves /metrics and /healthz.
+// Handler serves /metrics, /healthz (liveness) and /readyz (readiness).
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
@@ -94,6 +114,21 @@ func (m *Metrics) Handler() http.Handler {
 			}
 		}
 		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		check := m.opts.Ready
+		if check == nil {
+			check = m.opts.Health
+		}
+		if check != nil {
+			if err := check(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
 }
