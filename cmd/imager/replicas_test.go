@@ -396,8 +396,9 @@ func TestPausedLeaderIsFencedAndStepsDown(t *testing.T) {
 }
 
 // TestSIGTERMResignsAndTheStandbyContinues: SIGTERM mid-fire makes the leader finish or record
-// its calls in flight and resign; the standby takes over before the lease would have lapsed and
-// nothing is lost.
+// its work in flight and resign; the standby takes over before the lease would have lapsed, and
+// nothing is lost: every slot has its row, none is left pending, every accepted RequestId is
+// recorded.
 func TestSIGTERMResignsAndTheStandbyContinues(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, 100)
@@ -420,7 +421,12 @@ func TestSIGTERMResignsAndTheStandbyContinues(t *testing.T) {
 		`SELECT acquired_at FROM leader_lease`).Scan(&acquired))
 	require.True(t, acquired.Before(expiresBefore), "the standby took over before the old lease would have lapsed")
 
-	c.waitSlotDone(t, slot)
+	// Every slot of the fire is accounted for: sent, or recorded by the stopping leader, and
+	// nothing left pending once the new leader has reconciled.
+	waitUntil(t, "every slot recorded and none pending", func() bool {
+		return c.queryInt(t, `SELECT count(*) FROM image_runs WHERE policy = 'fleet' AND scheduled_at = $1
+			AND status <> 'pending'`, slot) == len(c.fleet)
+	})
 	standby.stop(t)
 	c.checkPace(t)
 	c.checkOneImagePerSlot(t)
