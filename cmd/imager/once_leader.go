@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -30,6 +31,16 @@ type onceRequest struct {
 // (policy, instances, slot) until they are terminal (or accepted, with --no-wait). The output
 // and exit code are those of a fire made by once itself.
 func onceThroughLeader(ctx context.Context, d *daemon, req onceRequest, lease history.Lease, stdout, stderr io.Writer, log zerolog.Logger) int {
+	// Announce this process (role once) while it follows the request; stopped at the end.
+	host, _ := os.Hostname()
+	me := history.Replica{DaemonID: d.daemonID, Host: host, PID: os.Getpid(), Role: history.RoleOnce, Version: version, StartedAt: time.Now()}
+	if err := d.store.ReplicaSeen(ctx, me); err != nil {
+		log.Debug().Err(err).Msg("cannot record this process in replicas")
+	}
+	defer func() {
+		me.Role = history.RoleStopped
+		_ = d.store.ReplicaSeen(context.WithoutCancel(ctx), me)
+	}()
 	id, err := d.store.FireRequestInsert(ctx, history.FireRequest{Policy: req.policy.Name, Instances: req.instances,
 		Slot: req.slot, RequestedBy: d.daemonID})
 	if err != nil {

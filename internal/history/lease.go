@@ -130,21 +130,22 @@ func (s *Store) LeaseGet(ctx context.Context) (lease Lease, found bool, err erro
 	return l, true, nil
 }
 
-// Listen LISTENs on channels on a connection of its own and calls fn for each notification,
-// until ctx ends (nil) or the connection fails (the error; call Listen again). ready, when not
-// nil, is called once the LISTEN commands are in place, so a caller can check for what it may
-// have missed before.
+// Listen LISTENs on channels on a connection of its own (outside the pool, which it would
+// otherwise hold a connection of for good) and calls fn for each notification, until ctx ends
+// (nil) or the connection fails (the error; call Listen again). ready, when not nil, is called
+// once the LISTEN commands are in place, so a caller can check for what it may have missed before.
 func (s *Store) Listen(ctx context.Context, channels []string, ready func(), fn func(channel, payload string)) error {
-	conn, err := s.pool.Acquire(ctx)
+	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("listen: %w", s.translate(err))
+		return fmt.Errorf("listen: %w", translate(err))
 	}
-	// The connection has had LISTEN on it: never give it back to the pool.
 	defer func() {
-		_ = conn.Hijack().Close(context.WithoutCancel(ctx))
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		_ = conn.Close(closeCtx)
 	}()
 	for _, ch := range channels {
 		if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{ch}.Sanitize()); err != nil {
@@ -158,7 +159,7 @@ func (s *Store) Listen(ctx context.Context, channels []string, ready func(), fn 
 		ready()
 	}
 	for {
-		n, err := conn.Conn().WaitForNotification(ctx)
+		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

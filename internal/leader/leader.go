@@ -318,12 +318,14 @@ func (e *Elector) loop(ctx context.Context) {
 func (e *Elector) listen(ctx context.Context) {
 	defer e.wg.Done()
 	for {
-		err := e.opts.Store.Listen(ctx, []string{history.LeaseChannel}, nil, func(string, string) {
+		poke := func() {
 			select {
 			case e.wake <- struct{}{}:
 			default:
 			}
-		})
+		}
+		// Once listening, check the lease again: a resignation before the LISTEN was missed.
+		err := e.opts.Store.Listen(ctx, []string{history.LeaseChannel}, poke, func(string, string) { poke() })
 		if ctx.Err() != nil {
 			return
 		}
