@@ -320,7 +320,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 		CVM:              d.client,
 		History:          watch,
 		Clock:            d.clock,
-		Logger:           log,
+		Logger:           log.With().Str("component", "scheduler").Logger(),
 		DaemonID:         d.daemonID,
 		APIDryRun:        d.dc.opts.apiDryRun,
 		ShutdownGrace:    d.dc.opts.shutdownGrace,
@@ -355,7 +355,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 }
 
 // runWork starts the spool replayer, the scheduler, completion tracking, the periodic retention
-// sweep and (for a daemon) the fire requests of imager once. ctx ends when leadership does.
+// sweep and the service of fire requests of imager once. ctx ends when leadership does.
 func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	fail := func(err error) error {
 		w.stop(d.log)
@@ -374,9 +374,8 @@ func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	}
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.wg.Go(func() { d.sweepRetention(ctx, w) })
-	if !d.dc.noCron {
-		w.wg.Go(func() { d.serveFireRequests(ctx, w) })
-	}
+	// imager once serves fire requests too while it holds the lease: another once may be waiting.
+	w.wg.Go(func() { d.serveFireRequests(ctx, w) })
 	return nil
 }
 

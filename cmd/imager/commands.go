@@ -255,17 +255,19 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
 	}
-	if found && lease.Live() {
-		return onceThroughLeader(ctx, d, req, lease, stdout, stderr, log)
-	}
+	// Either way once joins the election: should the leader go away before it took the request,
+	// once may take the lease and serve the request itself.
 	if err := d.start(ctx); err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
 	}
 	w := d.leading()
-	if w == nil {
-		// Another process took the lease first: hand the fire to it.
-		d.elector.Stop()
+	if (found && lease.Live()) || w == nil {
+		if w != nil {
+			// Elected although the lease looked live a moment ago (its holder just resigned): the
+			// request is served by this process's own leader work.
+			log.Info().Int64("term", w.term).Msg("the lease was freed meanwhile: serving the request under a lease of its own")
+		}
 		lease, _, err := d.store.LeaseGet(ctx)
 		if err != nil {
 			fmt.Fprintf(stderr, "imager once: %v\n", err)
