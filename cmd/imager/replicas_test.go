@@ -230,10 +230,28 @@ func (c *cluster) firingSlot(t *testing.T, n int) time.Time {
 // waitSlotDone waits until every fleet instance has a run at slot that is requested or available.
 func (c *cluster) waitSlotDone(t *testing.T, slot time.Time) {
 	t.Helper()
-	waitUntil(t, "every slot requested or available", func() bool {
+	done := func() bool {
 		return c.queryInt(t, `SELECT count(*) FROM image_runs WHERE policy = 'fleet' AND scheduled_at = $1
 			AND status IN ('requested', 'available')`, slot) == len(c.fleet)
-	})
+	}
+	deadline := time.Now().Add(hangGuard)
+	for !done() {
+		if time.Now().After(deadline) {
+			rows, err := c.pool.Query(context.Background(), `SELECT status || ' ' || count(*) FROM image_runs
+				WHERE policy = 'fleet' AND scheduled_at = $1 GROUP BY status`, slot)
+			require.NoError(t, err)
+			var counts []string
+			for rows.Next() {
+				var s string
+				require.NoError(t, rows.Scan(&s))
+				counts = append(counts, s)
+			}
+			rows.Close()
+			t.Fatalf("gave up waiting for every slot of %s to be requested or available: %d slots, runs by status: %v",
+				slot.Format(time.RFC3339), len(c.fleet), counts)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
+	}
 }
 
 // leaderPID is the pid holding the lease (0: none live).
