@@ -98,7 +98,8 @@ func (s *Store) RunGet(ctx context.Context, runID int64) (Run, error) {
 }
 
 // RunRename records the name a pending run will try next (after InvalidImageName.Duplicate).
-// Renaming again to the same name changes nothing.
+// Renaming again to the same name changes nothing. Fenced: ErrFenced when the store's term
+// (WithTerm) is no longer the lease's.
 func (s *Store) RunRename(ctx context.Context, runID int64, imageName string) error {
 	if err := checkRename(runID, imageName); err != nil {
 		return err
@@ -117,7 +118,7 @@ WHERE id = $1 AND (status = 'pending' OR image_name = $2) AND `+fenceOutcome(3),
 // RunRequested records an accepted CreateImage on a pending run: status requested, the image id
 // (may be empty: found by name later) and the accepted RequestId. Recording the same RequestId
 // again (a replay) changes nothing but a missing image id; another RequestId on a run that is no
-// longer pending is ErrConflict.
+// longer pending is ErrConflict. Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunRequested(ctx context.Context, runID int64, imageID, requestID string) error {
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET
 	image_id = CASE WHEN status = 'pending' THEN COALESCE(NULLIF($2, ''), image_id)
@@ -137,7 +138,7 @@ WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF(
 
 // RunFinish moves a pending or requested run to the terminal status p.Status. Finishing a run
 // again with the status it already has (a replay) changes nothing; any other change of a
-// finished run is ErrConflict.
+// finished run is ErrConflict. Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunFinish(ctx context.Context, p RunFinishParams) error {
 	if err := checkFinish(p); err != nil {
 		return err
@@ -157,6 +158,7 @@ WHERE id = $1 AND status IN ('pending', 'requested') AND `+fenceOutcome(7),
 
 // RunAvailable records that a run's image is usable (NORMAL): status available, finished at at,
 // its size and, when given, its image id. Marking an available run available again changes nothing.
+// Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunAvailable(ctx context.Context, runID int64, sizeGiB *int64, imageID string, at time.Time) error {
 	if err := checkAvailable(runID, at); err != nil {
 		return err
@@ -175,6 +177,7 @@ WHERE id = $1 AND status IN ('pending', 'requested') AND `+fenceOutcome(5), runI
 
 // RunSetImageID records the image id of a run found by exact name after a CreateImage response
 // without ImageId. Setting the id the run already has changes nothing; another id is ErrConflict.
+// Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunSetImageID(ctx context.Context, runID int64, imageID string) error {
 	if err := checkImageID(runID, imageID); err != nil {
 		return err
