@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jonboulle/clockwork"
@@ -13,36 +15,70 @@ import (
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/leader"
 	"github.com/imager-dev/imager/internal/lifecycle"
 	"github.com/imager-dev/imager/internal/metrics"
+	"github.com/imager-dev/imager/internal/notify"
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/quota"
 	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
 	"github.com/imager-dev/imager/internal/targets"
+	"github.com/imager-dev/imager/internal/web"
 )
 
-// retentionSweepEvery is how often the daemon runs a retention pass over every policy, so that
+// retentionSweepEvery is how often the leader runs a retention pass over every policy, so that
 // max_age also ages out images of instances that no longer get new images (left a selector).
 const retentionSweepEvery = 6 * time.Hour
 
-// daemon is the wiring shared by run, once and demo: history (with its spool), the CVM client,
-// the scheduler, completion tracking, retention and the quota gate, built from options.
-// cmd/imager tests drive the same wiring end to end.
+// fireRequestPollEvery is how often the leader looks for fire requests of imager once besides
+// their NOTIFY (a notification lost with a connection is picked up here).
+const fireRequestPollEvery = 2 * time.Second
+
+// daemon is the wiring shared by run, once and demo. Every process opens history, the metrics
+// server, the CVM client and the leader elector; only while it holds the leader lease does it
+// run the leader's work (leaderWork: spool, scheduler, tracker, retention, fire requests), all
+// of it writing under its term. cmd/imager tests drive the same wiring end to end.
 type daemon struct {
 	log      zerolog.Logger
 	clock    clockwork.Clock
+	dc       daemonConfig
 	store    *history.Store
-	recorder *history.Recorder
 	client   *cvm.Client
+	elector  *leader.Elector
+	metrics  *metrics.Server // nil without --listen
+	daemonID string
+	cfg      atomic.Pointer[policy.Config]
+	// describePace is the one DescribeImages pace of this process, across terms.
+	describePace *pace.Limiter
+	// notifier delivers webhooks and pings from the outbox; it runs only on the leader.
+	notifier *notify.Notifier
+	// met is nil without --listen.
+	met *metrics.Metrics
+	// loadedAt is when the running policies were loaded (the status page).
+	loadedAt atomic.Pointer[time.Time]
+
+	// elected is closed when this process first starts leading (imager once waits on it).
+	elected     chan struct{}
+	electedOnce sync.Once
+
+	mu       sync.Mutex // guards work
+	work     *leaderWork
+	recorder atomic.Pointer[history.Recorder] // the leader's, for the spool gauge
+	lastErr  atomic.Value                     // string: why the leader's work could not start
+}
+
+// leaderWork is what the leader runs under one term.
+type leaderWork struct {
+	term     int64
+	recorder *history.Recorder
 	sched    *scheduler.Scheduler
 	tracker  *lifecycle.Tracker
 	pruner   *retention.Pruner
-	metrics  *metrics.Server // nil without --listen
-
-	sweepCancel context.CancelFunc
-	sweepWG     sync.WaitGroup
+	notifier *notify.Notifier
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // daemonConfig is everything a daemon needs beyond its policies.
@@ -56,16 +92,19 @@ type daemonConfig struct {
 }
 
 // openDaemon opens every dependency in the order that gives the clearest error first: database,
-// migrations, credentials, then the components. Nothing is started.
+// migrations, credentials, then the elector. Nothing is started.
 func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daemon, error) {
 	store, err := history.Open(ctx, dc.opts.databaseURL, log.With().Str("component", "history").Logger())
 	if err != nil {
 		return nil, err
 	}
-	d := &daemon{log: log, store: store, clock: dc.clock}
+	hostname, _ := os.Hostname()
+	d := &daemon{log: log, store: store, clock: dc.clock, dc: dc, elected: make(chan struct{}),
+		daemonID: fmt.Sprintf("%s/%d/%d", hostname, os.Getpid(), time.Now().UnixNano())}
 	if d.clock == nil {
 		d.clock = clockwork.NewRealClock()
 	}
+	d.cfg.Store(dc.cfg)
 	applied, err := store.Migrate(ctx)
 	if err != nil {
 		d.close()
@@ -74,9 +113,71 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 	if len(applied) > 0 {
 		log.Info().Strs("applied", applied).Msg("database migrated")
 	}
+	d.elector, err = leader.New(leader.Options{
+		Store:     store,
+		Holder:    history.LeaseHolder{DaemonID: d.daemonID, Host: hostname, PID: os.Getpid()},
+		Version:   version,
+		Once:      dc.noCron,
+		TTL:       dc.opts.leaseTTL,
+		Clock:     d.clock,
+		Logger:    log.With().Str("component", "leader").Logger(),
+		OnElected: d.startWork,
+		OnDemoted: d.stopWork,
+	})
+	if err != nil {
+		d.close()
+		return nil, err
+	}
+	now := d.clock.Now()
+	d.loadedAt.Store(&now)
+	if d.notifier, err = notify.New(dc.cfg, notify.Options{Store: store, LookupEnv: os.LookupEnv,
+		Log: log.With().Str("component", "notify").Logger(), UserAgent: "imager/" + version}); err != nil {
+		d.close()
+		return nil, fmt.Errorf("notify: %w", err)
+	}
 	var onCall func(action, code string, elapsed time.Duration)
 	if dc.opts.listen != "" {
 		m := metrics.New(metrics.Options{
+			Sources: metrics.Sources{
+				LastAvailable: func(ctx context.Context) ([]metrics.LastAvailable, error) {
+					cov, err := store.CoverageList(ctx, "", "", false)
+					var out []metrics.LastAvailable
+					for _, c := range cov {
+						if c.LastAvailableAt != nil {
+							out = append(out, metrics.LastAvailable{Policy: c.Policy, Instance: c.InstanceID, At: *c.LastAvailableAt})
+						}
+					}
+					return out, err
+				},
+				RPOBreaches: func(ctx context.Context) ([]metrics.PolicyCount, error) {
+					counts, err := store.RPOBreachCounts(ctx)
+					out := make([]metrics.PolicyCount, len(counts))
+					for i, c := range counts {
+						out[i] = metrics.PolicyCount{Policy: c.Policy, Count: c.Count}
+					}
+					return out, err
+				},
+				NotificationsPending: store.NotificationsPending,
+				QueueDepth: func() int {
+					if w := d.leading(); w != nil {
+						return w.sched.QueueDepth()
+					}
+					return 0
+				},
+				Version: version,
+				Commit:  commit,
+			},
+			Page: web.Handler(web.Options{
+				Leader: func() bool { return d.elector.Term() != 0 },
+				Ping:   func(ctx context.Context) error { return store.Pool().Ping(ctx) },
+				Policies: func() (*policy.Config, time.Time) {
+					at := d.loadedAt.Load()
+					return d.cfg.Load(), *at
+				},
+				History: store,
+				Clock:   d.clock,
+				Logger:  log.With().Str("component", "web").Logger(),
+			}),
 			RunCounts: func(ctx context.Context, since time.Time) ([]metrics.RunCount, error) {
 				counts, err := store.RunCountsSince(ctx, since)
 				out := make([]metrics.RunCount, len(counts))
@@ -86,112 +187,296 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 				return out, err
 			},
 			SpoolPending: func() int {
-				if d.recorder == nil {
-					return 0
+				if r := d.recorder.Load(); r != nil {
+					return r.Pending()
 				}
-				return d.recorder.Pending()
+				return 0
 			},
-			Health: func(ctx context.Context) error { return store.Pool().Ping(ctx) },
-			Logger: log.With().Str("component", "metrics").Logger(),
+			Health:   func(ctx context.Context) error { return store.Pool().Ping(ctx) },
+			Ready:    d.ready,
+			DaemonID: d.daemonID,
+			Leading:  func() bool { return d.elector.Term() != 0 },
+			Logger:   log.With().Str("component", "metrics").Logger(),
 		})
 		if d.metrics, err = metrics.Listen(dc.opts.listen, m, log); err != nil {
 			d.close()
 			return nil, fmt.Errorf("--listen: %w", err)
 		}
 		onCall = m.ObserveCall
+		d.met = m
+		m.SetConfigReload(true, now)
 	}
 	if d.client, err = newCVMClient(dc.opts, dc.credential, log, onCall); err != nil {
 		d.close()
 		return nil, err
 	}
-	d.recorder, err = history.NewRecorder(store, dc.opts.spoolDir, log.With().Str("component", "spool").Logger())
-	if err != nil {
-		d.close()
-		return nil, fmt.Errorf("--spool-dir: %w", err)
-	}
-
 	// One DescribeImages pace for crash recovery, completion tracking, retention and the quota
 	// gate, so together they stay under api.describe_images_rate.
-	describePace := pace.New(d.clock, dc.cfg.API.DescribeImagesRate, pace.Options{})
+	d.describePace = pace.New(d.clock, dc.cfg.API.DescribeImagesRate, pace.Options{})
+	return d, nil
+}
+
+// ready is /readyz: the database answers, the policies are loaded, and this process is either
+// the leader with its work running or a standby that checks the lease.
+func (d *daemon) ready(ctx context.Context) error {
+	if err := d.store.Pool().Ping(ctx); err != nil {
+		return fmt.Errorf("database unreachable: %w", err)
+	}
+	if d.cfg.Load() == nil {
+		return errors.New("no policies loaded")
+	}
+	if err := d.elector.Healthy(); err != nil {
+		return err
+	}
+	if d.elector.Term() != 0 {
+		d.mu.Lock()
+		running := d.work != nil
+		d.mu.Unlock()
+		if !running {
+			msg, _ := d.lastErr.Load().(string)
+			return fmt.Errorf("leader but its work is not running: %s", msg)
+		}
+	}
+	return nil
+}
+
+// start serves the metrics and joins the election; when this process wins (now or later) the
+// leader's work starts under its term.
+func (d *daemon) start(ctx context.Context) error {
+	if d.metrics != nil {
+		d.metrics.Start()
+		d.log.Info().Str("listen", d.metrics.Addr()).Msg("serving /metrics, /healthz and /readyz")
+	}
+	return d.elector.Start(ctx)
+}
+
+// leading returns the leader's work, or nil when this process does not lead.
+func (d *daemon) leading() *leaderWork {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.work
+}
+
+// startWork builds and starts the leader's work under term (the elector's OnElected). A failure
+// gives the lease up: another replica may do better.
+func (d *daemon) startWork(ctx context.Context, term int64) {
+	w, err := d.buildWork(term)
+	if err == nil {
+		err = d.runWork(ctx, w)
+	}
+	if err != nil {
+		d.lastErr.Store(err.Error())
+		d.log.Error().Err(err).Int64("term", term).Msg("cannot start the leader's work; stepping down")
+		d.elector.Demote()
+		return
+	}
+	d.mu.Lock()
+	d.work = w
+	d.mu.Unlock()
+	d.log.Info().Int64("term", term).Msg("leading: firing schedules, tracking images, pruning")
+	d.electedOnce.Do(func() { close(d.elected) })
+}
+
+// stopWork stops the leader's work (the elector's OnDemoted, and shutdown): no new fires, calls
+// in flight finish within the shutdown grace, what is left is recorded (writes of a term that is
+// over are refused by the database).
+func (d *daemon) stopWork() {
+	d.mu.Lock()
+	w := d.work
+	d.work = nil
+	d.mu.Unlock()
+	if w == nil {
+		return
+	}
+	d.log.Info().Int64("term", w.term).Msg("stopping the leader's work")
+	w.stop(d.log)
+	d.recorder.CompareAndSwap(w.recorder, nil)
+}
+
+// fenceWatch is the scheduler's history: the recorder, and a demotion as soon as a write is
+// refused as fenced (another replica holds the lease).
+type fenceWatch struct {
+	*history.Recorder
+	onFenced func()
+}
+
+func (f fenceWatch) check(err error) error {
+	if errors.Is(err, history.ErrFenced) {
+		f.onFenced()
+	}
+	return err
+}
+
+func (f fenceWatch) RunClaim(ctx context.Context, p history.RunClaimParams) (history.Run, bool, error) {
+	r, ok, err := f.Recorder.RunClaim(ctx, p)
+	return r, ok, f.check(err)
+}
+func (f fenceWatch) RunRename(ctx context.Context, id int64, name string) error {
+	return f.check(f.Recorder.RunRename(ctx, id, name))
+}
+func (f fenceWatch) RunRequested(ctx context.Context, id int64, imageID, requestID string) error {
+	return f.check(f.Recorder.RunRequested(ctx, id, imageID, requestID))
+}
+func (f fenceWatch) RunFinish(ctx context.Context, p history.RunFinishParams) error {
+	return f.check(f.Recorder.RunFinish(ctx, p))
+}
+func (f fenceWatch) RunAvailable(ctx context.Context, id int64, size *int64, imageID string, at time.Time) error {
+	return f.check(f.Recorder.RunAvailable(ctx, id, size, imageID, at))
+}
+func (f fenceWatch) RunSetImageID(ctx context.Context, id int64, imageID string) error {
+	return f.check(f.Recorder.RunSetImageID(ctx, id, imageID))
+}
+
+// trackerFenceWatch is fenceWatch for the completion tracker's history.
+type trackerFenceWatch struct {
+	lifecycle.TrackerHistory
+	f fenceWatch
+}
+
+func (t trackerFenceWatch) RunAvailable(ctx context.Context, id int64, size *int64, imageID string, at time.Time) error {
+	return t.f.check(t.TrackerHistory.RunAvailable(ctx, id, size, imageID, at))
+}
+func (t trackerFenceWatch) RunSetImageID(ctx context.Context, id int64, imageID string) error {
+	return t.f.check(t.TrackerHistory.RunSetImageID(ctx, id, imageID))
+}
+func (t trackerFenceWatch) RunFinish(ctx context.Context, p history.RunFinishParams) error {
+	return t.f.check(t.TrackerHistory.RunFinish(ctx, p))
+}
+
+var (
+	_ scheduler.History        = fenceWatch{}
+	_ lifecycle.TrackerHistory = trackerFenceWatch{}
+)
+
+// buildWork opens the spool and builds the leader's components, every write fenced by term.
+func (d *daemon) buildWork(term int64) (*leaderWork, error) {
+	log := d.log.With().Int64("term", term).Logger()
+	store := d.store.WithTerm(term)
+	rec, err := history.NewRecorder(store, d.dc.opts.spoolDir, log.With().Str("component", "spool").Logger())
+	if err != nil {
+		return nil, fmt.Errorf("--spool-dir: %w", err)
+	}
+	w := &leaderWork{term: term, recorder: rec, notifier: d.notifier}
+	watch := fenceWatch{Recorder: rec, onFenced: d.elector.Demote}
+	cfg := d.cfg.Load()
 	var sched *scheduler.Scheduler
 	liveConfig := func() *policy.Config { return sched.Config() }
 
-	d.pruner = retention.NewPruner(retention.Options{
-		CVM: d.client, History: store, DescribePace: describePace, Config: liveConfig,
+	w.pruner = retention.NewPruner(retention.Options{
+		CVM: d.client, History: store, DescribePace: d.describePace, Config: liveConfig,
 		DeletePace: pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{}),
 		Clock:      d.clock, Logger: log.With().Str("component", "retention").Logger(),
 	})
 	gate := quota.NewGate(quota.Options{
-		CVM: d.client, Pace: describePace, Clock: d.clock, Prune: d.pruner.PruneRegion,
+		CVM: d.client, Pace: d.describePace, Clock: d.clock, Prune: w.pruner.PruneRegion,
 		Logger: log.With().Str("component", "quota").Logger(),
 	})
 	resolver := targets.NewResolver(targets.Options{
 		CVM: d.client, Clock: d.clock, Logger: log.With().Str("component", "targets").Logger(),
 	})
-	hostname, _ := os.Hostname()
 	sched, err = scheduler.New(scheduler.Options{
-		Config:           dc.cfg,
+		Config:           cfg,
 		CVM:              d.client,
-		History:          d.recorder,
+		History:          watch,
 		Clock:            d.clock,
 		Logger:           log.With().Str("component", "scheduler").Logger(),
-		DaemonID:         fmt.Sprintf("%s/%d/%d", hostname, os.Getpid(), time.Now().Unix()),
-		APIDryRun:        dc.opts.apiDryRun,
-		ShutdownGrace:    dc.opts.shutdownGrace,
-		DisableCron:      dc.noCron,
-		DescribePace:     describePace,
+		DaemonID:         d.daemonID,
+		APIDryRun:        d.dc.opts.apiDryRun,
+		ShutdownGrace:    d.dc.opts.shutdownGrace,
+		DisableCron:      d.dc.noCron,
+		DescribePace:     d.describePace,
 		ResolveTargets:   resolver.Resolve,
 		ResolveDataDisks: resolver.DataDisks,
 		BeforeFire:       gate.Check,
+		BeforeFireBatch:  resolver.Prime,
 		OnQuotaExceeded:  gate.OnQuotaExceeded,
+		OnFenced:         d.elector.Demote,
+		OnOutcome: func(o scheduler.Outcome) {
+			if d.met != nil {
+				d.met.ObserveRun(o.Policy, string(o.Status))
+			}
+		},
+		OnPaceWait: func(wait time.Duration) {
+			if d.met != nil {
+				d.met.ObservePaceWait(wait)
+			}
+		},
 	})
 	if err != nil {
-		d.close()
+		_ = rec.Close()
 		return nil, err
 	}
-	d.sched = sched
-	d.tracker = lifecycle.NewTracker(lifecycle.TrackerOptions{
-		History:      lifecycle.RecorderHistory(d.recorder),
+	w.sched = sched
+	w.tracker = lifecycle.NewTracker(lifecycle.TrackerOptions{
+		History:      trackerFenceWatch{TrackerHistory: lifecycle.RecorderHistory(rec), f: watch},
 		CVM:          d.client,
-		Pace:         describePace,
+		Pace:         d.describePace,
 		Config:       liveConfig,
 		Clock:        d.clock,
 		Logger:       log.With().Str("component", "tracker").Logger(),
-		PollInterval: dc.pollInterval,
+		PollInterval: d.dc.pollInterval,
+		OnTerminal: func(r history.Run) {
+			if d.met != nil {
+				d.met.ObserveRun(r.Policy, string(r.Status))
+			}
+		},
 		OnAvailable: func(ctx context.Context, r history.Run) {
-			if _, err := d.pruner.PruneInstance(ctx, r.Policy, r.InstanceID); err != nil && ctx.Err() == nil {
+			if _, err := w.pruner.PruneInstance(ctx, r.Policy, r.InstanceID); err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Str("policy", r.Policy).Str("instance", r.InstanceID).
 					Msg("retention pass failed; its deletions are retried at the next pass")
 			}
 		},
 	})
-	return d, nil
+	return w, nil
 }
 
-// start starts the spool replayer, the scheduler, completion tracking and the periodic retention
-// sweep.
-func (d *daemon) start(ctx context.Context) error {
-	if err := d.recorder.Start(ctx); err != nil {
+// runWork starts the spool replayer, the scheduler, completion tracking, the periodic retention
+// sweep and the service of fire requests of imager once. ctx ends when leadership does.
+func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
+	fail := func(err error) error {
+		w.stop(d.log)
+		d.recorder.CompareAndSwap(w.recorder, nil)
 		return err
 	}
-	if err := d.sched.Start(ctx); err != nil {
-		return err
+	if err := w.recorder.Start(ctx); err != nil {
+		return fail(err)
 	}
-	if err := d.tracker.Start(ctx); err != nil {
-		return err
+	d.recorder.Store(w.recorder)
+	if err := w.sched.Start(ctx); err != nil {
+		return fail(err)
 	}
-	if d.metrics != nil {
-		d.metrics.Start()
-		d.log.Info().Str("listen", d.metrics.Addr()).Msg("serving /metrics and /healthz")
+	if err := w.tracker.Start(ctx); err != nil {
+		return fail(err)
 	}
-	sweepCtx, cancel := context.WithCancel(ctx)
-	d.sweepCancel = cancel
-	d.sweepWG.Go(func() { d.sweepRetention(sweepCtx) })
+	if err := d.notifier.Start(ctx); err != nil {
+		return fail(err)
+	}
+	d.syncPolicies(ctx, w.sched.Config())
+	ctx, w.cancel = context.WithCancel(ctx)
+	w.wg.Go(func() { d.sweepRetention(ctx, w) })
+	// imager once serves fire requests too while it holds the lease: another once may be waiting.
+	w.wg.Go(func() { d.serveFireRequests(ctx, w) })
 	return nil
 }
 
+// stop ends the work in reverse order; safe on partly started work.
+func (w *leaderWork) stop(log zerolog.Logger) {
+	if w.cancel != nil {
+		w.cancel()
+	}
+	w.sched.Stop()
+	w.wg.Wait()
+	if w.notifier != nil {
+		w.notifier.Stop()
+	}
+	w.tracker.Stop()
+	if err := w.recorder.Close(); err != nil {
+		log.Error().Err(err).Msg("closing the history spool")
+	}
+}
+
 // sweepRetention runs a retention pass over every policy every retentionSweepEvery.
-func (d *daemon) sweepRetention(ctx context.Context) {
+func (d *daemon) sweepRetention(ctx context.Context, w *leaderWork) {
 	for {
 		t := d.clock.NewTimer(retentionSweepEvery)
 		select {
@@ -200,7 +485,7 @@ func (d *daemon) sweepRetention(ctx context.Context) {
 			return
 		case <-t.Chan():
 		}
-		if n, err := d.pruner.PruneAll(ctx); err != nil && ctx.Err() == nil {
+		if n, err := w.pruner.PruneAll(ctx); err != nil && ctx.Err() == nil {
 			d.log.Warn().Err(err).Int("deleted", n).Msg("periodic retention pass failed; retried at the next pass")
 		} else if n > 0 {
 			d.log.Info().Int("deleted", n).Msg("periodic retention pass")
@@ -208,23 +493,130 @@ func (d *daemon) sweepRetention(ctx context.Context) {
 	}
 }
 
-// close stops what was started, in reverse order; safe on a partly opened daemon.
-func (d *daemon) close() {
-	if d.sweepCancel != nil {
-		d.sweepCancel()
-		d.sweepWG.Wait()
-	}
-	if d.sched != nil {
-		d.sched.Stop()
-	}
-	if d.tracker != nil {
-		d.tracker.Stop()
-	}
-	if d.recorder != nil {
-		if err := d.recorder.Close(); err != nil {
-			d.log.Error().Err(err).Msg("closing the history spool")
+// serveFireRequests takes the fire requests of imager once (NOTIFY, and a poll as fallback) and
+// fires each through the leader's own pool and pace. It does not wait for the images: once
+// follows them in the database.
+func (d *daemon) serveFireRequests(ctx context.Context, w *leaderWork) {
+	store := d.store.WithTerm(w.term)
+	wake := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
 		}
 	}
+	var fires sync.WaitGroup
+	defer fires.Wait()
+	fires.Go(func() {
+		for ctx.Err() == nil {
+			err := d.store.Listen(ctx, []string{history.FireRequestChannel}, poke, func(string, string) { poke() })
+			if err != nil && ctx.Err() == nil {
+				d.log.Debug().Err(err).Msg("fire request notifications interrupted; polling meanwhile")
+			}
+			t := d.clock.NewTimer(fireRequestPollEvery)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+			case <-t.Chan():
+			}
+		}
+	})
+	for {
+		for {
+			opCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			f, ok, err := store.FireRequestTake(opCtx, d.daemonID)
+			cancel()
+			if errors.Is(err, history.ErrFenced) {
+				d.elector.Demote()
+				return
+			}
+			if err != nil {
+				if ctx.Err() == nil {
+					d.log.Warn().Err(err).Msg("cannot read fire requests; retrying")
+				}
+				break
+			}
+			if !ok {
+				break
+			}
+			fires.Go(func() { d.fireRequest(ctx, store, w, f) })
+		}
+		t := d.clock.NewTimer(fireRequestPollEvery)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-wake:
+			t.Stop()
+		case <-t.Chan():
+		}
+	}
+}
+
+// fireRequest fires one request and records that it is done (or why it failed).
+func (d *daemon) fireRequest(ctx context.Context, store *history.Store, w *leaderWork, f history.FireRequest) {
+	log := d.log.With().Int64("fire_request", f.ID).Str("policy", f.Policy).Str("requested_by", f.RequestedBy).Logger()
+	log.Info().Strs("instances", f.Instances).Time("slot", f.Slot).Msg("firing at the request of imager once")
+	_, err := w.sched.RunOnceAt(ctx, f.Policy, f.Instances, f.Slot)
+	if ctx.Err() != nil {
+		return // leadership ended: the next leader takes the request over
+	}
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+		log.Warn().Err(err).Msg("fire request failed")
+	}
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := store.FireRequestFinish(opCtx, f.ID, msg); err != nil {
+		log.Warn().Err(err).Msg("cannot mark the fire request finished")
+	}
+}
+
+// reload swaps in new policies: kept for the next term, and given to a running scheduler.
+func (d *daemon) reload(cfg *policy.Config) (err error) {
+	defer func() {
+		if d.met != nil {
+			d.met.SetConfigReload(err == nil, d.clock.Now())
+		}
+	}()
+	// The notifier resolves url_env and checks the webhooks first: a failure keeps everything.
+	if err := d.notifier.Reload(cfg); err != nil {
+		return fmt.Errorf("notify: %w", err)
+	}
+	w := d.leading()
+	if w != nil {
+		if err := w.sched.Reload(cfg); err != nil {
+			return err
+		}
+	}
+	d.cfg.Store(cfg)
+	now := d.clock.Now()
+	d.loadedAt.Store(&now)
+	if w != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		d.syncPolicies(ctx, cfg)
+		cancel()
+	}
+	return nil
+}
+
+// syncPolicies records the loaded policies in the policies table (the leader's view is the one
+// SQL sees); a failure is logged and retried at the next load or election.
+func (d *daemon) syncPolicies(ctx context.Context, cfg *policy.Config) {
+	now := d.clock.Now()
+	if _, err := d.store.PoliciesSync(ctx, history.PolicyRows(cfg, now), now); err != nil {
+		d.log.Warn().Err(err).Msg("cannot record the loaded policies in the policies table")
+	}
+}
+
+// close stops what was started, in reverse order: the elector stops the leader's work (renewing
+// the lease meanwhile) and resigns; safe on a partly opened daemon.
+func (d *daemon) close() {
+	if d.elector != nil {
+		d.elector.Stop()
+	}
+	d.stopWork()
 	if d.client != nil {
 		d.client.Close()
 	}

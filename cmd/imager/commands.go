@@ -118,6 +118,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager run: %v\n", err)
 		return exitUsage
 	}
+	if o.leaseTTL < 3*time.Millisecond {
+		fmt.Fprintf(stderr, "imager run: --lease-ttl: %s is too short\n", o.leaseTTL)
+		return exitUsage
+	}
 	cfg, ok := loadPolicies(o.policies, stderr)
 	if !ok {
 		return exitFail
@@ -128,20 +132,21 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer d.close()
-	if err := d.start(ctx); err != nil {
-		fmt.Fprintf(stderr, "imager run: %v\n", err)
-		return exitFail
-	}
 	// SIGHUP reloads the policies. The channel has one slot and signal.Notify never blocks, so a
 	// burst of signals collapses into one reload.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	log.Info().Int("policies", len(cfg.Policies)).Str("policies_path", o.policies).Msg("imager running")
+	if err := d.start(ctx); err != nil {
+		fmt.Fprintf(stderr, "imager run: %v\n", err)
+		return exitFail
+	}
+	log.Info().Int("policies", len(cfg.Policies)).Str("policies_path", o.policies).Str("daemon_id", d.daemonID).
+		Bool("leader", d.elector.Term() != 0).Dur("lease_ttl", d.elector.TTL()).Msg("imager running")
 	for {
 		select {
 		case <-ctx.Done():
-			log.Info().Int64("grace_ms", o.shutdownGrace.Milliseconds()).Msg("shutting down: no new fires; waiting for calls in flight")
+			log.Info().Int64("grace_ms", o.shutdownGrace.Milliseconds()).Msg("shutting down: no new fires; waiting for calls in flight, then resigning the lease")
 			d.close()
 			log.Info().Msg("imager stopped")
 			return exitOK
@@ -158,7 +163,7 @@ func reloadPolicies(d *daemon, path string, log zerolog.Logger) {
 		log.Error().Str("policies_path", path).Str("errors", err.Error()).Msg("policy reload failed; keeping the previous policies")
 		return
 	}
-	if err := d.sched.Reload(cfg); err != nil {
+	if err := d.reload(cfg); err != nil {
 		log.Error().Err(err).Str("policies_path", path).Msg("policy reload refused; keeping the previous policies")
 		return
 	}
@@ -169,7 +174,7 @@ func reloadPolicies(d *daemon, path string, log zerolog.Logger) {
 // an endpoint that cannot describe images (a permanent error such as InvalidAction or
 // UnauthorizedOperation) would leave once waiting until image.timeout. Then once reports the
 // slots as requested (accepted) and leaves following them to the daemon.
-func canFollowImages(ctx context.Context, d *daemon, p *policy.Policy, outs []scheduler.Outcome, log zerolog.Logger) bool {
+func canFollowImages(ctx context.Context, client *cvm.Client, p *policy.Policy, outs []scheduler.Outcome, log zerolog.Logger) bool {
 	in := cvm.DescribeImagesInput{Limit: 1}
 	for _, o := range outs {
 		if o.Status == history.StatusRequested {
@@ -181,7 +186,7 @@ func canFollowImages(ctx context.Context, d *daemon, p *policy.Policy, outs []sc
 			break
 		}
 	}
-	_, err := d.client.DescribeImages(ctx, p.Region, in)
+	_, err := client.DescribeImages(ctx, p.Region, in)
 	if ae, ok := cvm.AsAPIError(err); ok && ae.Class == cvm.ClassPermanent {
 		log.Warn().Str("error_code", ae.Code).Str("request_id", ae.RequestID).
 			Msg("cannot follow the images (DescribeImages refused): the slots stay requested and the daemon follows them")
@@ -243,11 +248,35 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer d.close()
+	req := onceRequest{policy: cfg.Policy(*name), instances: instances, slot: slot.UTC().Truncate(time.Second), noWait: *noWait}
+	// A live leader fires it through its own pool and pace, so the account keeps one pace.
+	lease, found, err := d.store.LeaseGet(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "imager once: %v\n", err)
+		return exitFail
+	}
+	// Either way once joins the election: should the leader go away before it took the request,
+	// once may take the lease and serve the request itself.
 	if err := d.start(ctx); err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
 	}
-	outcomes, err := d.sched.RunOnceAt(ctx, *name, instances, slot)
+	w := d.leading()
+	if (found && lease.Live()) || w == nil {
+		if w != nil {
+			// Elected although the lease looked live a moment ago (its holder just resigned): the
+			// request is served by this process's own leader work.
+			log.Info().Int64("term", w.term).Msg("the lease was freed meanwhile: serving the request under a lease of its own")
+		}
+		lease, _, err := d.store.LeaseGet(ctx)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager once: %v\n", err)
+			return exitFail
+		}
+		return onceThroughLeader(ctx, d, req, lease, stdout, stderr, log)
+	}
+	log.Info().Int64("term", w.term).Msg("no leader running: firing under a lease of its own")
+	outcomes, err := w.sched.RunOnceAt(ctx, *name, instances, slot)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
@@ -260,11 +289,11 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			requested = append(requested, oc.RunID)
 		}
 	}
-	follow := len(requested) > 0 && !*noWait && canFollowImages(ctx, d, cfg.Policy(*name), outcomes, log)
+	follow := len(requested) > 0 && !*noWait && canFollowImages(ctx, d.client, cfg.Policy(*name), outcomes, log)
 	if follow {
 		log.Info().Int("images", len(requested)).Msg("waiting for the images to become usable")
-		d.tracker.Kick()
-		final, err := d.tracker.WaitTerminal(ctx, requested)
+		w.tracker.Kick()
+		final, err := w.tracker.WaitTerminal(ctx, requested)
 		if err != nil {
 			fmt.Fprintf(stderr, "imager once: waiting for images: %v\n", err)
 			return exitFail
@@ -276,6 +305,11 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
+	return printOutcomes(ctx, stdout, outcomes, follow)
+}
+
+// printOutcomes prints one line per slot and the summary, and returns once's exit code.
+func printOutcomes(ctx context.Context, stdout io.Writer, outcomes []scheduler.Outcome, follow bool) int {
 	failed := 0
 	for _, oc := range outcomes {
 		line := fmt.Sprintf("%-14s %-10s %s", oc.InstanceID, oc.Status, oc.ImageName)

@@ -68,7 +68,7 @@ func TestRunReloadsOnSIGHUPAndStopsCleanly(t *testing.T) {
 	var served struct{ Listen string }
 	require.NoError(t, json.Unmarshal([]byte(logs.waitFor(t, "serving /metrics")), &served))
 	logs.waitFor(t, "imager running")
-	for path, want := range map[string]string{"/healthz": "ok", "/metrics": "imager_spool_pending 0"} {
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready", "/metrics": "imager_leader{daemon_id="} {
 		resp, err := http.Get("http://" + served.Listen + path)
 		require.NoError(t, err)
 		body, err := io.ReadAll(resp.Body)

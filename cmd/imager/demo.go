@@ -108,6 +108,10 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	if err := d.start(ctx); err != nil {
 		return err
 	}
+	w := d.leading()
+	if w == nil {
+		return errors.New("the demo daemon did not become leader of its own database")
+	}
 
 	fmt.Fprintf(out, "imager demo: firing %d policies at once through one pool paced to %d CreateImage calls/s; the simulator answers %.0f%% of them with InternalError ...\n",
 		len(cfg.Policies), cfg.API.CreateImageRate, s.faultRate*100)
@@ -116,25 +120,25 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	results := make([][]scheduler.Outcome, len(cfg.Policies))
 	errs := make([]error, len(cfg.Policies))
 	for i, p := range cfg.Policies {
-		wg.Go(func() { results[i], errs[i] = d.sched.RunOnce(ctx, p.Name, nil) })
+		wg.Go(func() { results[i], errs[i] = w.sched.RunOnce(ctx, p.Name, nil) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	elapsed := time.Since(started)
-	if err := waitUsable(ctx, d, out, slices.Concat(results...)); err != nil {
+	if err := waitUsable(ctx, w, out, slices.Concat(results...)); err != nil {
 		return err
 	}
 	// Two more fires of web-nightly (keep_last: 2): the tracker's retention pass after each
 	// prunes the oldest image of every instance.
 	for range 2 {
 		fmt.Fprintln(out, "imager demo: firing web-nightly again (retention keeps the 2 newest images per instance) ...")
-		outs, err := d.sched.RunOnce(ctx, "web-nightly", nil)
+		outs, err := w.sched.RunOnce(ctx, "web-nightly", nil)
 		if err != nil {
 			return err
 		}
-		if err := waitUsable(ctx, d, out, outs); err != nil {
+		if err := waitUsable(ctx, w, out, outs); err != nil {
 			return err
 		}
 	}
@@ -165,7 +169,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 }
 
 // waitUsable follows the accepted images of outs until each is NORMAL or failed.
-func waitUsable(ctx context.Context, d *daemon, out io.Writer, outs []scheduler.Outcome) error {
+func waitUsable(ctx context.Context, w *leaderWork, out io.Writer, outs []scheduler.Outcome) error {
 	var ids []int64
 	for _, o := range outs {
 		if o.Status == history.StatusRequested {
@@ -173,8 +177,8 @@ func waitUsable(ctx context.Context, d *daemon, out io.Writer, outs []scheduler.
 		}
 	}
 	fmt.Fprintf(out, "imager demo: %d images accepted; following them with DescribeImages until they are usable ...\n", len(ids))
-	d.tracker.Kick()
-	_, err := d.tracker.WaitTerminal(ctx, ids)
+	w.tracker.Kick()
+	_, err := w.tracker.WaitTerminal(ctx, ids)
 	return err
 }
 

@@ -35,6 +35,7 @@ func commands() []command {
 		{"run", "run the daemon: migrate, schedule every policy, dispatch, record (SIGHUP reloads policies)", cmdRun},
 		{"once", "fire one policy now through the same pool, pacing and history; exit 0 only if every slot succeeded", cmdOnce},
 		{"validate", "check policy files, print every error as file:line, then each policy's next fire times", cmdValidate},
+		{"status", "the leader (term, lease expiry), the replicas seen, and each policy's last and next slot (--format json)", cmdStatus},
 		{"history", "recent runs, failures with their codes, and the last good image per instance", cmdHistory},
 		{"latest", "the image to restore an instance from, with the tccli commands that use it", cmdLatest},
 		{"next", "upcoming fires of every policy and how many targets each would have now", cmdNext},

@@ -10,6 +10,8 @@ import (
 
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/leader"
 )
 
 // options are the flags and environment shared by the commands. Flags win over environment
@@ -24,6 +26,7 @@ type options struct {
 	spoolDir      string
 	shutdownGrace time.Duration
 	pollInterval  time.Duration
+	leaseTTL      time.Duration
 	apiDryRun     bool
 }
 
@@ -81,8 +84,10 @@ func (o *options) daemonFlags(fs *flag.FlagSet) {
 		"on SIGTERM/SIGINT, how long in-flight API calls may take before they are cut off")
 	fs.DurationVar(&o.pollInterval, "poll-interval", 30*time.Second,
 		"how often images being made are checked with DescribeImages (batched, 100 per call)")
+	fs.DurationVar(&o.leaseTTL, "lease-ttl", leader.DefaultTTL,
+		"how long the leader lease lasts without renewal (renewed every third of it); a standby takes over a silent leader after it")
 	fs.BoolVar(&o.apiDryRun, "api-dry-run", false, "send CreateImage with DryRun=true: the API checks each request and creates nothing")
-	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for Prometheus /metrics and /healthz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
+	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for Prometheus /metrics, /healthz and /readyz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
 }
 
 func defaultSpoolDir() string {

@@ -26,6 +26,10 @@ const (
 // spooled, later writes are spooled behind it so they reach the database in the order they
 // were made.
 //
+// Every write carries the store's leadership term (Store.WithTerm), in the spool too, so a
+// replay is fenced exactly like the original write: a fenced write is returned as ErrFenced,
+// never spooled.
+//
 // RunClaim is never spooled: a slot cannot be claimed without the database, so its error is
 // returned and the slot is not sent. Reads go to the database.
 //
@@ -201,6 +205,7 @@ func (r *Recorder) write(ctx context.Context, rec spoolRecord) error {
 	if err := rec.check(); err != nil {
 		return err
 	}
+	rec.Term = r.store.Term()
 	r.mu.Lock()
 	if len(r.pending) > 0 {
 		defer r.mu.Unlock()
@@ -256,7 +261,7 @@ func (r *Recorder) appendLocked(rec spoolRecord, cause error) error {
 // Replay applies the spooled writes in order and removes the applied ones from the spool. It
 // stops at the first write the database cannot take now (unavailable: kept for the next
 // replay); a write the database refuses for good (the run is gone, or in a state that conflicts
-// with it) is logged and dropped. It returns how many writes were applied.
+// with it, or it was made under a leadership term that is over) is logged and dropped. It returns how many writes were applied.
 func (r *Recorder) Replay(ctx context.Context) (int, error) {
 	r.replayMu.Lock()
 	defer r.replayMu.Unlock()
@@ -287,6 +292,13 @@ func (r *Recorder) Replay(ctx context.Context) (int, error) {
 		if errors.Is(err, ErrUnavailable) || timedOut || ctx.Err() != nil {
 			stopErr = err
 			break
+		}
+		if errors.Is(err, ErrFenced) {
+			// Made under a term that is over: the current leader reconciles the run by name.
+			r.log.Warn().Err(err).Str("op", rec.Op).Int64("seq", rec.Seq).Int64("run_id", rec.RunID).
+				Int64("term", rec.Term).Msg("spooled history write fenced (leadership changed since): dropped")
+			removed++
+			continue
 		}
 		r.log.Error().Err(err).Str("op", rec.Op).Int64("seq", rec.Seq).Int64("run_id", rec.RunID).
 			Msg("spooled history write refused by the database: dropped")

@@ -95,13 +95,14 @@ func (s *Store) RunGet(ctx context.Context, runID int64) (Run, error) {
 }
 
 // RunRename records the name a pending run will try next (after InvalidImageName.Duplicate).
-// Renaming again to the same name changes nothing.
+// Renaming again to the same name changes nothing. Fenced: ErrFenced when the store's term
+// (WithTerm) is no longer the lease's.
 func (s *Store) RunRename(ctx context.Context, runID int64, imageName string) error {
 	if err := checkRename(runID, imageName); err != nil {
 		return err
 	}
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_name = $2, updated_at = now()
-WHERE id = $1 AND (status = 'pending' OR image_name = $2)`, runID, imageName)
+WHERE id = $1 AND (status = 'pending' OR image_name = $2) AND `+fenceOutcome(3), runID, imageName, s.term)
 	if err != nil {
 		return fmt.Errorf("rename run %d: %w", runID, s.translate(err))
 	}
@@ -114,7 +115,7 @@ WHERE id = $1 AND (status = 'pending' OR image_name = $2)`, runID, imageName)
 // RunRequested records an accepted CreateImage on a pending run: status requested, the image id
 // (may be empty: found by name later) and the accepted RequestId. Recording the same RequestId
 // again (a replay) changes nothing but a missing image id; another RequestId on a run that is no
-// longer pending is ErrConflict.
+// longer pending is ErrConflict. Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunRequested(ctx context.Context, runID int64, imageID, requestID string) error {
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET
 	image_id = CASE WHEN status = 'pending' THEN COALESCE(NULLIF($2, ''), image_id)
@@ -122,7 +123,7 @@ func (s *Store) RunRequested(ctx context.Context, runID int64, imageID, requestI
 	status = CASE WHEN status = 'pending' THEN 'requested' ELSE status END,
 	request_id = NULLIF($3, ''),
 	updated_at = now()
-WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF($3, ''))`, runID, imageID, requestID)
+WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF($3, '')) AND `+fenceOutcome(4), runID, imageID, requestID, s.term)
 	if err != nil {
 		return fmt.Errorf("record request of run %d: %w", runID, s.translate(err))
 	}
@@ -134,15 +135,15 @@ WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF(
 
 // RunFinish moves a pending or requested run to the terminal status p.Status. Finishing a run
 // again with the status it already has (a replay) changes nothing; any other change of a
-// finished run is ErrConflict.
+// finished run is ErrConflict. Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunFinish(ctx context.Context, p RunFinishParams) error {
 	if err := checkFinish(p); err != nil {
 		return err
 	}
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET status = $2, error_code = NULLIF($3, ''),
 	error_message = NULLIF($4, ''), image_size_gib = COALESCE($5, image_size_gib), finished_at = $6, updated_at = now()
-WHERE id = $1 AND status IN ('pending', 'requested')`,
-		p.RunID, string(p.Status), p.ErrorCode, p.ErrorMessage, p.ImageSizeGiB, p.FinishedAt)
+WHERE id = $1 AND status IN ('pending', 'requested') AND `+fenceOutcome(7),
+		p.RunID, string(p.Status), p.ErrorCode, p.ErrorMessage, p.ImageSizeGiB, p.FinishedAt, s.term)
 	if err != nil {
 		return fmt.Errorf("finish run %d: %w", p.RunID, s.translate(err))
 	}
@@ -154,13 +155,14 @@ WHERE id = $1 AND status IN ('pending', 'requested')`,
 
 // RunAvailable records that a run's image is usable (NORMAL): status available, finished at at,
 // its size and, when given, its image id. Marking an available run available again changes nothing.
+// Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunAvailable(ctx context.Context, runID int64, sizeGiB *int64, imageID string, at time.Time) error {
 	if err := checkAvailable(runID, at); err != nil {
 		return err
 	}
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET status = 'available', image_size_gib = COALESCE($2, image_size_gib),
 	image_id = COALESCE(NULLIF($3, ''), image_id), finished_at = $4, error_code = NULL, error_message = NULL, updated_at = now()
-WHERE id = $1 AND status IN ('pending', 'requested')`, runID, sizeGiB, imageID, at)
+WHERE id = $1 AND status IN ('pending', 'requested') AND `+fenceOutcome(5), runID, sizeGiB, imageID, at, s.term)
 	if err != nil {
 		return fmt.Errorf("mark run %d available: %w", runID, s.translate(err))
 	}
@@ -172,12 +174,13 @@ WHERE id = $1 AND status IN ('pending', 'requested')`, runID, sizeGiB, imageID, 
 
 // RunSetImageID records the image id of a run found by exact name after a CreateImage response
 // without ImageId. Setting the id the run already has changes nothing; another id is ErrConflict.
+// Fenced: ErrFenced when the store's term is no longer the lease's.
 func (s *Store) RunSetImageID(ctx context.Context, runID int64, imageID string) error {
 	if err := checkImageID(runID, imageID); err != nil {
 		return err
 	}
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_id = $2, updated_at = now()
-WHERE id = $1 AND (image_id IS NULL OR image_id = $2)`, runID, imageID)
+WHERE id = $1 AND (image_id IS NULL OR image_id = $2) AND `+fenceOutcome(3), runID, imageID, s.term)
 	if err != nil {
 		return fmt.Errorf("set image id of run %d: %w", runID, s.translate(err))
 	}
@@ -228,8 +231,9 @@ func limitArg(limit int) *int64 {
 	return &l
 }
 
-// unchanged explains an update of a run that matched no row: the run does not exist
-// (ErrNotFound) or its state does not allow the change (ErrConflict).
+// unchanged explains an update of a run that matched no row: the write carried a term that is
+// no longer the lease's (ErrFenced), the run does not exist (ErrNotFound) or its state does not
+// allow the change (ErrConflict).
 func (s *Store) unchanged(ctx context.Context, runID int64, what string) error {
 	return s.unchangedUnless(ctx, runID, what, "")
 }
@@ -237,6 +241,11 @@ func (s *Store) unchanged(ctx context.Context, runID int64, what string) error {
 // unchangedUnless is unchanged, but a run already in status ok is not an error: the change was
 // made before (a replay).
 func (s *Store) unchangedUnless(ctx context.Context, runID int64, what string, ok Status) error {
+	if over, err := s.termOver(ctx); err != nil {
+		return fmt.Errorf("%s %d: %w", what, runID, err)
+	} else if over {
+		return fmt.Errorf("%s %d under term %d: %w", what, runID, s.term, ErrFenced)
+	}
 	var status string
 	err := s.pool.QueryRow(ctx, `SELECT status FROM image_runs WHERE id = $1`, runID).Scan(&status)
 	if err != nil {

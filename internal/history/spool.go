@@ -48,10 +48,16 @@ type spoolRecord struct {
 	Attempt      int       `json:"attempt,omitempty"`
 	Action       string    `json:"action,omitempty"`
 	DurationNS   int64     `json:"duration_ns,omitempty"`
+	// Term is the leadership term the write was made under; replay applies it with the same
+	// fence (0: unfenced, as written by versions before leadership).
+	Term int64 `json:"term,omitempty"`
 }
 
-// apply performs the write rec describes.
+// apply performs the write rec describes, fenced by the term it was made under.
 func (rec spoolRecord) apply(ctx context.Context, s *Store) error {
+	if s.term != rec.Term {
+		s = s.WithTerm(rec.Term)
+	}
 	switch rec.Op {
 	case opRunRename:
 		return s.RunRename(ctx, rec.RunID, rec.ImageName)

@@ -449,6 +449,7 @@ func (t *Tracker) available(ctx context.Context, r *history.Run, img *cvm.Image,
 	if t.onAvail != nil {
 		t.onAvail(ctx, *r)
 	}
+	t.terminal(*r)
 	t.deliver(*r)
 }
 
@@ -471,6 +472,7 @@ func (t *Tracker) fail(ctx context.Context, r *history.Run, code, message string
 	res.terminal++
 	r.Status, r.FinishedAt, r.ErrorCode, r.ErrorMessage = history.StatusFailed, &now, code, message
 	t.runLog(r).Warn().Str("error_code", code).Str("error_message", message).Msg("image failed")
+	t.terminal(*r)
 	t.deliver(*r)
 }
 
@@ -521,4 +523,11 @@ func (t *Tracker) runLog(r *history.Run) *zerolog.Logger {
 	}
 	l := c.Logger()
 	return &l
+}
+
+// terminal runs the OnTerminal hook for a run this Tracker moved to a terminal status.
+func (t *Tracker) terminal(r history.Run) {
+	if t.onTerminal != nil {
+		t.onTerminal(r)
+	}
 }

@@ -77,6 +77,9 @@ type TrackerOptions struct {
 	// and before WaitTerminal hears of it, from the poll loop (so keep it bounded: the next poll
 	// waits for it). The daemon runs the policy's retention here.
 	OnAvailable func(ctx context.Context, run history.Run)
+	// OnTerminal is called once per run this Tracker moves to available or failed (metrics); it
+	// must not block. Nil means none.
+	OnTerminal func(run history.Run)
 }
 
 // Tracker follows every run in status requested until it is terminal (see the package comment).
@@ -104,16 +107,17 @@ type TrackerOptions struct {
 // The only state kept in memory is a cache of what PostgreSQL already says, plus the count of
 // polls that missed an image (which starts over after a restart).
 type Tracker struct {
-	hist     TrackerHistory
-	cvm      TrackerCVM
-	pace     Pace
-	config   func() *policy.Config
-	clock    clockwork.Clock
-	log      zerolog.Logger
-	interval time.Duration
-	onAvail  func(ctx context.Context, run history.Run)
-	retry    backoff.Policy
-	jitter   *backoff.Jitter
+	hist       TrackerHistory
+	cvm        TrackerCVM
+	pace       Pace
+	config     func() *policy.Config
+	clock      clockwork.Clock
+	log        zerolog.Logger
+	interval   time.Duration
+	onAvail    func(ctx context.Context, run history.Run)
+	onTerminal func(run history.Run)
+	retry      backoff.Policy
+	jitter     *backoff.Jitter
 
 	kick chan struct{} // one slot: poll now
 
@@ -148,22 +152,23 @@ func NewTracker(opts TrackerOptions) *Tracker {
 		opts.PollInterval = DefaultPollInterval
 	}
 	return &Tracker{
-		hist:     opts.History,
-		cvm:      opts.CVM,
-		pace:     opts.Pace,
-		config:   opts.Config,
-		clock:    opts.Clock,
-		log:      opts.Logger, // the caller tags it with component
-		interval: opts.PollInterval,
-		onAvail:  opts.OnAvailable,
-		retry:    retryFor(opts.PollInterval),
-		jitter:   backoff.NewJitter(nil),
-		kick:     make(chan struct{}, 1),
-		waiters:  map[*waiter]struct{}{},
-		inFlight: map[int64]bool{},
-		finished: map[int64]bool{},
-		missing:  map[int64]int{},
-		attempts: map[int64]int{},
+		hist:       opts.History,
+		cvm:        opts.CVM,
+		pace:       opts.Pace,
+		config:     opts.Config,
+		clock:      opts.Clock,
+		log:        opts.Logger, // the caller tags it with component
+		interval:   opts.PollInterval,
+		onAvail:    opts.OnAvailable,
+		onTerminal: opts.OnTerminal,
+		retry:      retryFor(opts.PollInterval),
+		jitter:     backoff.NewJitter(nil),
+		kick:       make(chan struct{}, 1),
+		waiters:    map[*waiter]struct{}{},
+		inFlight:   map[int64]bool{},
+		finished:   map[int64]bool{},
+		missing:    map[int64]int{},
+		attempts:   map[int64]int{},
 	}
 }
 

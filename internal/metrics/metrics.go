@@ -34,9 +34,19 @@ type Options struct {
 	// SpoolPending returns how many history writes wait in the local spool; nil leaves it out.
 	SpoolPending func() int
 	// Health returns nil when the daemon can do its work (database reachable); nil = always healthy.
-	Health  func(ctx context.Context) error
-	Logger  zerolog.Logger
-	Sources // further sources (collectors.go)
+	Health func(ctx context.Context) error
+	// Ready returns nil when this replica is ready (/readyz): the leader with its work running,
+	// or a standby that reaches the database, with policies loaded; otherwise the reason. Nil
+	// means ready whenever healthy.
+	Ready func(ctx context.Context) error
+	// Leading reports whether this replica holds the leader lease (imager_leader{daemon_id});
+	// nil leaves the gauge out.
+	Leading  func() bool
+	DaemonID string
+	// Page, when set, is served at GET / (the status page); other paths stay 404.
+	Page http.Handler
+	Logger   zerolog.Logger
+	Sources  // further sources (collectors.go)
 }
 
 // Metrics holds imager's collectors and their registry.
@@ -70,6 +80,18 @@ func New(opts Options) *Metrics {
 	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.apiCalls, m.apiDuration)
 	m.registerMore(opts)
+	if opts.Leading != nil {
+		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "imager_leader",
+			Help:        "1 while this replica holds the leader lease, 0 while it stands by.",
+			ConstLabels: prometheus.Labels{"daemon_id": opts.DaemonID},
+		}, func() float64 {
+			if opts.Leading() {
+				return 1
+			}
+			return 0
+		}))
+	}
 	if opts.SpoolPending != nil {
 		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "imager_spool_pending",
@@ -85,9 +107,13 @@ func (m *Metrics) ObserveCall(action, code string, elapsed time.Duration) {
 	m.apiDuration.WithLabelValues(action).Observe(elapsed.Seconds())
 }
 
-// Handler serves /metrics and /healthz.
+// Handler serves /metrics, /healthz (liveness), /readyz (readiness) and, when configured, the
+// status page at /.
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
+	if m.opts.Page != nil {
+		mux.Handle("GET /{$}", m.opts.Page)
+	}
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if m.opts.Health != nil {
@@ -99,6 +125,21 @@ func (m *Metrics) Handler() http.Handler {
 			}
 		}
 		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+		defer cancel()
+		check := m.opts.Ready
+		if check == nil {
+			check = m.opts.Health
+		}
+		if check != nil {
+			if err := check(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ready\n"))
 	})
 	return mux
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -74,4 +75,45 @@ func TestMetricsAndHealth(t *testing.T) {
 func TestListenReportsABadAddress(t *testing.T) {
 	_, err := Listen("127.0.0.1:notaport", New(Options{}), zerolog.Nop())
 	require.Error(t, err)
+}
+
+func TestReadyzAndLeaderGauge(t *testing.T) {
+	var mu sync.Mutex
+	leading, notReady := false, error(nil)
+	m := New(Options{
+		Ready: func(context.Context) error {
+			mu.Lock()
+			defer mu.Unlock()
+			return notReady
+		},
+		Leading: func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return leading
+		},
+		DaemonID: "host-a/12/1",
+		Logger:   zerolog.Nop(),
+	})
+	srv, err := Listen("127.0.0.1:0", m, zerolog.Nop())
+	require.NoError(t, err)
+	srv.Start()
+	defer srv.Stop()
+	base := "http://" + srv.Addr()
+
+	code, body := get(t, base+"/readyz")
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, "ready\n", body)
+	_, body = get(t, base+"/metrics")
+	require.Contains(t, body, `imager_leader{daemon_id="host-a/12/1"} 0`)
+
+	mu.Lock()
+	leading, notReady = true, errors.New("leader but its work is not running: spool locked")
+	mu.Unlock()
+	code, body = get(t, base+"/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Contains(t, body, "not ready: leader but its work is not running: spool locked")
+	_, body = get(t, base+"/metrics")
+	require.Contains(t, body, `imager_leader{daemon_id="host-a/12/1"} 1`)
+	code, _ = get(t, base+"/healthz")
+	require.Equal(t, http.StatusOK, code, "liveness does not depend on readiness")
 }

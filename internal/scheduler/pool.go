@@ -190,7 +190,12 @@ func (s *Scheduler) runJob(j *job) {
 	if !ok {
 		return
 	}
-	if err := s.pace.Wait(s.stopCtx); err != nil || s.fenced.Load() {
+	waitFrom := s.clock.Now()
+	err := s.pace.Wait(s.stopCtx)
+	if s.opts.OnPaceWait != nil {
+		s.opts.OnPaceWait(s.clock.Since(waitFrom))
+	}
+	if err != nil || s.fenced.Load() {
 		s.leave(j)
 		return
 	}
@@ -312,6 +317,9 @@ func (s *Scheduler) finishRun(j *job, status history.Status, code, message strin
 // finish completes j for this stage: logs the outcome and wakes whoever waits for it.
 func (s *Scheduler) finish(j *job, o Outcome) {
 	j.outcome = o
+	if s.opts.OnOutcome != nil && !o.AlreadyClaimed {
+		s.opts.OnOutcome(o)
+	}
 	ev := s.log.Info()
 	switch {
 	case o.Status == history.StatusFailed:

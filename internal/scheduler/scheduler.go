@@ -91,6 +91,11 @@ type Options struct {
 	// CreateImage) when it is called; it runs on a scheduler goroutine, so it must not block
 	// nor call Stop itself (signal the leadership loop instead). Nil only logs.
 	OnFenced func()
+	// OnOutcome is called once per run outcome this scheduler decides (requested, failed,
+	// skipped, missed, or left pending), for metrics; it must not block. Nil means none.
+	OnOutcome func(o Outcome)
+	// OnPaceWait is told how long each CreateImage waited on the pace (metrics). Nil means none.
+	OnPaceWait func(d time.Duration)
 	// MissedReason returns the error_message of the missed rows recorded at start for slots that
 	// passed before this scheduler ran (e.g. "slot passed while no imager leader was running").
 	// Nil means that message.
@@ -454,3 +459,10 @@ func (s *Scheduler) DescribePace() *pace.Limiter { return s.describePace }
 // Config returns the policy config in effect now (the last one given to New or Reload), for
 // components that follow the same policies (completion tracking reads image.timeout).
 func (s *Scheduler) Config() *policy.Config { return s.cfg.Load() }
+
+// QueueDepth is the number of runs queued: waiting for a worker, the pace or a retry.
+func (s *Scheduler) QueueDepth() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queue.len()
+}
