@@ -70,7 +70,8 @@ func (s *Store) claimArgs(p RunClaimParams) []any {
 
 // RunsClaimFire writes every slot row of one fire (one per target, pending for those to send and
 // terminal for those a rule decided not to send) in one transaction, before any call is made, and
-// moves each policy's last handled slot (policy_slots) forward to the latest slot among them.
+// moves each policy's last handled slot (policy_slots) forward to the latest scheduled (not
+// Manual) slot among them.
 // For each params it returns the row and whether this call inserted it; a slot claimed before
 // keeps its row (claimed false). The claim is fenced: with a term (WithTerm) that is not the live
 // lease's, nothing is written and the error is ErrFenced.
@@ -119,6 +120,9 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 		}
 		latest := map[string]time.Time{}
 		for _, p := range ps {
+			if p.Manual {
+				continue
+			}
 			if t, ok := latest[p.Policy]; !ok || p.ScheduledAt.After(t) {
 				latest[p.Policy] = p.ScheduledAt
 			}

@@ -58,6 +58,9 @@ type RunClaimParams struct {
 	Status       Status
 	ErrorCode    string
 	ErrorMessage string
+	// Manual marks a slot fired by hand (imager once), not by the schedule: RunsClaimFire does
+	// not move the policy's last handled slot for it, so slots missed before it are still walked.
+	Manual bool
 }
 
 // RunFinishParams moves a run to a terminal status.

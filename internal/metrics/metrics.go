@@ -44,9 +44,9 @@ type Options struct {
 	Leading  func() bool
 	DaemonID string
 	// Page, when set, is served at GET / (the status page); other paths stay 404.
-	Page http.Handler
-	Logger   zerolog.Logger
-	Sources  // further sources (collectors.go)
+	Page    http.Handler
+	Logger  zerolog.Logger
+	Sources // further sources (collectors.go)
 }
 
 // Metrics holds imager's collectors and their registry.

@@ -96,6 +96,7 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 	now := s.clock.Now()
 	for _, j := range jobs {
 		j.deadline = later(j.deadline, now.Add(startWindow(p)))
+		j.manual = true
 	}
 	if err := s.claimJobs(jobs, false); err != nil {
 		if errors.Is(err, history.ErrFenced) {

@@ -17,6 +17,7 @@ type job struct {
 	region   string
 	instance string
 	slot     time.Time
+	manual   bool // fired by RunOnce: its slot is not a schedule slot (policy_slots stays)
 
 	ready time.Time // when the job may run next (queue order)
 	seq   uint64    // FIFO among equal ready times

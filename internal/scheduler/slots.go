@@ -48,6 +48,7 @@ func (s *Scheduler) claimJobs(jobs []*job, retried bool) error {
 			Status:       j.planStatus,
 			ErrorCode:    j.planCode,
 			ErrorMessage: j.planMessage,
+			Manual:       j.manual,
 		}
 	}
 	ctx, cancel := s.historyContext()
