@@ -3,7 +3,9 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,13 +22,32 @@ import (
 )
 
 // stack is the real thing end to end: the simulator over HTTP with signatures, the CVM client
-// on the SDK, PostgreSQL, and a Scheduler on the real clock. The clock records the CreateImage
-// pace's grants (grantClock); the DescribeImages pace has a real clock of its own.
+// on the SDK, PostgreSQL, and a Scheduler on the real clock. The CreateImage pace reports its
+// grants (pace.Options.OnGrant) to grants.
 type stack struct {
-	sim   *cvmsim.Server
-	store *history.Store
-	s     *Scheduler
-	clock *grantClock
+	sim    *cvmsim.Server
+	store  *history.Store
+	s      *Scheduler
+	grants *grantLog
+}
+
+// grantLog collects the send times the CreateImage pace granted.
+type grantLog struct {
+	mu    sync.Mutex
+	times []time.Time
+}
+
+func (g *grantLog) add(at time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.times = append(g.times, at)
+}
+
+// Grants returns the grant times so far.
+func (g *grantLog) Grants() []time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return slices.Clone(g.times)
 }
 
 func newStack(t *testing.T, ctx context.Context, policyYAML string, instances []string) *stack {
@@ -44,13 +65,13 @@ func newStack(t *testing.T, ctx context.Context, policyYAML string, instances []
 
 	cfg, err := policy.LoadBytes("integration.yaml", []byte(policyYAML))
 	require.NoError(t, err)
-	clock := newGrantClock()
+	grants := &grantLog{}
 	s, err := New(Options{Config: cfg, CVM: client, History: store, Logger: zerolog.Nop(), DaemonID: "integration",
-		Clock: clock, DescribePace: pace.New(clockwork.NewRealClock(), 1, pace.Options{})})
+		Pace: pace.Options{OnGrant: grants.add}, DescribePace: pace.New(clockwork.NewRealClock(), 1, pace.Options{})})
 	require.NoError(t, err)
 	require.NoError(t, s.Start(ctx))
 	t.Cleanup(s.Stop)
-	return &stack{sim: sim, store: store, s: s, clock: clock}
+	return &stack{sim: sim, store: store, s: s, grants: grants}
 }
 
 func TestIntegrationFortyInstancesAtTheLimit(t *testing.T) {
@@ -147,7 +168,7 @@ policies:
 		len(answered), throttled, last.Sub(first), float64(len(admitted)-1)/last.Sub(first).Seconds())
 
 	// The pace granted every call, and its grants never put more than the rate in a second.
-	grants := st.clock.Grants()
+	grants := st.grants.Grants()
 	require.Len(t, grants, len(answered), "one grant of the pace per CreateImage")
 	require.LessOrEqual(t, pace.MaxInAnySecond(grants), 10)
 

@@ -191,7 +191,9 @@ func New(opts Options) (*Scheduler, error) {
 		work:         make(chan *job, api.Workers),
 	}
 	if s.describePace == nil {
-		s.describePace = pace.New(opts.Clock, describeRate(api), opts.Pace)
+		dp := opts.Pace
+		dp.OnGrant = nil // OnGrant audits the CreateImage pace only
+		s.describePace = pace.New(opts.Clock, describeRate(api), dp)
 	} else {
 		s.describePace.SetRate(describeRate(api))
 	}
