@@ -67,6 +67,26 @@ func TestRunsClaimFire(t *testing.T) {
 	require.Equal(t, 4, countRuns(t, s))
 }
 
+func TestManualFiresDoNotMoveTheLastHandledSlot(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	_, _, err := s.RunsClaimFire(ctx, []history.RunClaimParams{claimParams("web", "ins-11111111", slot)})
+	require.NoError(t, err)
+
+	// imager once an hour later: its rows are written, the schedule's last slot stays, so slots
+	// missed between the two are still walked at the next start.
+	manual := claimParams("web", "ins-11111111", slot.Add(time.Hour))
+	manual.Manual = true
+	_, claimed, err := s.RunsClaimFire(ctx, []history.RunClaimParams{manual})
+	require.NoError(t, err)
+	require.Equal(t, []bool{true}, claimed)
+	last, err := s.PolicySlots(ctx)
+	require.NoError(t, err)
+	require.Equal(t, map[string]time.Time{"web": slot}, last)
+	require.Equal(t, 2, countRuns(t, s))
+}
+
 func TestClaimsAreFenced(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
