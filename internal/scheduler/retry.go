@@ -14,9 +14,6 @@ import (
 
 // Error codes imager records for failures that are not the API's own.
 const (
-	// CodeShutdown marks a run that was waiting to retry when the daemon shut down.
-	CodeShutdown = "Shutdown"
-
 	codePolicyNotFound      = "PolicyNotFound"
 	codeHistoryUnavailable  = "HistoryUnavailable"
 	codeDataDisksUnresolved = "DataDisksUnresolved"
@@ -33,10 +30,8 @@ const (
 
 // Messages recorded on runs that were not sent.
 const (
-	msgAPIDryRun       = "api dry run: request passed the API's checks"
-	msgPolicyDisabled  = "policy disabled"
-	msgShutdownMissed  = "daemon shut down before the slot was sent"
-	msgShutdownWaiting = "daemon shut down while the run waited to retry"
+	msgAPIDryRun      = "api dry run: request passed the API's checks"
+	msgPolicyDisabled = "policy disabled"
 )
 
 // Retry defaults (README "Scheduling, pacing and retries"), used for a Backoff left entirely zero

@@ -390,22 +390,24 @@ func (s *Scheduler) recordLeftovers() {
 		}
 		return
 	}
+	var pending int
 	for _, j := range left {
-		switch {
-		case !j.claimed:
+		if !j.claimed {
 			s.jobLog(j).Error().Msg("slot was never claimed; the next walk of missed slots records it")
-		case j.ambiguous || (j.recovered && !j.sent):
-			s.jobLog(j).Warn().Msg("run left pending at shutdown; the next start reconciles it by name")
-			s.finish(j, s.outcome(j, history.StatusPending, "", "left pending at shutdown"))
-		case !j.sent:
-			s.finishRun(j, history.StatusMissed, "", msgShutdownMissed)
-		default:
-			msg := msgShutdownWaiting
-			if j.lastErr != nil {
-				msg = fmt.Sprintf("%s (last error %s: %s)", msgShutdownWaiting, j.lastErr.Code, j.lastErr.Message)
-			}
-			s.fail(j, CodeShutdown, msg)
+			continue
 		}
+		// A claimed run not yet accepted stays pending: the next leader (a standby at once, or
+		// this process when it starts again) looks its image up by name and sends it if absent,
+		// under the same name, so the slot is neither lost nor imaged twice.
+		pending++
+		msg := "left pending at shutdown; the next leader reconciles it by name"
+		if j.lastErr != nil {
+			msg = fmt.Sprintf("%s (last error %s: %s)", msg, j.lastErr.Code, j.lastErr.Message)
+		}
+		s.finish(j, s.outcome(j, history.StatusPending, "", msg))
+	}
+	if pending > 0 {
+		s.log.Warn().Int("runs", pending).Msg("runs left pending at shutdown; the next leader sends or adopts them")
 	}
 }
 
