@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -64,20 +65,22 @@ func TestRunReloadsWhenTheConfigMapIsSwapped(t *testing.T) {
 				done <- dispatch(ctx, e.daemonArgs("run", path), io.Discard, pw)
 				pw.Close()
 			}()
-			logs.waitFor(t, "watching the policy files")
-			logs.waitFor(t, "imager running")
+			soon := func() time.Time { return time.Now().Add(30 * time.Second) }
+			logs.waitLine(t, "watching the policy files", soon())
+			logs.waitLine(t, "imager running", soon())
 
 			vol.write(t, map[string]string{"policies.yaml": two})
-			line := logs.waitFor(t, "policies reloaded")
+			require.Contains(t, logs.waitLine(t, "policy files changed; reloading", soon()), `"..data"`, "the swap is one reload")
+			line := logs.waitLine(t, "policies reloaded", soon())
 			var got struct{ Policies int }
 			require.NoError(t, json.Unmarshal([]byte(line), &got))
 			require.Equal(t, 2, got.Policies)
 
 			vol.write(t, map[string]string{"policies.yaml": two + "  - {name: three, schedule: '0 99 * * *', region: ap-guangzhou, instances: [ins-cccccccc]}\n"})
-			require.Contains(t, logs.waitFor(t, "policy reload failed"), "policies.yaml:5: policies[2].schedule")
+			require.Contains(t, logs.waitLine(t, "policy reload failed", soon()), "policies.yaml:5: policies[2].schedule")
 
 			cancel()
-			logs.waitFor(t, "imager stopped")
+			logs.waitLine(t, "imager stopped", soon())
 			require.Equal(t, 0, <-done)
 			for range logs.lines {
 			}
