@@ -448,10 +448,12 @@ func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	if err := w.tracker.Start(ctx); err != nil {
 		return fail(err)
 	}
+	// The policies table first: the coverage views join it, and the notifier's first pass
+	// evaluates rpo_breaches at once.
+	d.syncPolicies(ctx, w.sched.Config())
 	if err := d.notifier.Start(ctx); err != nil {
 		return fail(err)
 	}
-	d.syncPolicies(ctx, w.sched.Config())
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.wg.Go(func() { d.sweepRetention(ctx, w) })
 	// imager once serves fire requests too while it holds the lease: another once may be waiting.

@@ -110,6 +110,8 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o.databaseFlags(fs)
 	o.logFlags(fs)
 	o.daemonFlags(fs)
+	watch := fs.Bool("watch-policies", envOr("IMAGER_WATCH_POLICIES", "true") != "false",
+		"reload the policies when their files change (as a Kubernetes ConfigMap update does); SIGHUP reloads them either way (env IMAGER_WATCH_POLICIES)")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
@@ -132,11 +134,25 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	defer d.close()
-	// SIGHUP reloads the policies. The channel has one slot and signal.Notify never blocks, so a
-	// burst of signals collapses into one reload.
+	// SIGHUP reloads the policies, and so does a change of their files (--watch-policies). The
+	// channel has one slot and neither signal.Notify nor the watcher ever blocks on it, so a burst
+	// of signals and changes collapses into one reload.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	if *watch {
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		err := watchPolicies(watchCtx, o.policies, func() {
+			select {
+			case hup <- syscall.SIGHUP:
+			default: // a reload is already due
+			}
+		}, log)
+		if err != nil { // e.g. the inotify limits are used up: the daemon runs on, SIGHUP still reloads
+			log.Warn().Err(err).Str("policies_path", o.policies).Msg("cannot watch the policy files; only SIGHUP reloads them")
+		}
+	}
 	if err := d.start(ctx); err != nil {
 		fmt.Fprintf(stderr, "imager run: %v\n", err)
 		return exitFail

@@ -7,8 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,27 +35,98 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	o.logFlags(fs) // console and warn unless IMAGER_LOG_* or the flags say otherwise
 	faultRate := fs.Float64("fault-rate", 0.1, "share of CreateImage calls the simulator answers with InternalError (retried by imager)")
-	keep := fs.Duration("keep-running", 0, "after the audit, keep the daemon running on its schedules this long (0 = exit)")
+	var keep keepRunningFlag
+	fs.Var(&keep, "keep-running", "after the audit, keep the daemon, the simulator and the database running (with a policy that fires every minute) "+
+		"until Ctrl-C, or for this long (e.g. --keep-running=30m); prints how to point the other commands at them")
+	listen := fs.String("listen", "", "with --keep-running: address for the status page, /metrics, /healthz and /readyz (default 127.0.0.1:9090, or a free port if it is taken)")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
+	}
+	if *listen != "" && !keep.on {
+		fmt.Fprintln(stderr, "imager demo: --listen needs --keep-running (the demo exits after the audit otherwise)")
+		return exitUsage
 	}
 	log, err := o.logger(stderr)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager demo: %v\n", err)
 		return exitUsage
 	}
-	if err := runDemo(ctx, demoSettings{faultRate: *faultRate, keepRunning: *keep}, log, stdout); err != nil {
+	s := demoSettings{faultRate: *faultRate, keepRunning: keep.on, keepFor: keep.d, listen: *listen}
+	if err := runDemo(ctx, s, log, stdout); err != nil {
 		fmt.Fprintf(stderr, "imager demo: %v\n", err)
 		return exitFail
 	}
 	return exitOK
 }
 
+// cmdSim is `imager demo --keep-running`: the simulator, a database and a leading daemon to point
+// the other commands at.
+func cmdSim(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return cmdDemo(ctx, append([]string{"--keep-running"}, args...), stdout, stderr)
+}
+
+// keepRunningFlag is --keep-running: alone (or =true) until Ctrl-C, =DURATION for that long,
+// =false or =0 not at all.
+type keepRunningFlag struct {
+	on bool
+	d  time.Duration // 0: until the context ends
+}
+
+func (f *keepRunningFlag) IsBoolFlag() bool { return true }
+
+func (f *keepRunningFlag) String() string {
+	switch {
+	case f == nil || !f.on:
+		return "false"
+	case f.d == 0:
+		return "true"
+	}
+	return f.d.String()
+}
+
+func (f *keepRunningFlag) Set(v string) error {
+	if b, err := strconv.ParseBool(v); err == nil {
+		f.on, f.d = b, 0
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return fmt.Errorf("%q is neither true/false nor a duration such as 30m", quoteShort(v))
+	}
+	f.on, f.d = d > 0, d
+	return nil
+}
+
 // demoSettings are the knobs of a demo run.
 type demoSettings struct {
-	faultRate   float64
-	keepRunning time.Duration
+	faultRate float64
+	// keepRunning keeps everything up after the audit, with demoMinutely added, until ctx ends
+	// or keepFor (when > 0) has passed.
+	keepRunning bool
+	keepFor     time.Duration
+	listen      string // with keepRunning; "" = 127.0.0.1:9090 or a free port
+	// onRunning, when set, is called once everything is up in keep-running mode (tests).
+	onRunning func(demoEndpoints)
 }
+
+// demoEndpoints is what `imager demo --keep-running` prints for the other commands.
+type demoEndpoints struct {
+	CVMEndpoint string
+	DatabaseURL string
+	Listen      string
+	Policies    string // the policy file the demo daemon runs, demoMinutely included
+}
+
+// demoMinutely is the policy added in keep-running mode: it fires every minute, so there is
+// always something new in history, on the page and in the metrics. ins-old00001 cannot be imaged
+// (InvalidInstance.NotSupported): it fails every minute and is in rpo_breaches after 90 s.
+const demoMinutely = `
+  - name: demo-minutely
+    schedule: "* * * * *"
+    instances: [ins-min00001, ins-min00002, ins-min00003, ins-old00001]
+    retention:
+      keep_last: 3
+`
 
 // runDemo runs the real daemon wiring against the simulator and a throwaway PostgreSQL, fires
 // every demo policy at once (so they share one pool and one pace), and prints the audit.
@@ -60,6 +134,17 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	cfg, err := policy.LoadBytes("demo.yaml", demoPolicies)
 	if err != nil {
 		return fmt.Errorf("built-in demo policies: %w", err)
+	}
+	// In keep-running mode the simulator knows the instances of demoMinutely too; the policy
+	// itself is loaded after the audit, so the audit's figures stay those of the three demo
+	// policies.
+	simCfg := cfg
+	var live []byte
+	if s.keepRunning {
+		live = append(slices.Clip(demoPolicies), demoMinutely...)
+		if simCfg, err = policy.LoadBytes("demo.yaml", live); err != nil {
+			return fmt.Errorf("built-in demo policies: %w", err)
+		}
 	}
 
 	fmt.Fprintln(out, "imager demo: starting a throwaway PostgreSQL and the CVM simulator ...")
@@ -79,8 +164,13 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		return err
 	}
 	defer sim.Close()
-	for _, p := range cfg.Policies {
+	seen := map[string]bool{}
+	for _, p := range simCfg.Policies {
 		for _, id := range p.Instances {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
 			in := cvmsim.Instance{ID: id, Region: p.Region, State: "RUNNING"}
 			switch id {
 			case "ins-gone0001":
@@ -99,6 +189,12 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	}
 	defer os.RemoveAll(spool)
 	opts := options{databaseURL: dbURL, cvmEndpoint: endpoint, spoolDir: spool, shutdownGrace: 5 * time.Second}
+	if s.keepRunning {
+		opts.listen = s.listen
+		if opts.listen == "" {
+			opts.listen = freeListen("127.0.0.1:9090")
+		}
+	}
 	cred := tccommon.NewCredential(cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey)
 	d, err := openDaemon(ctx, daemonConfig{opts: opts, cfg: cfg, credential: cred, pollInterval: 500 * time.Millisecond}, log)
 	if err != nil {
@@ -158,14 +254,83 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	if err := printAudit(ctx, out, dbURL); err != nil {
 		return err
 	}
-	if s.keepRunning > 0 {
-		fmt.Fprintf(out, "\nimager demo: the daemon keeps running on its schedules for %s (Ctrl-C stops it) ...\n", s.keepRunning)
-		select {
-		case <-ctx.Done():
-		case <-time.After(s.keepRunning):
-		}
+	if !s.keepRunning {
+		return nil
 	}
+	return keepDemoRunning(ctx, s, d, out, demoEndpoints{CVMEndpoint: endpoint, DatabaseURL: dbURL, Listen: d.metrics.Addr()}, live)
+}
+
+// keepDemoRunning loads demoMinutely into the running daemon (from a file it prints, so `imager
+// run` can be pointed at the same policies), prints how to use what runs, and waits for ctx (Ctrl-C)
+// or s.keepFor. The caller's defers stop the daemon and the simulator and remove the cluster.
+func keepDemoRunning(ctx context.Context, s demoSettings, d *daemon, out io.Writer, e demoEndpoints, live []byte) error {
+	dir, err := os.MkdirTemp("", "imager-demo-policies-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	e.Policies = filepath.Join(dir, "policies.yaml")
+	if err := os.WriteFile(e.Policies, live, 0o644); err != nil {
+		return err
+	}
+	cfg, err := policy.Load(e.Policies)
+	if err != nil {
+		return fmt.Errorf("built-in demo policies: %w", err)
+	}
+	if err := d.reload(cfg); err != nil {
+		return fmt.Errorf("load demo-minutely: %w", err)
+	}
+	until := "until Ctrl-C"
+	if s.keepFor > 0 {
+		until = "for " + s.keepFor.String() + " (or until Ctrl-C)"
+	}
+	fmt.Fprintf(out, `
+imager demo keeps running %s; demo-minutely fires every minute (ins-old00001 fails every time).
+Ctrl-C stops the daemon and the simulator and removes the throwaway PostgreSQL cluster.
+
+  simulator endpoint   %s
+  database URL         %s
+  listen               http://%s/   (status page; /metrics, /healthz, /readyz)
+  policies             %s
+
+In another shell:
+
+  export DATABASE_URL='%s'
+  export IMAGER_POLICIES=%s IMAGER_CVM_ENDPOINT=%s
+  export TENCENTCLOUD_SECRET_ID=%s TENCENTCLOUD_SECRET_KEY=%s
+  imager status
+  imager history --policy demo-minutely --since 1h
+  imager history --status failed --format json
+  imager latest --instance ins-min00001
+  curl -s http://%s/metrics | grep '^imager_'
+  imager run --listen 127.0.0.1:0   # a second replica: stands by while the demo leads
+`, until, e.CVMEndpoint, e.DatabaseURL, e.Listen, e.Policies,
+		e.DatabaseURL, e.Policies, e.CVMEndpoint, cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey, e.Listen)
+	if s.onRunning != nil {
+		s.onRunning(e)
+	}
+	var timeout <-chan time.Time
+	if s.keepFor > 0 {
+		t := time.NewTimer(s.keepFor)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-ctx.Done():
+	case <-timeout:
+	}
+	fmt.Fprintln(out, "\nimager demo: stopping; removing the throwaway PostgreSQL cluster ...")
 	return nil
+}
+
+// freeListen returns addr when it can be listened on now, else a free port on 127.0.0.1.
+func freeListen(addr string) string {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "127.0.0.1:0"
+	}
+	_ = ln.Close()
+	return addr
 }
 
 // waitUsable follows the accepted images of outs until each is NORMAL or failed.
