@@ -189,7 +189,7 @@ func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
 		s.abandon(jobs, err)
 		return
 	}
-	s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).Time("window_closes", jobs[0].deadline).
+	s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).Time("window_closes", jobs[0].deadline.UTC()).
 		Msg("cannot claim the slot; retrying until its start window closes")
 	s.wg.Add(1)
 	go func() {
@@ -220,7 +220,7 @@ func withSkipped(targets []string, skipped map[string]string) []string {
 // forbid` (skipped, PreviousImageInProgress) and those the BeforeFire hook refuses (failed,
 // ImageQuotaLimitExceeded). The caller claims them all at once (claimJobs) and queues the others.
 func (s *Scheduler) fire(ctx context.Context, p *policy.Policy, slot time.Time, order []string, skipped map[string]string) []*job {
-	s.log.Info().Str("policy", p.Name).Time("slot", slot).Strs("targets", order).
+	s.log.Info().Str("policy", p.Name).Time("slot", slot.UTC()).Strs("targets", order).
 		Int("skipped", len(skipped)).Bool("enabled", p.Enabled).Msg("policy fired")
 	jobs := make([]*job, 0, len(order))
 	var send []*job
@@ -257,7 +257,7 @@ func (s *Scheduler) forbidConcurrent(ctx context.Context, p *policy.Policy, slot
 	busy, err := s.hist.RunsInProgress(hctx, p.Name, instances, slot)
 	cancel()
 	if err != nil {
-		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).
 			Msg("cannot check for images still being made (concurrency: forbid); sending every slot")
 		return send
 	}
@@ -289,7 +289,7 @@ func (s *Scheduler) refuseBeforeFire(ctx context.Context, p *policy.Policy, slot
 	}
 	refused, err := s.opts.BeforeFire(ctx, p, instances)
 	if err != nil {
-		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).
 			Msg("cannot check the fire before sending (image quota); sending every slot")
 		return
 	}
@@ -307,7 +307,7 @@ func (s *Scheduler) refuseBeforeFire(ctx context.Context, p *policy.Policy, slot
 		j.plan(history.StatusFailed, codeQuotaExceeded, r)
 	}
 	if len(refusedIDs) > 0 {
-		s.log.Error().Str("policy", p.Name).Str("region", p.Region).Time("slot", slot).
+		s.log.Error().Str("policy", p.Name).Str("region", p.Region).Time("slot", slot.UTC()).
 			Str("error_code", codeQuotaExceeded).Strs("refused", refusedIDs).Int("sent", len(send)-len(refusedIDs)).
 			Str("reason", reason).Msg("image quota: slots of this fire fail without being sent")
 	}

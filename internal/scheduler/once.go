@@ -103,7 +103,7 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 			s.abandon(jobs, err)
 			return nil, fmt.Errorf("run policy %s: %w", p.Name, err)
 		}
-		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).Msg("cannot claim the slot; retrying until its start window closes")
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).Msg("cannot claim the slot; retrying until its start window closes")
 		switch err := s.claimUntilWindow(ctx, jobs); {
 		case errors.Is(err, history.ErrFenced):
 			return nil, fmt.Errorf("run policy %s: %w", p.Name, err)

@@ -328,7 +328,7 @@ func (s *Scheduler) finish(j *job, o Outcome) {
 	case o.Status == history.StatusPending && !o.AlreadyClaimed:
 		ev = s.log.Warn()
 	}
-	ev.Str("policy", o.Policy).Str("instance", o.InstanceID).Time("slot", o.Slot).
+	ev.Str("policy", o.Policy).Str("instance", o.InstanceID).Time("slot", o.Slot.UTC()).
 		Str("image_name", o.ImageName).Str("image_id", o.ImageID).Str("request_id", o.RequestID).
 		Str("status", string(o.Status)).Str("error_code", o.ErrorCode).Str("error_message", o.ErrorMessage).
 		Int("attempts", o.Attempts).Msg("run outcome")

@@ -450,7 +450,7 @@ func (s *Scheduler) jobLog(j *job) *zerolog.Logger {
 	if j.policy != nil {
 		name = j.policy.Name
 	}
-	l := s.log.With().Str("policy", name).Str("instance", j.instance).Time("slot", j.slot).
+	l := s.log.With().Str("policy", name).Str("instance", j.instance).Time("slot", j.slot.UTC()).
 		Str("image_name", j.name).Logger()
 	return &l
 }

@@ -373,6 +373,6 @@ func (s *Scheduler) recordSlotHandled(p *policy.Policy, slot time.Time) {
 	err := s.hist.PolicySlotSet(ctx, p.Name, slot)
 	cancel()
 	if err != nil && !s.checkFenced(err) {
-		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot).Msg("cannot record the last handled slot")
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).Msg("cannot record the last handled slot")
 	}
 }
