@@ -26,7 +26,7 @@ func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger, 
 		}
 		cred = c
 	}
-	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Credential: cred, Logger: log, OnCall: onCall})
+	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Timeout: o.apiTimeout, Credential: cred, Logger: log, OnCall: onCall})
 }
 
 func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -11,6 +11,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
+	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/leader"
 )
 
@@ -23,6 +24,7 @@ type options struct {
 	logFormat     string
 	listen        string
 	cvmEndpoint   string
+	apiTimeout    time.Duration
 	spoolDir      string
 	shutdownGrace time.Duration
 	pollInterval  time.Duration
@@ -74,6 +76,8 @@ func (o *options) databaseFlags(fs *flag.FlagSet) {
 func (o *options) endpointFlag(fs *flag.FlagSet) {
 	fs.StringVar(&o.cvmEndpoint, "cvm-endpoint", os.Getenv("IMAGER_CVM_ENDPOINT"),
 		"override the CVM endpoint for every region, e.g. http://127.0.0.1:18080 (env IMAGER_CVM_ENDPOINT)")
+	fs.DurationVar(&o.apiTimeout, "api-timeout", cvm.DefaultTimeout,
+		"bound on each CVM API call; a call cut off is retried as a timeout whose outcome is unknown")
 }
 
 func (o *options) daemonFlags(fs *flag.FlagSet) {

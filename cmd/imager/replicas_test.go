@@ -71,7 +71,29 @@ type cluster struct {
 // every whole minute (plus "adhoc" over 10 more instances, never due in a test).
 func newCluster(t *testing.T, n int) *cluster {
 	t.Helper()
-	c := &cluster{bin: imagerBinary(t), dbURL: pgtest.NewDatabase(t), dir: t.TempDir(), fleet: instanceIDs("flt", n)}
+	return newClusterWith(t, n, clusterOptions{})
+}
+
+// clusterOptions change what newClusterWith makes; the zero value is newCluster's cluster.
+type clusterOptions struct {
+	dbURL       string // a database of the test's own (default: a new one on the shared server)
+	schedule    string // the fleet's schedule (default "@every 1m")
+	startWindow string // the fleet's start_window (default: the policy default)
+}
+
+func newClusterWith(t *testing.T, n int, o clusterOptions) *cluster {
+	t.Helper()
+	if o.dbURL == "" {
+		o.dbURL = pgtest.NewDatabase(t)
+	}
+	if o.schedule == "" {
+		o.schedule = "@every 1m"
+	}
+	window := ""
+	if o.startWindow != "" {
+		window = "\n    start_window: " + o.startWindow
+	}
+	c := &cluster{bin: imagerBinary(t), dbURL: o.dbURL, dir: t.TempDir(), fleet: instanceIDs("flt", n)}
 	pool, err := pgxpool.New(context.Background(), c.dbURL)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
@@ -91,12 +113,12 @@ api: {create_image_rate: %d, workers: 4}
 defaults: {region: ap-guangzhou, timezone: UTC}
 policies:
   - name: fleet
-    schedule: "@every 1m"
+    schedule: %q%s
     instances: [%s]
   - name: adhoc
     schedule: "0 0 1 1 *"
     instances: [%s]
-`, fleetRate, strings.Join(c.fleet, ", "), strings.Join(adhoc, ", "))), 0o600))
+`, fleetRate, o.schedule, window, strings.Join(c.fleet, ", "), strings.Join(adhoc, ", "))), 0o600))
 	return c
 }
 
@@ -165,6 +187,19 @@ func (p *proc) log() string {
 }
 
 func (p *proc) hasLog(want string) bool { return strings.Contains(p.log(), want) }
+
+// logCount counts the log lines that contain want.
+func (p *proc) logCount(want string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.logs {
+		if strings.Contains(l, want) {
+			n++
+		}
+	}
+	return n
+}
 
 func (p *proc) waitLog(t *testing.T, want string) {
 	t.Helper()
@@ -263,10 +298,37 @@ func (c *cluster) leaderPID(t *testing.T) int {
 // sliding second, and none throttled.
 func (c *cluster) checkPace(t *testing.T) {
 	t.Helper()
-	require.LessOrEqual(t, c.sim.MaxInAnySecond(cvmsim.ActionCreateImage), fleetRate)
+	require.LessOrEqualf(t, c.sim.MaxInAnySecond(cvmsim.ActionCreateImage), fleetRate,
+		"CreateImage calls in the densest second:\n%s", c.densestSecond())
 	for _, call := range c.sim.Calls() {
 		require.NotEqual(t, "RequestLimitExceeded", call.Code, "a %s call was throttled", call.Action)
 	}
+}
+
+// densestSecond lists the CreateImage calls of the sliding second that holds the most of them
+// (arrival offset, image name, error code), to tell a failed pace assertion's cause.
+func (c *cluster) densestSecond() string {
+	var calls []cvmsim.Call
+	for _, call := range c.sim.Calls() {
+		if call.Action == cvmsim.ActionCreateImage {
+			calls = append(calls, call)
+		}
+	}
+	bestFirst, bestN, first := 0, 0, 0
+	for last := range calls {
+		for calls[last].At.Sub(calls[first].At) >= time.Second {
+			first++
+		}
+		if n := last - first + 1; n > bestN {
+			bestFirst, bestN = first, n
+		}
+	}
+	var b strings.Builder
+	for _, call := range calls[bestFirst : bestFirst+bestN] {
+		name, _ := call.Params["ImageName"].(string)
+		fmt.Fprintf(&b, "  +%4dms %s %s\n", call.At.Sub(calls[bestFirst].At).Milliseconds(), name, call.Code)
+	}
+	return b.String()
 }
 
 // checkOneImagePerSlot asserts that no (instance, slot) got two images and that every image

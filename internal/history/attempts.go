@@ -14,6 +14,11 @@ import (
 // its run (or deletion). An attempt already recorded with the same (run or deletion, attempt,
 // action) changes nothing, so a replayed write is counted once. A run or deletion that does not
 // exist is ErrNotFound.
+//
+// An accepted CreateImage (no error code, a RequestId) recorded for a run that is past pending
+// without a RequestId — its image was adopted by name before this attempt reached the database,
+// e.g. replayed from a spool written under an earlier leadership term — gives the run its
+// RequestId. Attempts are not fenced: they are the audit of calls that were made.
 func (s *Store) AttemptInsert(ctx context.Context, a Attempt) error {
 	if err := checkAttempt(a); err != nil {
 		return err
@@ -31,9 +36,11 @@ WITH ins AS (
 		request_id, error_code, error_message)
 	VALUES (NULLIF($1::bigint, 0), NULLIF($2::bigint, 0), $3, $4, $5, $6, NULLIF($7, ''), NULLIF($8, ''), NULLIF($9, ''))
 	ON CONFLICT DO NOTHING
-	RETURNING run_id, deletion_id
+	RETURNING run_id, deletion_id, action, request_id, error_code
 ), run_count AS (
-	UPDATE image_runs r SET attempts = r.attempts + 1, updated_at = now()
+	UPDATE image_runs r SET attempts = r.attempts + 1, updated_at = now(),
+		request_id = CASE WHEN r.request_id IS NULL AND r.status <> 'pending' AND ins.action = 'CreateImage'
+			AND ins.error_code IS NULL THEN ins.request_id ELSE r.request_id END
 	FROM ins WHERE r.id = ins.run_id
 	RETURNING r.id
 ), deletion_count AS (

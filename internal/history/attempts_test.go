@@ -96,3 +96,51 @@ func TestAttemptInsertRefusals(t *testing.T) {
 	require.NoError(t, s.Pool().QueryRow(ctx, `SELECT count(*) FROM image_attempts WHERE run_id IS NULL AND deletion_id IS NULL`).Scan(&n))
 	require.Equal(t, 1, n)
 }
+
+// TestAdoptionKeepsTheAcceptedRequestID: a run adopted by name (RunRequested without a RequestId)
+// takes the RequestId of its accepted CreateImage attempt, whether the attempt reached the
+// database before the adoption or after it (a spool replayed later); failed calls and pending
+// runs are not taken for accepted ones, and a RequestId already on the run stays.
+func TestAdoptionKeepsTheAcceptedRequestID(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	requestID := func(id int64) string {
+		r, err := s.RunGet(ctx, id)
+		require.NoError(t, err)
+		return r.RequestID
+	}
+
+	// The accepted attempt is recorded first, then the run is adopted by name.
+	before := claim(t, s, "web-nightly", "ins-aaaaaaaa", slot)
+	require.NoError(t, s.AttemptInsert(ctx, history.Attempt{RunID: before.ID, Attempt: 1, Action: "CreateImage",
+		StartedAt: slot, RequestID: "req-throttled", ErrorCode: "RequestLimitExceeded"}))
+	require.NoError(t, s.AttemptInsert(ctx, history.Attempt{RunID: before.ID, Attempt: 2, Action: "CreateImage",
+		StartedAt: slot, RequestID: "req-accepted"}))
+	require.NoError(t, s.AttemptInsert(ctx, history.Attempt{RunID: before.ID, Attempt: 3, Action: "DescribeImages",
+		StartedAt: slot, RequestID: "req-lookup"}))
+	require.Empty(t, requestID(before.ID), "a pending run gets no RequestId from its attempts")
+	require.NoError(t, s.RunRequested(ctx, before.ID, "img-aaaaaaaa", ""))
+	require.Equal(t, "req-accepted", requestID(before.ID))
+	require.NoError(t, s.RunRequested(ctx, before.ID, "img-aaaaaaaa", ""), "an adoption replayed changes nothing")
+	require.Equal(t, "req-accepted", requestID(before.ID))
+
+	// The run is adopted first; the accepted attempt arrives later.
+	after := claim(t, s, "web-nightly", "ins-bbbbbbbb", slot)
+	require.NoError(t, s.RunRequested(ctx, after.ID, "img-bbbbbbbb", ""))
+	require.Empty(t, requestID(after.ID))
+	require.NoError(t, s.AttemptInsert(ctx, history.Attempt{RunID: after.ID, Attempt: 1, Action: "CreateImage",
+		StartedAt: slot, RequestID: "req-timeout", ErrorCode: "InternalError"}))
+	require.Empty(t, requestID(after.ID), "a failed call is not the accepted one")
+	require.NoError(t, s.AttemptInsert(ctx, history.Attempt{RunID: after.ID, Attempt: 2, Action: "CreateImage",
+		StartedAt: slot, RequestID: "req-late"}))
+	require.Equal(t, "req-late", requestID(after.ID))
+
+	// A run that has its RequestId keeps it.
+	sent := claim(t, s, "web-nightly", "ins-cccccccc", slot)
+	require.NoError(t, s.RunRequested(ctx, sent.ID, "img-cccccccc", "req-own"))
+	require.NoError(t, s.AttemptInsert(ctx, history.Attempt{RunID: sent.ID, Attempt: 1, Action: "CreateImage",
+		StartedAt: slot, RequestID: "req-other"}))
+	require.NoError(t, s.RunRequested(ctx, sent.ID, "img-cccccccc", ""))
+	require.Equal(t, "req-own", requestID(sent.ID))
+}

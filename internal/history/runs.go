@@ -116,14 +116,19 @@ WHERE id = $1 AND (status = 'pending' OR image_name = $2) AND `+fenceOutcome(3),
 // (may be empty: found by name later) and the accepted RequestId. Recording the same RequestId
 // again (a replay) changes nothing but a missing image id; another RequestId on a run that is no
 // longer pending is ErrConflict. Fenced: ErrFenced when the store's term is no longer the lease's.
+//
+// An empty requestID is an image adopted by name (its CreateImage answer was lost, or recorded
+// under a leadership term that is over): the run keeps the RequestId of its accepted CreateImage
+// attempt in image_attempts, if one is recorded, so the accepted call stays on its run.
 func (s *Store) RunRequested(ctx context.Context, runID int64, imageID, requestID string) error {
 	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET
 	image_id = CASE WHEN status = 'pending' THEN COALESCE(NULLIF($2, ''), image_id)
 	                ELSE COALESCE(image_id, NULLIF($2, '')) END,
 	status = CASE WHEN status = 'pending' THEN 'requested' ELSE status END,
-	request_id = NULLIF($3, ''),
+	request_id = COALESCE(NULLIF($3, ''), request_id, `+acceptedCreateRequestID("image_runs.id")+`),
 	updated_at = now()
-WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF($3, '')) AND `+fenceOutcome(4), runID, imageID, requestID, s.term)
+WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF($3, '') OR $3 = '') AND `+fenceOutcome(4),
+		runID, imageID, requestID, s.term)
 	if err != nil {
 		return fmt.Errorf("record request of run %d: %w", runID, s.translate(err))
 	}
@@ -131,6 +136,14 @@ WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF(
 		return s.unchanged(ctx, runID, "record request of run")
 	}
 	return nil
+}
+
+// acceptedCreateRequestID is the SQL expression of the RequestId of the latest accepted
+// CreateImage attempt recorded for the run whose id is runIDExpr (NULL when none is).
+func acceptedCreateRequestID(runIDExpr string) string {
+	return `(SELECT a.request_id FROM image_attempts a WHERE a.run_id = ` + runIDExpr + `
+	AND a.action = 'CreateImage' AND a.error_code IS NULL AND a.request_id IS NOT NULL
+	ORDER BY a.attempt DESC, a.id DESC LIMIT 1)`
 }
 
 // RunFinish moves a pending or requested run to the terminal status p.Status. Finishing a run

@@ -263,6 +263,29 @@ func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, erro
 	return c.URL(name), nil
 }
 
+// Halt stops the server and keeps its data, to stand for a database outage in tests: clients
+// see connections refused until Resume. Connections are closed at once (pg_ctl's fast mode).
+func (c *Cluster) Halt(ctx context.Context) error {
+	if _, err := c.run.outputContext(ctx, c.pgCtl, "stop", "-w", "-m", "fast", "-D", c.dataDir); err != nil {
+		return fmt.Errorf("halt postgresql in %s: %w", c.dir, err)
+	}
+	c.log.Info().Str("dir", c.dir).Msg("postgresql server halted")
+	return nil
+}
+
+// Resume starts a halted server again on the same port, so URLs handed out before still work.
+// It returns when the server accepts connections; it fails if another process took the port.
+func (c *Cluster) Resume(ctx context.Context) error {
+	logFile := filepath.Join(c.dir, "postgres.log")
+	if _, err := c.run.outputContext(ctx, c.pgCtl, "start", "-w", "-t", "60", "-D", c.dataDir, "-l", logFile,
+		"-o", "-p "+strconv.Itoa(c.port)); err != nil {
+		serverLog, _ := os.ReadFile(logFile)
+		return fmt.Errorf("resume postgresql in %s: %w (server log: %s)", c.dir, err, lastLine(string(serverLog)))
+	}
+	c.log.Info().Str("dir", c.dir).Int("port", c.port).Msg("postgresql server resumed")
+	return nil
+}
+
 // Stop stops the server at once (no checkpoint: the data is thrown away) and removes the
 // cluster directory. It is safe to call more than once; later calls return the first result.
 func (c *Cluster) Stop() error {

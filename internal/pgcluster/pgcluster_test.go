@@ -52,6 +52,40 @@ func TestStartCreateDatabaseStop(t *testing.T) {
 	require.Error(t, err, "the server is gone after Stop")
 }
 
+// TestHaltResume: a halted server refuses connections; resumed, it answers on the same URL with
+// its data kept, and Stop still removes it.
+func TestHaltResume(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{Logger: zerolog.Nop()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Stop() })
+	url, err := c.CreateDatabase(ctx, "outage")
+	require.NoError(t, err)
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	_, err = conn.Exec(ctx, `CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)`)
+	require.NoError(t, err)
+	require.NoError(t, conn.Close(ctx))
+
+	require.NoError(t, c.Halt(ctx))
+	_, err = pgx.Connect(ctx, url)
+	require.Error(t, err, "a halted server refuses connections")
+
+	require.NoError(t, c.Resume(ctx))
+	conn, err = pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	var v int
+	require.NoError(t, conn.QueryRow(ctx, `SELECT v FROM kept`).Scan(&v))
+	require.NoError(t, conn.Close(ctx))
+	require.Equal(t, 42, v)
+
+	require.NoError(t, c.Halt(ctx))
+	require.NoError(t, c.Stop(), "Stop after Halt removes the cluster")
+	_, err = os.Stat(c.dir)
+	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
 func TestStartInGivenDirWithSettings(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
