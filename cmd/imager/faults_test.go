@@ -22,9 +22,7 @@ func ownPostgres(t *testing.T) (*pgcluster.Cluster, string) {
 	t.Helper()
 	ctx := context.Background()
 	pg, err := pgcluster.Start(ctx, pgcluster.Options{Logger: zerolog.Nop()})
-	if err != nil {
-		t.Skipf("no PostgreSQL server binaries to start a server of the test's own: %v", err)
-	}
+	require.NoError(t, err, "start a PostgreSQL server of the test's own (install the PostgreSQL server binaries)")
 	t.Cleanup(func() { _ = pg.Stop() })
 	url, err := pg.CreateDatabase(ctx, "imager")
 	require.NoError(t, err)
