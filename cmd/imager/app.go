@@ -94,6 +94,9 @@ type daemonConfig struct {
 // openDaemon opens every dependency in the order that gives the clearest error first: database,
 // migrations, credentials, then the elector. Nothing is started.
 func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daemon, error) {
+	if err := dc.opts.checkWebConfig(); err != nil {
+		return nil, err
+	}
 	store, err := history.Open(ctx, dc.opts.databaseURL, log.With().Str("component", "history").Logger())
 	if err != nil {
 		return nil, err
@@ -198,7 +201,7 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 			Leading:  func() bool { return d.elector.Term() != 0 },
 			Logger:   log.With().Str("component", "metrics").Logger(),
 		})
-		if d.metrics, err = metrics.Listen(dc.opts.listen, m, log); err != nil {
+		if d.metrics, err = metrics.ListenWeb(dc.opts.listen, dc.opts.webConfig, m, log); err != nil {
 			d.close()
 			return nil, fmt.Errorf("--listen: %w", err)
 		}
@@ -245,7 +248,9 @@ func (d *daemon) ready(ctx context.Context) error {
 func (d *daemon) start(ctx context.Context) error {
 	if d.metrics != nil {
 		d.metrics.Start()
-		d.log.Info().Str("listen", d.metrics.Addr()).Msg("serving /metrics, /healthz and /readyz")
+		wc := d.metrics.WebConfig()
+		d.log.Info().Str("listen", d.metrics.Addr()).Bool("tls", wc.TLS).Bool("basic_auth", wc.BasicAuth).
+			Msg("serving /metrics, /healthz and /readyz")
 	}
 	return d.elector.Start(ctx)
 }

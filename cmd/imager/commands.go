@@ -124,6 +124,10 @@ func cmdRun(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager run: --lease-ttl: %s is too short\n", o.leaseTTL)
 		return exitUsage
 	}
+	if err := o.checkWebConfig(); err != nil {
+		fmt.Fprintf(stderr, "imager run: %v\n", err)
+		return exitUsage
+	}
 	cfg, ok := loadPolicies(o.policies, stderr)
 	if !ok {
 		return exitFail
@@ -247,6 +251,10 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log, err := o.logger(stderr)
 	if err != nil {
+		fmt.Fprintf(stderr, "imager once: %v\n", err)
+		return exitUsage
+	}
+	if err := o.checkWebConfig(); err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitUsage
 	}

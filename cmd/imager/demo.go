@@ -22,6 +22,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/metrics"
 	"github.com/imager-dev/imager/internal/pgcluster"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/scheduler"
@@ -39,11 +40,12 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&keep, "keep-running", "after the audit, keep the daemon, the simulator and the database running (with a policy that fires every minute) "+
 		"until Ctrl-C, or for this long (e.g. --keep-running=30m); prints how to point the other commands at them")
 	listen := fs.String("listen", "", "with --keep-running: address for the status page, /metrics, /healthz and /readyz (default 127.0.0.1:9090, or a free port if it is taken)")
+	o.webConfigFlag(fs)
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
-	if *listen != "" && !keep.on {
-		fmt.Fprintln(stderr, "imager demo: --listen needs --keep-running (the demo exits after the audit otherwise)")
+	if (*listen != "" || o.webConfig != "") && !keep.on {
+		fmt.Fprintln(stderr, "imager demo: --listen and --web-config need --keep-running (the demo exits after the audit otherwise)")
 		return exitUsage
 	}
 	log, err := o.logger(stderr)
@@ -51,7 +53,11 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imager demo: %v\n", err)
 		return exitUsage
 	}
-	s := demoSettings{faultRate: *faultRate, keepRunning: keep.on, keepFor: keep.d, listen: *listen}
+	if _, err := metrics.ValidateWebConfig(o.webConfig); err != nil { // before the cluster starts
+		fmt.Fprintf(stderr, "imager demo: --web-config %v\n", err)
+		return exitUsage
+	}
+	s := demoSettings{faultRate: *faultRate, keepRunning: keep.on, keepFor: keep.d, listen: *listen, webConfig: o.webConfig}
 	if err := runDemo(ctx, s, log, stdout); err != nil {
 		fmt.Fprintf(stderr, "imager demo: %v\n", err)
 		return exitFail
@@ -105,6 +111,7 @@ type demoSettings struct {
 	keepRunning bool
 	keepFor     time.Duration
 	listen      string // with keepRunning; "" = 127.0.0.1:9090 or a free port
+	webConfig   string // with keepRunning: --web-config for listen
 	// onRunning, when set, is called once everything is up in keep-running mode (tests).
 	onRunning func(demoEndpoints)
 }
@@ -113,7 +120,8 @@ type demoSettings struct {
 type demoEndpoints struct {
 	CVMEndpoint string
 	DatabaseURL string
-	Listen      string
+	Listen      string // host:port
+	Scheme      string // http, or https with a --web-config that turns TLS on
 	Policies    string // the policy file the demo daemon runs, demoMinutely included
 }
 
@@ -190,7 +198,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	defer os.RemoveAll(spool)
 	opts := options{databaseURL: dbURL, cvmEndpoint: endpoint, spoolDir: spool, shutdownGrace: 5 * time.Second}
 	if s.keepRunning {
-		opts.listen = s.listen
+		opts.listen, opts.webConfig = s.listen, s.webConfig
 		if opts.listen == "" {
 			opts.listen = freeListen("127.0.0.1:9090")
 		}
@@ -257,7 +265,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	if !s.keepRunning {
 		return nil
 	}
-	return keepDemoRunning(ctx, s, d, out, demoEndpoints{CVMEndpoint: endpoint, DatabaseURL: dbURL, Listen: d.metrics.Addr()}, live)
+	return keepDemoRunning(ctx, s, d, out, demoEndpoints{CVMEndpoint: endpoint, DatabaseURL: dbURL, Listen: d.metrics.Addr(), Scheme: d.metrics.Scheme()}, live)
 }
 
 // keepDemoRunning loads demoMinutely into the running daemon (from a file it prints, so `imager
@@ -290,7 +298,7 @@ Ctrl-C stops the daemon and the simulator and removes the throwaway PostgreSQL c
 
   simulator endpoint   %s
   database URL         %s
-  listen               http://%s/   (status page; /metrics, /healthz, /readyz)
+  listen               %s://%s/   (status page; /metrics, /healthz, /readyz)
   policies             %s
 
 In another shell:
@@ -302,10 +310,10 @@ In another shell:
   imager history --policy demo-minutely --since 1h
   imager history --status failed --format json
   imager latest --instance ins-min00001
-  curl -s http://%s/metrics | grep '^imager_'
+  curl -s %s://%s/metrics | grep '^imager_'
   imager run --listen 127.0.0.1:0   # a second replica: stands by while the demo leads
-`, until, e.CVMEndpoint, e.DatabaseURL, e.Listen, e.Policies,
-		e.DatabaseURL, e.Policies, e.CVMEndpoint, cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey, e.Listen)
+%s`, until, e.CVMEndpoint, e.DatabaseURL, e.Scheme, e.Listen, e.Policies,
+		e.DatabaseURL, e.Policies, e.CVMEndpoint, cvmsim.DefaultSecretID, cvmsim.DefaultSecretKey, e.Scheme, e.Listen, webConfigNote(s.webConfig))
 	if s.onRunning != nil {
 		s.onRunning(e)
 	}
@@ -321,6 +329,14 @@ In another shell:
 	}
 	fmt.Fprintln(out, "\nimager demo: stopping; removing the throwaway PostgreSQL cluster ...")
 	return nil
+}
+
+// webConfigNote tells how to reach a listen address secured by --web-config.
+func webConfigNote(path string) string {
+	if path == "" {
+		return ""
+	}
+	return "\n--web-config " + path + " secures the listen address: curl needs -u USER (basic auth) and --cacert CA (a self-signed certificate).\n"
 }
 
 // freeListen returns addr when it can be listened on now, else a free port on 127.0.0.1.

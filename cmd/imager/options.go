@@ -13,6 +13,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/leader"
+	"github.com/imager-dev/imager/internal/metrics"
 )
 
 // options are the flags and environment shared by the commands. Flags win over environment
@@ -23,6 +24,7 @@ type options struct {
 	logLevel      string
 	logFormat     string
 	listen        string
+	webConfig     string // --web-config: TLS and basic auth for --listen
 	cvmEndpoint   string
 	apiTimeout    time.Duration
 	spoolDir      string
@@ -92,6 +94,28 @@ func (o *options) daemonFlags(fs *flag.FlagSet) {
 		"how long the leader lease lasts without renewal (renewed every third of it); a standby takes over a silent leader after it")
 	fs.BoolVar(&o.apiDryRun, "api-dry-run", false, "send CreateImage with DryRun=true: the API checks each request and creates nothing")
 	fs.StringVar(&o.listen, "listen", os.Getenv("IMAGER_LISTEN"), "address for Prometheus /metrics, /healthz and /readyz, e.g. :9090; empty = off (env IMAGER_LISTEN)")
+	o.webConfigFlag(fs)
+}
+
+// webConfigFlag is --web-config, for every command that takes --listen.
+func (o *options) webConfigFlag(fs *flag.FlagSet) {
+	fs.StringVar(&o.webConfig, "web-config", os.Getenv("IMAGER_WEB_CONFIG"),
+		"with --listen: Prometheus exporter-toolkit web config file (TLS, basic auth) for every path it serves, /healthz included (env IMAGER_WEB_CONFIG)")
+}
+
+// checkWebConfig validates --web-config before anything else starts: a bad file is one line that
+// names the flag and the file, never a failure once the daemon runs.
+func (o *options) checkWebConfig() error {
+	if o.webConfig == "" {
+		return nil
+	}
+	if o.listen == "" {
+		return fmt.Errorf("--web-config %s: needs --listen (it secures the --listen endpoints)", o.webConfig)
+	}
+	if _, err := metrics.ValidateWebConfig(o.webConfig); err != nil {
+		return fmt.Errorf("--web-config %w", err)
+	}
+	return nil
 }
 
 func defaultSpoolDir() string {

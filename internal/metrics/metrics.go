@@ -7,6 +7,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/rs/zerolog"
 )
 
@@ -146,29 +148,63 @@ func (m *Metrics) Handler() http.Handler {
 
 // Server serves the metrics on an address until stopped.
 type Server struct {
-	srv  *http.Server
-	ln   net.Listener
-	wg   sync.WaitGroup
-	once sync.Once
-	log  zerolog.Logger
+	srv       *http.Server
+	ln        net.Listener
+	webConfig string
+	web       WebConfig
+	wg        sync.WaitGroup
+	once      sync.Once
+	log       zerolog.Logger
 }
 
-// Listen binds addr (e.g. ":9090"); the error names the address.
+// Listen binds addr (e.g. ":9090") and serves plain HTTP to anyone; the error names the address.
 func Listen(addr string, m *Metrics, log zerolog.Logger) (*Server, error) {
+	return ListenWeb(addr, "", m, log)
+}
+
+// ListenWeb is Listen with a --web-config file (exporter-toolkit format: TLS and basic auth over
+// every path, /healthz and /readyz included). The file is validated before addr is bound; a bad
+// one is an error that names it (ValidateWebConfig). exporter-toolkit reads the file again for
+// every request and TLS handshake, so certificates and users can be rotated without a restart;
+// a file broken later fails those requests (500, or a failed handshake) with an error log line
+// and the daemon runs on.
+func ListenWeb(addr, webConfig string, m *Metrics, log zerolog.Logger) (*Server, error) {
+	wc, err := ValidateWebConfig(webConfig)
+	if err != nil {
+		return nil, fmt.Errorf("web config %w", err)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return &Server{srv: &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}, ln: ln, log: log}, nil
+	return &Server{srv: &http.Server{Handler: m.Handler(), ReadHeaderTimeout: 5 * time.Second}, ln: ln,
+		webConfig: webConfig, web: wc, log: log}, nil
 }
 
 // Addr is the bound address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
+// Scheme is "https" when the web config turns TLS on, else "http".
+func (s *Server) Scheme() string {
+	if s.web.TLS {
+		return "https"
+	}
+	return "http"
+}
+
+// WebConfig is what the --web-config file turned on (all false without one).
+func (s *Server) WebConfig() WebConfig { return s.web }
+
 // Start serves in the background.
 func (s *Server) Start() {
 	s.wg.Go(func() {
-		if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		var err error
+		if s.webConfig == "" {
+			err = s.srv.Serve(s.ln)
+		} else {
+			err = web.Serve(s.ln, s.srv, &web.FlagConfig{WebConfigFile: &s.webConfig}, slogFor(s.log))
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.log.Error().Err(err).Msg("metrics server stopped")
 		}
 	})
