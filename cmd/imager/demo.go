@@ -44,9 +44,14 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
 	}
-	if (*listen != "" || o.webConfig != "") && !keep.on {
-		fmt.Fprintln(stderr, "imager demo: --listen and --web-config need --keep-running (the demo exits after the audit otherwise)")
-		return exitUsage
+	for _, f := range []struct {
+		name string
+		set  bool
+	}{{"--listen", *listen != ""}, {"--web-config", o.webConfig != ""}} {
+		if f.set && !keep.on {
+			fmt.Fprintf(stderr, "imager demo: %s needs --keep-running (the demo exits after the audit otherwise)\n", f.name)
+			return exitUsage
+		}
 	}
 	log, err := o.logger(stderr)
 	if err != nil {

@@ -362,3 +362,19 @@ func TestDockerfileExposesTheListenPort(t *testing.T) {
 	vals := requireRunArgs(t, "Dockerfile", args[1:])
 	require.Equal(t, strconv.Itoa(listenPort(t, "Dockerfile", vals["listen"])), expose)
 }
+
+// TestKubernetesWebConfigExampleMatchesTheBinary: the commented --web-config example of
+// deployment.yaml names a flag `imager run` takes, read from the path the commented mount provides.
+func TestKubernetesWebConfigExampleMatchesTheBinary(t *testing.T) {
+	flags := readRunFlags(t)
+	require.True(t, flags.names["web-config"] && flags.env["IMAGER_WEB_CONFIG"])
+	body := string(repoFile(t, "deploy/kubernetes/deployment.yaml"))
+	arg := regexp.MustCompile(`(?m)^\s*# - (--web-config=\S+)$`).FindStringSubmatch(body)
+	require.NotNil(t, arg, "a commented --web-config argument")
+	path := requireRunArgs(t, "deployment.yaml (commented)", []string{arg[1]})["web-config"]
+	mount := regexp.MustCompile(`(?m)^\s*#\s+mountPath: (\S+)$`).FindStringSubmatch(body)
+	require.NotNil(t, mount, "a commented mount for the web config")
+	require.Equal(t, mount[1], filepath.Dir(path), "--web-config is read from the commented mount")
+	require.Contains(t, body, "# - name: web-config")
+	require.Contains(t, body, "scheme: HTTPS")
+}
