@@ -201,7 +201,7 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 			Leading:  func() bool { return d.elector.Term() != 0 },
 			Logger:   log.With().Str("component", "metrics").Logger(),
 		})
-		if d.metrics, err = metrics.ListenWeb(dc.opts.listen, dc.opts.webConfig, m, log); err != nil {
+		if d.metrics, err = metrics.ListenWeb(dc.opts.listen, dc.opts.webConfig, m, log.With().Str("component", "metrics").Logger()); err != nil {
 			d.close()
 			return nil, fmt.Errorf("--listen: %w", err)
 		}
