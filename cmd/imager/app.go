@@ -161,6 +161,14 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 					return out, err
 				},
 				NotificationsPending: store.NotificationsPending,
+				Replicas: func(ctx context.Context) (map[string]int, error) {
+					seen, err := store.ReplicasSeen(ctx, time.Minute)
+					roles := map[string]int{}
+					for _, r := range seen {
+						roles[r.Role]++
+					}
+					return roles, err
+				},
 				QueueDepth: func() int {
 					if w := d.leading(); w != nil {
 						return w.sched.QueueDepth()

@@ -33,6 +33,9 @@ type Sources struct {
 	// NotificationsPending returns how many notifications wait for delivery (read from the
 	// database at scrape time): imager_notifications_pending; nil reads 0.
 	NotificationsPending func(ctx context.Context) (int64, error)
+	// Replicas returns how many imager processes of each role (leader, standby, once) were seen
+	// in the last minute (the replicas table): imager_replicas{role}.
+	Replicas func(ctx context.Context) (map[string]int, error)
 	// QueueDepth returns how many CreateImage requests wait for a worker: imager_queue_depth;
 	// nil reads 0.
 	QueueDepth func() int
@@ -86,7 +89,7 @@ func (m *Metrics) registerMore(opts Options) {
 			Help: "Notifications waiting for delivery in the notifications outbox (0: notifications not set up).",
 		}, func() float64 { return 0 }))
 	}
-	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.RPOBreaches != nil || opts.NotificationsPending != nil {
+	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.RPOBreaches != nil || opts.NotificationsPending != nil || opts.Replicas != nil {
 		m.registry.MustRegister(&historyCollector{opts: opts, log: opts.Logger})
 	}
 }
@@ -136,6 +139,9 @@ var (
 		[]string{"policy"}, nil)
 	notificationsDesc = prometheus.NewDesc("imager_notifications_pending",
 		"Notifications waiting for delivery in the notifications outbox.", nil, nil)
+	replicasDesc = prometheus.NewDesc("imager_replicas",
+		"imager processes seen on this database in the last minute, by role (leader, standby, once).",
+		[]string{"role"}, nil)
 )
 
 // historyCollector reads the database-backed metrics at scrape time, so every replica reports
@@ -153,6 +159,9 @@ func (c *historyCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- rpoDesc
 	if c.opts.NotificationsPending != nil {
 		ch <- notificationsDesc
+	}
+	if c.opts.Replicas != nil {
+		ch <- replicasDesc
 	}
 }
 
@@ -200,6 +209,17 @@ func (c *historyCollector) Collect(ch chan<- prometheus.Metric) {
 			failed("imager_notifications_pending", err)
 		} else {
 			ch <- prometheus.MustNewConstMetric(notificationsDesc, prometheus.GaugeValue, float64(n))
+		}
+	}
+	if c.opts.Replicas != nil && up == 1 {
+		roles, err := c.opts.Replicas(ctx)
+		if err != nil {
+			failed("imager_replicas", err)
+		}
+		for _, role := range []string{"leader", "standby", "once"} {
+			if err == nil {
+				ch <- prometheus.MustNewConstMetric(replicasDesc, prometheus.GaugeValue, float64(roles[role]), role)
+			}
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(historyUpDesc, prometheus.GaugeValue, up)

@@ -93,6 +93,9 @@ func TestReadyzAndLeaderGauge(t *testing.T) {
 		},
 		DaemonID: "host-a/12/1",
 		Logger:   zerolog.Nop(),
+		Sources: Sources{Replicas: func(context.Context) (map[string]int, error) {
+			return map[string]int{"leader": 1, "standby": 2}, nil
+		}},
 	})
 	srv, err := Listen("127.0.0.1:0", m, zerolog.Nop())
 	require.NoError(t, err)
@@ -105,6 +108,9 @@ func TestReadyzAndLeaderGauge(t *testing.T) {
 	require.Equal(t, "ready\n", body)
 	_, body = get(t, base+"/metrics")
 	require.Contains(t, body, `imager_leader{daemon_id="host-a/12/1"} 0`)
+	require.Contains(t, body, `imager_replicas{role="leader"} 1`)
+	require.Contains(t, body, `imager_replicas{role="standby"} 2`)
+	require.Contains(t, body, `imager_replicas{role="once"} 0`)
 
 	mu.Lock()
 	leading, notReady = true, errors.New("leader but its work is not running: spool locked")
