@@ -68,7 +68,7 @@ func instanceIDs(prefix string, n int) []string {
 	return ids
 }
 
-// TestOnceImagesFortyInstancesAtTheLimit is the acceptance check: imager once over 40
+// TestOnceImagesFortyInstancesAtTheLimit is the README's promise of one pace checked end to end: imager once over 40
 // instances at limit 10 images all 40, each exactly once, with unique names of at most 60
 // characters, and records every call (a throttled one included) in image_attempts and every
 // accepted RequestId on its run. It runs on the real clock, so it asserts only what holds

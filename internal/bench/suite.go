@@ -69,7 +69,7 @@ type Scenarios struct {
 	History        HistoryParams
 }
 
-// FullScenarios are the sizes of issue 4. The fire-latency and the larger pacing scenarios run at
+// FullScenarios are the sizes BENCHMARKS.md reports. The fire-latency and the larger pacing scenarios run at
 // 100 calls per second: at 10 per second they would take ten times as long and show nothing more.
 func FullScenarios() Scenarios {
 	return Scenarios{

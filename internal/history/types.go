@@ -6,7 +6,7 @@ package history
 
 import "time"
 
-// Status is the state of one image run (PRODUCT.md section 6).
+// Status is the state of one image run (README "History (PostgreSQL)").
 type Status string
 
 // Run statuses.
