@@ -172,9 +172,6 @@ next:
 // It waits for the next minute boundary (the first cron slot after the daemon starts), so it takes
 // up to about 1.5 minutes of wall time.
 func TestDoneWhen(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits for a minute boundary and starts a PostgreSQL server of its own")
-	}
 	start := time.Now()
 	ctx := context.Background()
 	cluster, err := pgcluster.Start(ctx, pgcluster.Options{Logger: zerolog.Nop()})

@@ -58,9 +58,6 @@ next:
 // TestMetricsSurvivePostgreSQLOutage wires the database-backed metrics to a real store on a
 // server of its own, stops that server, and checks that /metrics still answers with the rest.
 func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a PostgreSQL server of its own")
-	}
 	ctx := context.Background()
 	cluster, err := pgcluster.Start(ctx, pgcluster.Options{Logger: zerolog.Nop()})
 	require.NoError(t, err, "start a PostgreSQL server of the test's own (install the PostgreSQL server binaries)")

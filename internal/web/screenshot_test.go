@@ -1,9 +1,12 @@
 package web_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	stdpng "image/png"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,11 +18,12 @@ import (
 // TestScreenshot writes a PNG of the page over a demo-like history to the path in
 // IMAGER_WEB_SCREENSHOT (docs/status-page.png in the README is made this way:
 // IMAGER_WEB_SCREENSHOT=$PWD/docs/status-page.png go test ./internal/web -run TestScreenshot).
-// It only runs when asked; TestPageInBrowser is the test of the page.
+// Without it the PNG goes to a temporary directory; either way the test checks that the browser
+// rendered a full page (a PNG at the viewport's width). TestPageInBrowser tests the page's contents.
 func TestScreenshot(t *testing.T) {
 	out := os.Getenv("IMAGER_WEB_SCREENSHOT")
 	if out == "" {
-		t.Skip("set IMAGER_WEB_SCREENSHOT=path.png to write a screenshot of the page")
+		out = filepath.Join(t.TempDir(), "status-page.png")
 	}
 	ctx := context.Background()
 	s := newStore(t)
@@ -112,6 +116,10 @@ policies:
 		chromedp.WaitReady(chromedp.CSS("#failures"))))
 	png, err := chromedp.Run(b, chromedp.FullScreenshot(100))
 	require.NoError(t, err)
+	img, err := stdpng.Decode(bytes.NewReader(png))
+	require.NoError(t, err, "the screenshot is a PNG")
+	require.Equal(t, 1280, img.Bounds().Dx(), "rendered at the viewport's width")
+	require.Greater(t, img.Bounds().Dy(), 900, "the full page, taller than the viewport")
 	require.NoError(t, os.WriteFile(out, png, 0o644))
 	t.Logf("wrote %s (%d bytes, %d runs)", out, len(png), len(runs))
 }
