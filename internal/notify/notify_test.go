@@ -1,7 +1,6 @@
 package notify_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,6 +23,7 @@ import (
 	"github.com/imager-dev/imager/internal/notify"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -113,34 +113,16 @@ policies:
 	return cfg
 }
 
-// syncBuffer is a log sink safe for the notifier's concurrent deliveries.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type fixture struct {
 	store *history.Store
 	clock *clockwork.FakeClock
 	n     *notify.Notifier
-	logs  *syncBuffer
+	logs  *testenv.LogBuffer
 }
 
 func newFixture(t *testing.T, s *history.Store, cfg *policy.Config, retry *backoff.Policy) *fixture {
 	t.Helper()
-	f := &fixture{store: s, clock: clockwork.NewFakeClockAt(slot.Add(time.Hour)), logs: &syncBuffer{}}
+	f := &fixture{store: s, clock: clockwork.NewFakeClockAt(slot.Add(time.Hour)), logs: &testenv.LogBuffer{}}
 	if retry == nil {
 		retry = &backoff.Policy{Initial: time.Second, Max: time.Second, Attempts: 10}
 	}
@@ -492,7 +474,7 @@ func TestLoopSurvivesErrorsAndRestarts(t *testing.T) {
 		return http.StatusOK
 	})
 	clock := clockwork.NewFakeClockAt(slot)
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	n, err := notify.New(config(t, "notify:\n  webhooks:\n    - url: "+rc.srv.URL+"/hook\n", ""),
 		notify.Options{Store: &flaky{Store: s, fails: 1}, Clock: clock, Log: zerolog.New(logs), Poll: time.Minute})
 	require.NoError(t, err)

@@ -94,7 +94,7 @@ func TestQuotaRefusesTheSlotsThatDoNotFit(t *testing.T) {
 		require.NotNil(t, r.FinishedAt)
 		require.Zero(t, r.Attempts)
 	}
-	require.Equal(t, 1, q.logs.count(`"level":"error"`, "image quota: slots of this fire fail without being sent"),
+	require.Equal(t, 1, q.logs.Count(`"level":"error"`, "image quota: slots of this fire fail without being sent"),
 		"one clear error line per fire")
 	for _, c := range q.sim.Calls() {
 		require.Empty(t, c.Code, "no call failed: %+v", c)
@@ -124,8 +124,8 @@ func TestQuotaPrunesBeforeRefusing(t *testing.T) {
 	}
 	require.ElementsMatch(t, quotaInstances, q.created())
 	require.Equal(t, []string{region}, regions)
-	require.Zero(t, q.logs.count(`"level":"error"`))
-	require.Equal(t, 1, q.logs.count("image quota short for a fire: pruned what retention allows", `"freed":2`))
+	require.Zero(t, q.logs.Count(`"level":"error"`))
+	require.Equal(t, 1, q.logs.Count("image quota short for a fire: pruned what retention allows", `"freed":2`))
 }
 
 func TestQuotaStillShortAfterPruning(t *testing.T) {
@@ -224,7 +224,7 @@ func TestQuotaGateRefusesNothingWhenItCannotCount(t *testing.T) {
 			refused, err := g.Check(e.ctx, p, []string{"ins-aaaaaaaa"})
 			require.NoError(t, err)
 			require.Empty(t, refused)
-			require.Equal(t, 1, e.logs.count(`"level":"warn"`, tc.log, "InternalError"))
+			require.Equal(t, 1, e.logs.Count(`"level":"warn"`, tc.log, "InternalError"))
 
 			// Once the API answers again, the full region refuses.
 			refused, err = g.Check(e.ctx, p, []string{"ins-aaaaaaaa"})
