@@ -140,75 +140,37 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 	}
 	var onCall func(action, code string, elapsed time.Duration)
 	if dc.opts.listen != "" {
-		m := metrics.New(metrics.Options{
-			Sources: metrics.Sources{
-				LastAvailable: func(ctx context.Context) ([]metrics.LastAvailable, error) {
-					cov, err := store.CoverageList(ctx, "", "", false)
-					var out []metrics.LastAvailable
-					for _, c := range cov {
-						if c.LastAvailableAt != nil {
-							out = append(out, metrics.LastAvailable{Policy: c.Policy, Instance: c.InstanceID, At: *c.LastAvailableAt})
-						}
-					}
-					return out, err
-				},
-				RPOBreaches: func(ctx context.Context) ([]metrics.PolicyCount, error) {
-					counts, err := store.RPOBreachCounts(ctx)
-					out := make([]metrics.PolicyCount, len(counts))
-					for i, c := range counts {
-						out[i] = metrics.PolicyCount{Policy: c.Policy, Count: c.Count}
-					}
-					return out, err
-				},
-				NotificationsPending: store.NotificationsPending,
-				Replicas: func(ctx context.Context) (map[string]int, error) {
-					seen, err := store.ReplicasSeen(ctx, time.Minute)
-					roles := map[string]int{}
-					for _, r := range seen {
-						roles[r.Role]++
-					}
-					return roles, err
-				},
-				QueueDepth: func() int {
-					if w := d.leading(); w != nil {
-						return w.sched.QueueDepth()
-					}
-					return 0
-				},
-				Version: version,
-				Commit:  commit,
+		mo := metrics.HistoryOptions(store)
+		mo.QueueDepth = func() int {
+			if w := d.leading(); w != nil {
+				return w.sched.QueueDepth()
+			}
+			return 0
+		}
+		mo.Version, mo.Commit = version, commit
+		mo.Page = web.Handler(web.Options{
+			Leader: func() bool { return d.elector.Term() != 0 },
+			Ping:   func(ctx context.Context) error { return store.Pool().Ping(ctx) },
+			Policies: func() (*policy.Config, time.Time) {
+				at := d.loadedAt.Load()
+				return d.cfg.Load(), *at
 			},
-			Page: web.Handler(web.Options{
-				Leader: func() bool { return d.elector.Term() != 0 },
-				Ping:   func(ctx context.Context) error { return store.Pool().Ping(ctx) },
-				Policies: func() (*policy.Config, time.Time) {
-					at := d.loadedAt.Load()
-					return d.cfg.Load(), *at
-				},
-				History: store,
-				Clock:   d.clock,
-				Logger:  log.With().Str("component", "web").Logger(),
-			}),
-			RunCounts: func(ctx context.Context, since time.Time) ([]metrics.RunCount, error) {
-				counts, err := store.RunCountsSince(ctx, since)
-				out := make([]metrics.RunCount, len(counts))
-				for i, c := range counts {
-					out[i] = metrics.RunCount{Policy: c.Policy, Status: string(c.Status), Count: c.Count}
-				}
-				return out, err
-			},
-			SpoolPending: func() int {
-				if r := d.recorder.Load(); r != nil {
-					return r.Pending()
-				}
-				return 0
-			},
-			Health:   func(ctx context.Context) error { return store.Pool().Ping(ctx) },
-			Ready:    d.ready,
-			DaemonID: d.daemonID,
-			Leading:  func() bool { return d.elector.Term() != 0 },
-			Logger:   log.With().Str("component", "metrics").Logger(),
+			History: store,
+			Clock:   d.clock,
+			Logger:  log.With().Str("component", "web").Logger(),
 		})
+		mo.SpoolPending = func() int {
+			if r := d.recorder.Load(); r != nil {
+				return r.Pending()
+			}
+			return 0
+		}
+		mo.Health = func(ctx context.Context) error { return store.Pool().Ping(ctx) }
+		mo.Ready = d.ready
+		mo.DaemonID = d.daemonID
+		mo.Leading = func() bool { return d.elector.Term() != 0 }
+		mo.Logger = log.With().Str("component", "metrics").Logger()
+		m := metrics.New(mo)
 		if d.metrics, err = metrics.ListenWeb(dc.opts.listen, dc.opts.webConfig, m, log.With().Str("component", "metrics").Logger()); err != nil {
 			d.close()
 			return nil, fmt.Errorf("--listen: %w", err)

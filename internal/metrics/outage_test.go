@@ -83,41 +83,12 @@ func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
 		require.NoError(t, store.RunAvailable(ctx, r.ID, nil, "", now.Add(-time.Duration(7*i)*30*time.Minute)))
 	}
 
-	m := metrics.New(metrics.Options{
-		RunCounts: func(ctx context.Context, since time.Time) ([]metrics.RunCount, error) {
-			counts, err := store.RunCountsSince(ctx, since)
-			out := make([]metrics.RunCount, len(counts))
-			for i, c := range counts {
-				out[i] = metrics.RunCount{Policy: c.Policy, Status: string(c.Status), Count: c.Count}
-			}
-			return out, err
-		},
-		SpoolPending: func() int { return 7 },
-		Sources: metrics.Sources{
-			LastAvailable: func(ctx context.Context) ([]metrics.LastAvailable, error) {
-				cov, err := store.CoverageList(ctx, "", "", false)
-				var out []metrics.LastAvailable
-				for _, c := range cov {
-					if c.LastAvailableAt != nil {
-						out = append(out, metrics.LastAvailable{Policy: c.Policy, Instance: c.InstanceID, At: *c.LastAvailableAt})
-					}
-				}
-				return out, err
-			},
-			RPOBreaches: func(ctx context.Context) ([]metrics.PolicyCount, error) {
-				counts, err := store.RPOBreachCounts(ctx)
-				out := make([]metrics.PolicyCount, len(counts))
-				for i, c := range counts {
-					out[i] = metrics.PolicyCount{Policy: c.Policy, Count: c.Count}
-				}
-				return out, err
-			},
-			QueueDepth: func() int { return 4 },
-			Version:    "1.2.3",
-			Commit:     "abc",
-		},
-		Logger: zerolog.Nop(),
-	})
+	mo := metrics.HistoryOptions(store)
+	mo.SpoolPending = func() int { return 7 }
+	mo.QueueDepth = func() int { return 4 }
+	mo.Version, mo.Commit = "1.2.3", "abc"
+	mo.Logger = zerolog.Nop()
+	m := metrics.New(mo)
 	m.ObserveRun("web", "available")
 	m.ObserveRun("web", "available")
 	m.ObservePaceWait(250 * time.Millisecond)
