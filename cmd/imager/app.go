@@ -268,60 +268,32 @@ func (d *daemon) stopWork() {
 	d.recorder.CompareAndSwap(w.recorder, nil)
 }
 
-// fenceWatch is the scheduler's history: the recorder, and a demotion as soon as a write is
-// refused as fenced (another replica holds the lease).
-type fenceWatch struct {
-	*history.Recorder
+// fencedTracker is the completion tracker's history: the recorder, and a demotion as soon as a
+// write is refused as fenced (another replica holds the lease). The scheduler tells the same
+// through its OnFenced hook.
+type fencedTracker struct {
+	lifecycle.TrackerHistory
 	onFenced func()
 }
 
-func (f fenceWatch) check(err error) error {
+func (t fencedTracker) check(err error) error {
 	if errors.Is(err, history.ErrFenced) {
-		f.onFenced()
+		t.onFenced()
 	}
 	return err
 }
 
-func (f fenceWatch) RunClaim(ctx context.Context, p history.RunClaimParams) (history.Run, bool, error) {
-	r, ok, err := f.Recorder.RunClaim(ctx, p)
-	return r, ok, f.check(err)
+func (t fencedTracker) RunAvailable(ctx context.Context, id int64, size *int64, imageID string, at time.Time) error {
+	return t.check(t.TrackerHistory.RunAvailable(ctx, id, size, imageID, at))
 }
-func (f fenceWatch) RunRename(ctx context.Context, id int64, name string) error {
-	return f.check(f.Recorder.RunRename(ctx, id, name))
+func (t fencedTracker) RunSetImageID(ctx context.Context, id int64, imageID string) error {
+	return t.check(t.TrackerHistory.RunSetImageID(ctx, id, imageID))
 }
-func (f fenceWatch) RunRequested(ctx context.Context, id int64, imageID, requestID string) error {
-	return f.check(f.Recorder.RunRequested(ctx, id, imageID, requestID))
-}
-func (f fenceWatch) RunFinish(ctx context.Context, p history.RunFinishParams) error {
-	return f.check(f.Recorder.RunFinish(ctx, p))
-}
-func (f fenceWatch) RunAvailable(ctx context.Context, id int64, size *int64, imageID string, at time.Time) error {
-	return f.check(f.Recorder.RunAvailable(ctx, id, size, imageID, at))
-}
-func (f fenceWatch) RunSetImageID(ctx context.Context, id int64, imageID string) error {
-	return f.check(f.Recorder.RunSetImageID(ctx, id, imageID))
+func (t fencedTracker) RunFinish(ctx context.Context, p history.RunFinishParams) error {
+	return t.check(t.TrackerHistory.RunFinish(ctx, p))
 }
 
-// trackerFenceWatch is fenceWatch for the completion tracker's history.
-type trackerFenceWatch struct {
-	lifecycle.TrackerHistory
-	f fenceWatch
-}
-
-func (t trackerFenceWatch) RunAvailable(ctx context.Context, id int64, size *int64, imageID string, at time.Time) error {
-	return t.f.check(t.TrackerHistory.RunAvailable(ctx, id, size, imageID, at))
-}
-func (t trackerFenceWatch) RunSetImageID(ctx context.Context, id int64, imageID string) error {
-	return t.f.check(t.TrackerHistory.RunSetImageID(ctx, id, imageID))
-}
-func (t trackerFenceWatch) RunFinish(ctx context.Context, p history.RunFinishParams) error {
-	return t.f.check(t.TrackerHistory.RunFinish(ctx, p))
-}
-
-var (
-	_ scheduler.History        = fenceWatch{}
-	_ lifecycle.TrackerHistory = trackerFenceWatch{}
-)
+var _ lifecycle.TrackerHistory = fencedTracker{}
 
 // buildWork opens the spool and builds the leader's components, every write fenced by term.
 func (d *daemon) buildWork(term int64) (*leaderWork, error) {
@@ -332,7 +304,6 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 		return nil, fmt.Errorf("--spool-dir: %w", err)
 	}
 	w := &leaderWork{term: term, recorder: rec, notifier: d.notifier}
-	watch := fenceWatch{Recorder: rec, onFenced: d.elector.Demote}
 	cfg := d.cfg.Load()
 	var sched *scheduler.Scheduler
 	liveConfig := func() *policy.Config { return sched.Config() }
@@ -352,7 +323,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 	sched, err = scheduler.New(scheduler.Options{
 		Config:           cfg,
 		CVM:              d.client,
-		History:          watch,
+		History:          rec,
 		Clock:            d.clock,
 		Logger:           log.With().Str("component", "scheduler").Logger(),
 		DaemonID:         d.daemonID,
@@ -383,7 +354,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 	}
 	w.sched = sched
 	w.tracker = lifecycle.NewTracker(lifecycle.TrackerOptions{
-		History:      trackerFenceWatch{TrackerHistory: lifecycle.RecorderHistory(rec), f: watch},
+		History:      fencedTracker{TrackerHistory: lifecycle.RecorderHistory(rec), onFenced: d.elector.Demote},
 		CVM:          d.client,
 		Pace:         d.describePace,
 		Config:       liveConfig,
