@@ -48,6 +48,10 @@ type ClientPacing struct {
 	// MaxAdmittedInAnySecond counts only those the limiter admitted.
 	MaxInAnySecond         int
 	MaxAdmittedInAnySecond int
+	// FirstCall is how long after the fire the first call reached the simulator (the fire's
+	// claim of every slot comes first), and Tail how long the last outcome came after the last
+	// call that reached it (retries waiting out their backoff with nothing else to send).
+	FirstCall, Tail time.Duration
 }
 
 // PacingRun is one run of a pacing scenario.
@@ -148,8 +152,10 @@ func imagerPacing(ctx context.Context, env Env, p PacingParams, instances []stri
 	if err != nil {
 		return ClientPacing{}, err
 	}
-	res := pacingFromCalls(sim.Calls())
+	calls := sim.Calls()
+	res := pacingFromCalls(calls)
 	res.Makespan = makespan
+	res.FirstCall, res.Tail = callSpan(calls, start, makespan)
 	for _, o := range outcomes {
 		if o.Succeeded() {
 			res.Requested++
@@ -202,6 +208,27 @@ func pacingFromCalls(calls []cvmsim.Call) ClientPacing {
 	res.MaxAdmittedInAnySecond = cvmsim.MaxInWindow(admitted, time.Second)
 	res.AdmittedRate = spanRate(admitted)
 	return res
+}
+
+// callSpan returns how long after start the first CreateImage reached the simulator, and how
+// long before start+makespan the last one did.
+func callSpan(calls []cvmsim.Call, start time.Time, makespan time.Duration) (first, tail time.Duration) {
+	var lo, hi time.Time
+	for _, c := range calls {
+		if c.Action != cvmsim.ActionCreateImage {
+			continue
+		}
+		if lo.IsZero() || c.At.Before(lo) {
+			lo = c.At
+		}
+		if c.At.After(hi) {
+			hi = c.At
+		}
+	}
+	if lo.IsZero() {
+		return 0, 0
+	}
+	return lo.Sub(start), start.Add(makespan).Sub(hi)
 }
 
 // spanRate is (n−1) over the time from the first to the last of n times (calls per second between

@@ -2,6 +2,7 @@ package history_test
 
 import (
 	"context"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -286,4 +287,72 @@ func TestImageLatest(t *testing.T) {
 	require.ErrorIs(t, err, history.ErrNotFound)
 	_, err = s.ImageLatest(ctx, "ins-zzzzzzzz", d.Add(100*time.Hour))
 	require.ErrorIs(t, err, history.ErrNotFound)
+}
+
+// TestCoverageTriggersAgreeWithRebuild writes runs in random order and with every status, as
+// single inserts, multi-row inserts and updates, and checks after each round that coverage_state
+// and coverage_days hold what coverage_rebuild computes from image_runs alone.
+func TestCoverageTriggersAgreeWithRebuild(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	_, err := s.PoliciesSync(ctx, []history.PolicyRow{
+		{Name: "web", Schedule: "0 */6 * * *", Timezone: "Asia/Shanghai", Interval: 6 * time.Hour, Enabled: true, SourceFile: "a.yaml", SourceLine: 3, LoadedAt: slot},
+	}, slot)
+	require.NoError(t, err)
+	rng := rand.New(rand.NewPCG(7, 11))
+	statuses := []string{"pending", "requested", "available", "failed", "missed", "skipped"}
+	pols := []string{"web", "db"} // db has no policies row: its days are UTC
+	insts := []string{"ins-aaaaaaaa", "ins-bbbbbbbb", "ins-cccccccc"}
+	insert := `INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+		image_name, image_id, error_code, daemon_id)
+	SELECT p, i, 'ap-guangzhou', at, at, CASE WHEN st IN ('pending', 'requested') THEN NULL ELSE at + interval '1 hour' END,
+		st, p || '-' || i || '-' || extract(epoch FROM at)::bigint,
+		CASE WHEN st IN ('requested', 'available') THEN 'img-' || extract(epoch FROM at)::bigint END,
+		CASE WHEN st IN ('failed', 'missed', 'skipped') THEN 'Code' || st END, 'daemon-a'
+	FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) AS u(p, i, at, st)
+	ON CONFLICT DO NOTHING`
+	snapshot := func() string {
+		var state, days string
+		require.NoError(t, s.Pool().QueryRow(ctx, `SELECT COALESCE(string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s',
+			policy, instance_id, first_slot, last_slot, last_run_id, last_status, last_error_code, last_available_run_id,
+			last_available_image_id, last_available_image_name, last_available_slot, last_available_at), E'\n'
+			ORDER BY policy, instance_id), '') FROM coverage_state`).Scan(&state))
+		require.NoError(t, s.Pool().QueryRow(ctx, `SELECT COALESCE(string_agg(format('%s|%s|%s|%s|%s|%s|%s|%s',
+			policy, instance_id, day, status, run_id, image_id, error_code, runs), E'\n'
+			ORDER BY policy, instance_id, day), '') FROM coverage_days`).Scan(&days))
+		return state + "\n--\n" + days
+	}
+	for round := range 30 {
+		// A batch of new runs at random slots (out of order, several per pair and day, some
+		// in one statement).
+		var ps, is, sts []string
+		var ats []time.Time
+		for range 1 + rng.IntN(8) {
+			ps = append(ps, pols[rng.IntN(len(pols))])
+			is = append(is, insts[rng.IntN(len(insts))])
+			ats = append(ats, slot.Add(time.Duration(rng.IntN(20*24))*time.Hour/4))
+			sts = append(sts, statuses[rng.IntN(len(statuses))])
+		}
+		_, err := s.Pool().Exec(ctx, insert, ps, is, ats, sts)
+		require.NoError(t, err)
+		// Some existing runs change status or are deleted.
+		_, err = s.Pool().Exec(ctx, `UPDATE image_runs SET status = 'available', finished_at = scheduled_at + interval '2 hours',
+			image_id = COALESCE(image_id, 'img-late-' || id) WHERE status IN ('pending', 'requested') AND id % 3 = $1`, round%3)
+		require.NoError(t, err)
+		_, err = s.Pool().Exec(ctx, `UPDATE image_runs SET status = 'failed', finished_at = scheduled_at + interval '3 hours',
+			error_code = 'Timeout' WHERE status = 'available' AND id % 7 = $1`, round%7)
+		require.NoError(t, err)
+		if round%5 == 4 {
+			_, err = s.Pool().Exec(ctx, `DELETE FROM image_runs WHERE id % 11 = $1`, round%11)
+			require.NoError(t, err)
+		}
+		before := snapshot()
+		_, err = s.Pool().Exec(ctx, `SELECT coverage_rebuild()`)
+		require.NoError(t, err)
+		require.Equal(t, snapshot(), before, "round %d: the triggers disagree with coverage_rebuild", round)
+	}
+	var n int
+	require.NoError(t, s.Pool().QueryRow(ctx, `SELECT count(*) FROM coverage_days WHERE runs > 1`).Scan(&n))
+	require.Positive(t, n, "no day held two runs: the test did not exercise the tie-break")
 }
