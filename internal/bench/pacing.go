@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/scheduler"
 )
@@ -52,6 +54,9 @@ type ClientPacing struct {
 	// claim of every slot comes first), and Tail how long the last outcome came after the last
 	// call that reached it (retries waiting out their backoff with nothing else to send).
 	FirstCall, Tail time.Duration
+	// Grants is how many sends imager's pace granted: one per call unless a call was lost on
+	// the way (imager's client only; 0 for the naive one).
+	Grants int
 }
 
 // PacingRun is one run of a pacing scenario.
@@ -129,7 +134,9 @@ func imagerPacing(ctx context.Context, env Env, p PacingParams, instances []stri
 		return ClientPacing{}, err
 	}
 	defer client.Close()
+	var grants atomic.Int64
 	sched, err := scheduler.New(scheduler.Options{
+		Pace:          pace.Options{OnGrant: func(time.Time) { grants.Add(1) }},
 		Config:        cfg,
 		CVM:           client,
 		History:       store,
@@ -156,6 +163,7 @@ func imagerPacing(ctx context.Context, env Env, p PacingParams, instances []stri
 	res := pacingFromCalls(calls)
 	res.Makespan = makespan
 	res.FirstCall, res.Tail = callSpan(calls, start, makespan)
+	res.Grants = int(grants.Load())
 	for _, o := range outcomes {
 		if o.Succeeded() {
 			res.Requested++

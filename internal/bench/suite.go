@@ -305,9 +305,9 @@ func chosen(only []string) ([]string, error) {
 }
 
 func describePacing(c ClientPacing, p PacingParams) string {
-	return fmt.Sprintf("%d/%d requested in %s (%.3f x N/L), rate %.3f L, %d calls, %d rejected, max %d (admitted %d) in any second, first call after %s, last outcome %s after the last call",
+	return fmt.Sprintf("%d/%d requested in %s (%.3f x N/L), rate %.3f L, %d calls (%d granted), %d rejected, max %d (admitted %d) in any second, first call after %s, last outcome %s after the last call",
 		c.Requested, p.Calls, c.Makespan.Round(time.Millisecond), c.MakespanPerIdeal(p.Calls, p.Limit),
-		c.RatePerLimit(p.Limit), c.Calls, c.Rejected, c.MaxInAnySecond, c.MaxAdmittedInAnySecond,
+		c.RatePerLimit(p.Limit), c.Calls, c.Grants, c.Rejected, c.MaxInAnySecond, c.MaxAdmittedInAnySecond,
 		c.FirstCall.Round(time.Millisecond), c.Tail.Round(time.Millisecond))
 }
 

@@ -59,6 +59,54 @@ RETURNING ` + runColumns
 const claimSelect = `SELECT ` + runColumns + ` FROM image_runs
 WHERE policy = $1 AND instance_id = $2 AND scheduled_at = $3`
 
+// claimInsertMany inserts the slot rows of one fire in one statement, in the order given (their
+// ids follow it), skipping slots that already have a row.
+const claimInsertMany = `
+INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+	image_name, error_code, error_message, daemon_id, term, updated_at)
+SELECT c.policy, c.instance_id, c.region, c.scheduled_at, c.started_at, c.finished_at, c.status,
+	c.image_name, NULLIF(c.error_code, ''), NULLIF(c.error_message, ''), c.daemon_id, $12, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[],
+	$7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY
+	AS c(policy, instance_id, region, scheduled_at, started_at, finished_at, status, image_name,
+		error_code, error_message, daemon_id, ord)
+ORDER BY c.ord
+ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
+RETURNING ` + runColumns
+
+// claimSelectMany reads the rows of the given slot keys.
+const claimSelectMany = `SELECT ` + runColumns + ` FROM image_runs
+WHERE (policy, instance_id, scheduled_at) IN (
+	SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]))`
+
+// claimKey identifies a slot row. PostgreSQL keeps microseconds, so the slot is compared at that
+// precision.
+type claimKey struct {
+	policy, instance string
+	slotMicros       int64
+}
+
+func keyOf(policy, instance string, slot time.Time) claimKey {
+	return claimKey{policy, instance, slot.UnixMicro()}
+}
+
+// claimArrays is ps as the column arrays of claimInsertMany, and the term.
+func (s *Store) claimArrays(ps []RunClaimParams) []any {
+	n := len(ps)
+	pols, insts, regions := make([]string, n), make([]string, n), make([]string, n)
+	slots, starts, finishes := make([]time.Time, n), make([]time.Time, n), make([]*time.Time, n)
+	statuses, names, codes, msgs, daemons := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	for i, p := range ps {
+		pols[i], insts[i], regions[i] = p.Policy, p.InstanceID, p.Region
+		slots[i], starts[i] = p.ScheduledAt, p.StartedAt
+		if p.Status.Terminal() {
+			finishes[i] = &ps[i].StartedAt
+		}
+		statuses[i], names[i], codes[i], msgs[i], daemons[i] = string(p.Status), p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID
+	}
+	return []any{pols, insts, regions, slots, starts, finishes, statuses, names, codes, msgs, daemons, s.termArg()}
+}
+
 func (s *Store) claimArgs(p RunClaimParams) []any {
 	var finishedAt *time.Time
 	if p.Status.Terminal() {
@@ -90,33 +138,54 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 		if err := s.claimFence(ctx, tx); err != nil {
 			return err
 		}
-		b := &pgx.Batch{}
-		for _, p := range ps {
-			b.Queue(claimInsert, s.claimArgs(p)...)
-		}
-		br := tx.SendBatch(ctx, b)
-		for i := range ps {
-			r, err := scanRun(br.QueryRow())
-			switch {
-			case err == nil:
-				runs[i], claimed[i] = r, true
-			case !errors.Is(err, pgx.ErrNoRows):
-				_ = br.Close()
-				return err
-			}
-		}
-		if err := br.Close(); err != nil {
+		rows, err := tx.Query(ctx, claimInsertMany, s.claimArrays(ps)...)
+		if err != nil {
 			return err
 		}
+		inserted, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
+		if err != nil {
+			return err
+		}
+		// Match the inserted rows to their params by slot key; a key given twice is claimed by its
+		// first params only. Params whose row was not inserted (claimed before) read it back.
+		byKey := make(map[claimKey]Run, len(inserted))
+		for _, r := range inserted {
+			byKey[keyOf(r.Policy, r.InstanceID, r.ScheduledAt)] = r
+		}
+		var pols, insts []string
+		var slots []time.Time
 		for i, p := range ps {
-			if claimed[i] {
+			k := keyOf(p.Policy, p.InstanceID, p.ScheduledAt)
+			if r, ok := byKey[k]; ok {
+				runs[i], claimed[i] = r, true
+				delete(byKey, k)
 				continue
 			}
-			r, err := scanRun(tx.QueryRow(ctx, claimSelect, p.Policy, p.InstanceID, p.ScheduledAt))
+			pols, insts, slots = append(pols, p.Policy), append(insts, p.InstanceID), append(slots, p.ScheduledAt)
+		}
+		if len(pols) > 0 {
+			rows, err := tx.Query(ctx, claimSelectMany, pols, insts, slots)
 			if err != nil {
 				return err
 			}
-			runs[i] = r
+			existing, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
+			if err != nil {
+				return err
+			}
+			found := make(map[claimKey]Run, len(existing))
+			for _, r := range existing {
+				found[keyOf(r.Policy, r.InstanceID, r.ScheduledAt)] = r
+			}
+			for i, p := range ps {
+				if claimed[i] {
+					continue
+				}
+				r, ok := found[keyOf(p.Policy, p.InstanceID, p.ScheduledAt)]
+				if !ok {
+					return fmt.Errorf("slot of %s on %s at %s was neither inserted nor found", p.Policy, p.InstanceID, p.ScheduledAt.UTC().Format(time.RFC3339))
+				}
+				runs[i] = r
+			}
 		}
 		latest := map[string]time.Time{}
 		for _, p := range ps {

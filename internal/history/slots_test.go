@@ -47,6 +47,15 @@ func TestRunsClaimFire(t *testing.T) {
 	require.Equal(t, "PreviousImageInProgress", runs[2].ErrorCode)
 	require.NotNil(t, runs[2].FinishedAt)
 	require.Equal(t, 3, countRuns(t, s))
+	require.Less(t, runs[0].ID, runs[2].ID, "rows are inserted in the order given")
+
+	// A slot given twice in one fire is claimed once: by its first params.
+	twice := claimParams("web", "ins-55555555", slot.Add(-3*time.Hour))
+	runs, claimed, err = s.RunsClaimFire(ctx, []history.RunClaimParams{twice, claimParams("web", "ins-66666666", slot.Add(-3*time.Hour)), twice})
+	require.NoError(t, err)
+	require.Equal(t, []bool{true, true, false}, claimed)
+	require.Equal(t, runs[0], runs[2])
+	require.Equal(t, 5, countRuns(t, s))
 
 	// The fire moved the policy's last handled slot; an older slot never moves it back.
 	last, err := s.PolicySlots(ctx)
@@ -64,7 +73,7 @@ func TestRunsClaimFire(t *testing.T) {
 	bad := claimParams("web", "", slot.Add(time.Hour))
 	_, _, err = s.RunsClaimFire(ctx, []history.RunClaimParams{claimParams("web", "ins-44444444", slot.Add(time.Hour)), bad})
 	require.ErrorIs(t, err, history.ErrInvalid)
-	require.Equal(t, 4, countRuns(t, s))
+	require.Equal(t, 6, countRuns(t, s))
 }
 
 func TestManualFiresDoNotMoveTheLastHandledSlot(t *testing.T) {

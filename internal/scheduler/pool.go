@@ -19,8 +19,8 @@ type job struct {
 	slot     time.Time
 	manual   bool // fired by RunOnce: its slot is not a schedule slot (policy_slots stays)
 
-	ready time.Time // when the job may run next (queue order)
-	seq   uint64    // FIFO among equal ready times
+	ready time.Time // when the job may run next
+	rank  uint64    // order among due jobs: set when first queued, kept by retries
 
 	run         history.Run // the claimed row; ID is 0 until claimed
 	claimed     bool
@@ -115,23 +115,16 @@ func (s *Scheduler) dispatch() {
 	}
 }
 
-// nextReady waits for the first job whose ready time has come; nil when the scheduler stops.
+// nextReady waits for a due job (see jobQueue); nil when the scheduler stops.
 func (s *Scheduler) nextReady() *job {
 	for {
 		s.mu.Lock()
-		top := s.queue.peek()
-		var wait time.Duration
-		if top != nil {
-			wait = top.ready.Sub(s.clock.Now())
-			if wait <= 0 {
-				j := s.queue.pop()
-				s.mu.Unlock()
-				return j
-			}
-		}
+		j, wait := s.queue.next(s.clock.Now())
 		s.mu.Unlock()
-
-		if top == nil {
+		if j != nil {
+			return j
+		}
+		if wait <= 0 {
 			select {
 			case <-s.wake:
 			case <-s.stopCtx.Done():
