@@ -182,12 +182,15 @@ func naivePacing(ctx context.Context, env Env, p PacingParams, instances []strin
 	if p.FaultRate > 0 {
 		sim.SetFaults(cvmsim.Faults{InternalErrorRate: p.FaultRate, Actions: []string{cvmsim.ActionCreateImage}})
 	}
+	start := time.Now()
 	requested, makespan, err := naiveCreateImages(ctx, sim.Endpoint(), instances, p.NaiveRetries)
 	if err != nil {
 		return ClientPacing{}, err
 	}
-	res := pacingFromCalls(sim.Calls())
+	calls := sim.Calls()
+	res := pacingFromCalls(calls)
 	res.Makespan = makespan
+	res.FirstCall, res.Tail = callSpan(calls, start, time.Since(start))
 	res.Requested = requested
 	res.Lost = p.Calls - requested
 	return res, nil

@@ -299,10 +299,12 @@ func (r *Report) writePacing(w io.Writer) []metric {
 				return float64(max(c.Calls-1, 0)) / (float64(p.Limit) * (1 - pace.DefaultMargin))
 			}
 			rows = slices.Insert(rows, 4,
+				pacingRow{"", "first call after the fire (s): every slot's row is written first", "%.2f",
+					func(c ClientPacing) float64 { return c.FirstCall.Seconds() }, nil},
 				pacingRow{"", "least makespan the pace allows for the calls sent ((calls − 1) / 0.98 L) / (N / L)", "%.3f",
 					func(c ClientPacing) float64 { return paced(c) / (n / l) }, nil},
-				pacingRow{"", "makespan beyond that (s): the retries waiting at the end", "%.2f",
-					func(c ClientPacing) float64 { return c.Makespan.Seconds() - paced(c) }, nil})
+				pacingRow{"", "makespan beyond the first call and that (s): retries waiting out their backoff with nothing else to send", "%.2f",
+					func(c ClientPacing) float64 { return c.Makespan.Seconds() - c.FirstCall.Seconds() - paced(c) }, nil})
 		} else if p.Loaded {
 			// Jitter widens the spacing by up to 5 % (pace.DefaultMaxMargin), and a lone throttle
 			// is forgiven.
@@ -311,6 +313,10 @@ func (r *Report) writePacing(w io.Writer) []metric {
 		} else {
 			rows[1].tgt = ptarget("≥", 0.97)
 			rows[2].tgt = ptarget("≤", 1.03)
+		}
+		if p.FaultRate == 0 {
+			rows = append(rows, pacingRow{"", "first call after the fire (s): every slot's row is written first", "%.2f",
+				func(c ClientPacing) float64 { return c.FirstCall.Seconds() }, nil})
 		}
 		withNaive := p.NaiveRetries >= 0
 		header := []string{"metric", "imager median", "imager min–max", "target (imager)", "imager result"}
