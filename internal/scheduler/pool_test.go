@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -613,4 +614,28 @@ func TestDataDisksAllUsesTheHook(t *testing.T) {
 	out = h2.once(time.Second, "dsk")
 	require.Equal(t, history.StatusRequested, out[0].Status)
 	require.Equal(t, []string{"disk-of-" + inst}, h2.cvm.callsOf("CreateImage")[0].Create.DataDiskIDs)
+}
+
+// TestRetryKeepsItsPlaceInTheQueue: a run retried after a transient error goes out as soon as its
+// backoff ends, before the slots queued after it, rather than behind the whole fire.
+func TestRetryKeepsItsPlaceInTheQueue(t *testing.T) {
+	t.Parallel()
+	ids := instanceIDs("rq", 20)
+	h := newHarness(t, testConfig(10, 1, testPolicy("queue", ids...)))
+	h.cvm.script(ids[1], apiError("InternalError", cvm.ClassTransient))
+	h.start()
+
+	out := h.once(10*time.Millisecond, "queue")
+	require.Len(t, out, len(ids))
+	var order []string
+	for _, c := range h.cvm.callsOf("CreateImage") {
+		order = append(order, c.Create.InstanceID)
+	}
+	require.Len(t, order, len(ids)+1)
+	// The retry waits 0.5–1 s (testRetry: from 1 s, equal jitter) while the pace sends one call
+	// every ~102 ms, so it goes out 5 to 11 calls after the failure, long before the last slot.
+	retry := slices.Index(order[2:], ids[1]) + 2
+	require.GreaterOrEqual(t, retry, 1+5, "the retry waited out its backoff: %v", order)
+	require.LessOrEqual(t, retry, 1+11, "the retry went out once its backoff ended: %v", order)
+	require.Equal(t, ids[len(ids)-1], order[len(order)-1], "the last slot is sent last: %v", order)
 }
