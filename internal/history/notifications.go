@@ -247,3 +247,54 @@ func cutBytes(s string, n int) string {
 	}
 	return s[:n]
 }
+
+// NotificationsPruned counts what one NotificationsPrune deleted.
+type NotificationsPruned struct {
+	Events   int64 // notifications, with their deliveries
+	Breaches int64 // closed notification_breaches rows
+	Fires    int64 // ended notification_fires rows
+}
+
+// notificationsPruneBatch bounds the events one DELETE removes, so a first prune of a long
+// history does not hold its locks for long.
+const notificationsPruneBatch = 5000
+
+// NotificationsPrune deletes what the notification tables no longer need once it is older than
+// keep by the database clock: events fanned out whose every delivery has ended (delivered or
+// failed), with those deliveries; RPO breaches closed that long ago; and fires that ended that long
+// ago. An event with a delivery still pending stays, however old. image_runs is never touched.
+func (s *Store) NotificationsPrune(ctx context.Context, keep time.Duration) (NotificationsPruned, error) {
+	var out NotificationsPruned
+	if keep <= 0 {
+		return out, fmt.Errorf("prune notifications: keep %s: %w", keep, ErrInvalid)
+	}
+	secs := keep.Seconds()
+	for {
+		tag, err := s.pool.Exec(ctx, `
+DELETE FROM notifications WHERE id IN (
+	SELECT n.id FROM notifications n
+	WHERE n.created_at < now() - make_interval(secs => $1) AND n.dispatched_at IS NOT NULL
+		AND NOT EXISTS (SELECT 1 FROM notification_deliveries d WHERE d.notification_id = n.id AND d.status = 'pending')
+	ORDER BY n.id LIMIT $2)`, secs, notificationsPruneBatch)
+		if err != nil {
+			return out, fmt.Errorf("prune notifications: %w", s.translate(err))
+		}
+		out.Events += tag.RowsAffected()
+		if tag.RowsAffected() < notificationsPruneBatch {
+			break
+		}
+	}
+	tag, err := s.pool.Exec(ctx, `DELETE FROM notification_breaches
+WHERE closed_at < now() - make_interval(secs => $1)`, secs)
+	if err != nil {
+		return out, fmt.Errorf("prune notification breaches: %w", s.translate(err))
+	}
+	out.Breaches = tag.RowsAffected()
+	tag, err = s.pool.Exec(ctx, `DELETE FROM notification_fires
+WHERE ended_at < now() - make_interval(secs => $1)`, secs)
+	if err != nil {
+		return out, fmt.Errorf("prune notification fires: %w", s.translate(err))
+	}
+	out.Fires = tag.RowsAffected()
+	return out, nil
+}

@@ -3,6 +3,7 @@ package history_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -301,4 +302,147 @@ func TestNotificationDeliveryRows(t *testing.T) {
 	n, err = s.NotificationsPending(ctx)
 	require.NoError(t, err)
 	require.Zero(t, n)
+}
+
+// missedEvents is events limited to missed ones (a claim also starts and ends fires).
+func missedEvents(t *testing.T, s *history.Store) []event {
+	t.Helper()
+	var out []event
+	for _, e := range events(t, s) {
+		if e.Event == history.EventMissed {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// TestNotificationMissedRunsOfOneTransactionAreOneEvent: the walk over passed slots records the
+// missed runs of a policy in one transaction; they make one missed event, not one per run.
+func TestNotificationMissedRunsOfOneTransactionAreOneEvent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	missed := func(inst string, at time.Time) history.RunClaimParams {
+		p := claimParams("web", inst, at)
+		p.Status, p.ErrorCode, p.ErrorMessage = history.StatusMissed, "Missed", "slot passed while no imager leader was running"
+		return p
+	}
+	h := time.Hour
+	// Three slots of two instances, and one run of another policy, in one transaction.
+	var ps []history.RunClaimParams
+	for i := range 3 {
+		ps = append(ps, missed("ins-aaaaaaaa", slot.Add(time.Duration(i)*h)), missed("ins-bbbbbbbb", slot.Add(time.Duration(i)*h)))
+	}
+	other := missed("ins-cccccccc", slot)
+	other.Policy = "db"
+	ps = append(ps, other)
+	_, _, err := s.RunsClaimFire(ctx, ps)
+	require.NoError(t, err)
+
+	evs := missedEvents(t, s)
+	require.Len(t, evs, 2, "one event per policy")
+	web, db := evs[0], evs[1]
+	require.Equal(t, map[string]any{
+		"event_id": float64(web.ID), "event": "missed", "policy": "web", "instance_id": nil, "run_id": nil,
+		"slot": "2026-03-29T05:00:00Z", "status": "missed", "error_code": "Missed",
+		"error_message": "slot passed while no imager leader was running", "image_id": nil, "image_name": nil,
+		"at":    web.Payload["at"],
+		"count": float64(6), "first_slot": "2026-03-29T03:00:00Z", "last_slot": "2026-03-29T05:00:00Z",
+		"instance_ids": []any{"ins-aaaaaaaa", "ins-bbbbbbbb"}, "instance_ids_truncated": false,
+	}, web.Payload)
+	// A lone missed run keeps its per-run fields.
+	require.Equal(t, "ins-cccccccc", db.Payload["instance_id"])
+	require.NotNil(t, db.Payload["run_id"])
+	require.Equal(t, float64(1), db.Payload["count"])
+	require.Equal(t, []any{"ins-cccccccc"}, db.Payload["instance_ids"])
+
+	// One instance over several slots keeps its id; the list stops at 100 instances and says so.
+	ps = ps[:0]
+	for i := range 3 {
+		ps = append(ps, missed("ins-dddddddd", slot.Add(time.Duration(10+i)*h)))
+	}
+	for i := range 101 {
+		ps = append(ps, missed(fmt.Sprintf("ins-e%07d", i), slot.Add(12*h)))
+	}
+	_, _, err = s.RunsClaimFire(ctx, ps)
+	require.NoError(t, err)
+	evs = missedEvents(t, s)
+	require.Len(t, evs, 3, "another transaction is another event")
+	last := evs[2].Payload
+	require.Equal(t, float64(104), last["count"])
+	require.Nil(t, last["instance_id"])
+	require.Len(t, last["instance_ids"], 100)
+	require.Equal(t, "ins-dddddddd", last["instance_ids"].([]any)[0])
+	require.Equal(t, true, last["instance_ids_truncated"])
+
+	// Separate transactions of one instance (the daemon recording each slot as it passes) are
+	// separate events, each with its run.
+	for i := range 2 {
+		_, _, err := s.RunClaim(ctx, missed("ins-ffffffff", slot.Add(time.Duration(20+i)*h)))
+		require.NoError(t, err)
+	}
+	evs = missedEvents(t, s)
+	require.Len(t, evs, 5)
+	require.Equal(t, "ins-ffffffff", evs[4].Payload["instance_id"])
+	require.Equal(t, float64(1), evs[4].Payload["count"])
+}
+
+func TestNotificationsPruneKeepsWhatIsStillNeeded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	day := 24 * time.Hour
+	// Four failed runs, four events: delivered, still pending, never fanned out, fanned out to no
+	// target.
+	for i, inst := range []string{"ins-aaaaaaaa", "ins-bbbbbbbb", "ins-cccccccc", "ins-dddddddd"} {
+		finishRun(t, s, "web", inst, slot.Add(time.Duration(i)*time.Hour), history.StatusFailed, "Timeout", slot.Add(5*time.Hour))
+	}
+	evs := events(t, s)
+	require.Len(t, evs, 4)
+	now := slot.Add(6 * time.Hour)
+	hook := []history.DeliveryTarget{{Target: "webhook/0123456789abcdef", Kind: history.TargetWebhook, Host: "https://hooks.example"}}
+	require.NoError(t, s.NotificationDispatch(ctx, evs[0].ID, hook, now))
+	require.NoError(t, s.NotificationDispatch(ctx, evs[1].ID, hook, now))
+	require.NoError(t, s.NotificationDispatch(ctx, evs[3].ID, nil, now))
+	due, err := s.DeliveriesDue(ctx, now, 10)
+	require.NoError(t, err)
+	require.Len(t, due, 2)
+	require.NoError(t, s.DeliveryRecord(ctx, history.DeliveryResult{ID: due[0].ID, Status: history.DeliveryDelivered,
+		Attempted: true, At: now, ResponseCode: 204}))
+	// A closed breach and an open one; an ended fire and an open one.
+	_, err = s.Pool().Exec(ctx, `
+INSERT INTO notification_breaches (policy, instance_id, opened_at, closed_at, closed_by) VALUES
+	('web', 'ins-aaaaaaaa', now() - interval '100 days', now() - interval '95 days', 'recovered'),
+	('web', 'ins-bbbbbbbb', now() - interval '100 days', NULL, NULL);
+INSERT INTO notification_fires (policy, slot, started_at, outcome, ended_at) VALUES
+	('web', '2020-01-01T03:00:00Z', now() - interval '100 days', 'fail', now() - interval '95 days'),
+	('web', '2020-01-02T03:00:00Z', now() - interval '100 days', NULL, NULL)`)
+	require.NoError(t, err)
+
+	// Nothing is old enough yet.
+	pruned, err := s.NotificationsPrune(ctx, 90*day)
+	require.NoError(t, err)
+	require.Equal(t, history.NotificationsPruned{Breaches: 1, Fires: 1}, pruned, "the breach and fire were written old")
+	require.Len(t, events(t, s), 4)
+
+	_, err = s.Pool().Exec(ctx, `UPDATE notifications SET created_at = now() - interval '91 days'`)
+	require.NoError(t, err)
+	pruned, err = s.NotificationsPrune(ctx, 90*day)
+	require.NoError(t, err)
+	require.Equal(t, history.NotificationsPruned{Events: 2}, pruned)
+	var left []int64
+	for _, e := range events(t, s) {
+		left = append(left, e.ID)
+	}
+	require.Equal(t, []int64{evs[1].ID, evs[2].ID}, left, "the pending delivery's event and the undispatched one stay")
+	var deliveries, breaches, fires int
+	require.NoError(t, s.Pool().QueryRow(ctx, `SELECT (SELECT count(*) FROM notification_deliveries),
+	(SELECT count(*) FROM notification_breaches), (SELECT count(*) FROM notification_fires)`).Scan(&deliveries, &breaches, &fires))
+	require.Equal(t, 1, deliveries, "the delivered one went with its event")
+	require.Equal(t, 1, breaches, "the open breach stays")
+	require.Equal(t, 1, fires, "the open fire stays")
+	require.Equal(t, 4, countRuns(t, s), "runs are never pruned")
+
+	_, err = s.NotificationsPrune(ctx, 0)
+	require.ErrorIs(t, err, history.ErrInvalid)
 }

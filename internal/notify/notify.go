@@ -37,6 +37,7 @@ type Store interface {
 	DeliveryRecord(ctx context.Context, r history.DeliveryResult) error
 	BreachesEvaluate(ctx context.Context, at time.Time) (int, error)
 	NotificationsPending(ctx context.Context) (int64, error)
+	NotificationsPrune(ctx context.Context, keep time.Duration) (history.NotificationsPruned, error)
 }
 
 var _ Store = (*history.Store)(nil)
@@ -45,6 +46,7 @@ var _ Store = (*history.Store)(nil)
 const (
 	DefaultPoll        = 5 * time.Second
 	DefaultRPOEvery    = time.Minute
+	DefaultPruneEvery  = time.Hour
 	DefaultWorkers     = 4
 	DefaultPingTimeout = 10 * time.Second
 	batch              = 500 // events fanned out, and deliveries sent, per pass at most
@@ -71,6 +73,9 @@ type Options struct {
 	Poll time.Duration
 	// RPOEvery is the time between evaluations of rpo_breaches (DefaultRPOEvery).
 	RPOEvery time.Duration
+	// PruneEvery is the time between prunes of ended notifications older than `notify.keep`
+	// (DefaultPruneEvery).
+	PruneEvery time.Duration
 	// Retry is the backoff of failed deliveries (DefaultRetry).
 	Retry *backoff.Policy
 	// Jitter draws the retry delays; nil: randomly seeded.
@@ -111,8 +116,11 @@ type Notifier struct {
 	retry   backoff.Policy
 	targets atomic.Pointer[targets]
 
-	passMu  sync.Mutex // one pass at a time
-	lastRPO time.Time  // guarded by passMu
+	keep atomic.Int64 // notify.keep, as a time.Duration
+
+	passMu    sync.Mutex // one pass at a time
+	lastRPO   time.Time  // guarded by passMu
+	lastPrune time.Time  // guarded by passMu
 
 	runMu  sync.Mutex
 	cancel context.CancelFunc
@@ -134,6 +142,9 @@ func New(cfg *policy.Config, opts Options) (*Notifier, error) {
 	}
 	if opts.RPOEvery <= 0 {
 		opts.RPOEvery = DefaultRPOEvery
+	}
+	if opts.PruneEvery <= 0 {
+		opts.PruneEvery = DefaultPruneEvery
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = DefaultWorkers
@@ -172,6 +183,11 @@ func (n *Notifier) Reload(cfg *policy.Config) error {
 		return err
 	}
 	n.targets.Store(t)
+	keep := cfg.Notify.Keep
+	if keep <= 0 {
+		keep = policy.DefaultNotifyKeep
+	}
+	n.keep.Store(int64(keep))
 	return nil
 }
 
@@ -275,7 +291,8 @@ func (n *Notifier) loop(ctx context.Context, done chan struct{}) {
 }
 
 // Pass does one round of work: evaluates rpo_breaches when RPOEvery has passed since the last
-// evaluation, fans new events out, and delivers the due deliveries. The loop calls it every Poll;
+// evaluation, prunes ended notifications older than notify.keep when PruneEvery has passed since
+// the last prune, fans new events out, and delivers the due deliveries. The loop calls it every Poll;
 // tests call it directly.
 func (n *Notifier) Pass(ctx context.Context) error {
 	n.passMu.Lock()
@@ -290,6 +307,20 @@ func (n *Notifier) Pass(ctx context.Context) error {
 			n.lastRPO = now
 			if opened > 0 {
 				n.log.Info().Int("breaches", opened).Msg("RPO breaches opened")
+			}
+		}
+	}
+	if n.lastPrune.IsZero() || now.Sub(n.lastPrune) >= n.opts.PruneEvery {
+		keep := time.Duration(n.keep.Load())
+		pruned, err := n.store.NotificationsPrune(ctx, keep)
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			n.lastPrune = now
+			if pruned != (history.NotificationsPruned{}) {
+				n.log.Info().Int64("events", pruned.Events).Int64("breaches", pruned.Breaches).
+					Int64("fires", pruned.Fires).Int64("keep_s", int64(keep.Seconds())).
+					Msg("pruned ended notifications older than notify.keep")
 			}
 		}
 	}

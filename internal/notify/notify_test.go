@@ -499,3 +499,34 @@ func TestLoopSurvivesErrorsAndRestarts(t *testing.T) {
 	require.Len(t, rc.requests(), 2)
 	require.False(t, errors.Is(ctx.Err(), context.Canceled))
 }
+
+func TestEndedNotificationsArePrunedAfterKeep(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	rc := newReceiver(t, nil)
+	cfg := config(t, `notify:
+  keep: 1d
+  webhooks:
+    - url: `+rc.srv.URL+secretPath+`
+`, "")
+	f := newFixture(t, s, cfg, nil)
+	run(t, s, "web", "ins-aaaaaaaa", slot, history.StatusFailed, "CREATEFAILED", "image state CREATEFAILED")
+	f.pass(t)
+	require.Len(t, rc.requests(), 1)
+	count := func() (n int) {
+		require.NoError(t, s.Pool().QueryRow(context.Background(), `SELECT count(*) FROM notifications`).Scan(&n))
+		return n
+	}
+
+	// Older than notify.keep by the database clock, but the last prune was this pass's.
+	_, err := s.Pool().Exec(context.Background(), `UPDATE notifications SET created_at = now() - interval '2 days'`)
+	require.NoError(t, err)
+	f.pass(t)
+	require.Equal(t, 1, count(), "pruning runs once per PruneEvery")
+
+	f.clock.Advance(notify.DefaultPruneEvery)
+	f.pass(t)
+	require.Zero(t, count())
+	require.Empty(t, deliveries(t, s), "its delivery went with it")
+	require.Contains(t, f.logs.String(), "pruned ended notifications older than notify.keep")
+}

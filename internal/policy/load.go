@@ -138,7 +138,7 @@ type fileResult struct {
 // input in errors not tied to one file.
 func load(label string, srcs []source, now time.Time) (*Config, error) {
 	var errs []FieldError
-	cfg := &Config{API: DefaultAPI(), byName: map[string]*Policy{}}
+	cfg := &Config{API: DefaultAPI(), Notify: Notify{Keep: DefaultNotifyKeep}, byName: map[string]*Policy{}}
 	var apiAt, defAt, notifyAt pos
 	var defaults *rawDefaults
 	var raws []*rawPolicy

@@ -14,6 +14,9 @@ import (
 // Notify is the top-level `notify:` block: where events are sent (README "Notifications").
 type Notify struct {
 	Webhooks []Webhook
+	// Keep is how long an event and its deliveries stay in the notifications tables once every
+	// delivery has ended; default DefaultNotifyKeep.
+	Keep time.Duration
 }
 
 // Webhook is one `notify.webhooks` entry. Its URL is a secret: it is given either in the file
@@ -40,6 +43,13 @@ type Location struct {
 	Line  int
 	Field string
 }
+
+// DefaultNotifyKeep is how long ended notifications are kept when `notify.keep` is not set, and
+// MinNotifyKeep the least it may be.
+const (
+	DefaultNotifyKeep = 90 * 24 * time.Hour
+	MinNotifyKeep     = 24 * time.Hour
+)
 
 // DefaultWebhookTimeout bounds each webhook request when `timeout` is not set.
 const DefaultWebhookTimeout = 10 * time.Second
@@ -150,7 +160,7 @@ func (d *decoder) check(u urlOrEnv, field string, line int, key string, required
 
 // notify decodes the top-level `notify:` block.
 func (d *decoder) notify(n *yaml.Node) *Notify {
-	out := &Notify{}
+	out := &Notify{Keep: DefaultNotifyKeep}
 	d.mapping(n, "notify", 1, map[string]func(pair){
 		"webhooks": func(p pair) {
 			l := d.resolve(p.v)
@@ -165,6 +175,11 @@ func (d *decoder) notify(n *yaml.Node) *Notify {
 				if w, ok := d.webhook(e, index("notify.webhooks", i)); ok {
 					out.Webhooks = append(out.Webhooks, w)
 				}
+			}
+		},
+		"keep": func(p pair) {
+			if v := d.duration(p.v, "notify.keep", MinNotifyKeep); v.set {
+				out.Keep = v.v
 			}
 		},
 	})

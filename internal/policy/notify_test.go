@@ -22,11 +22,12 @@ func TestNotifyGood(t *testing.T) {
 	}, cfg.Notify.Webhooks)
 	require.True(t, cfg.Notify.Webhooks[1].Subscribes("failed"))
 	require.False(t, cfg.Notify.Webhooks[1].Subscribes("missed"))
+	require.Equal(t, 30*24*time.Hour, cfg.Notify.Keep)
 
 	web := cfg.Policy("web-nightly")
 	require.Equal(t, "https://hc-ping.com/0f6a1c7e-5b7d-4a4e-9f60-6b1f3c1d2e3f", web.Notify.Ping)
 	db := cfg.Policy("db-nightly")
-	require.Equal(t, PolicyNotify{PingEnv: "DB_PING_URL", At: Location{File: path, Line: 20, Field: "policies[1].notify"}}, db.Notify)
+	require.Equal(t, PolicyNotify{PingEnv: "DB_PING_URL", At: Location{File: path, Line: 21, Field: "policies[1].notify"}}, db.Notify)
 	require.Equal(t, PolicyNotify{}, cfg.Policy("quiet").Notify)
 
 	// Environment variables are looked up by the caller, and their values checked like url:.
@@ -39,7 +40,7 @@ func TestNotifyGood(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, cfg.Notify.Webhooks[1].URL, u)
 	_, err = db.Notify.ResolvePing(lookup)
-	require.EqualError(t, err, path+":20: policies[1].notify.ping_env: environment variable DB_PING_URL must be an http:// or https:// URL (value not shown: URLs are secrets)")
+	require.EqualError(t, err, path+":21: policies[1].notify.ping_env: environment variable DB_PING_URL must be an http:// or https:// URL (value not shown: URLs are secrets)")
 	delete(env, "IMAGER_WEBHOOK_URL")
 	_, err = cfg.Notify.Webhooks[0].ResolveURL(lookup)
 	require.EqualError(t, err, path+":4: notify.webhooks[0].url_env: environment variable IMAGER_WEBHOOK_URL is not set")
@@ -68,6 +69,7 @@ func TestNotifyBad(t *testing.T) {
 			{line: 9, field: "notify.webhooks[2].timeout", msg: "must be at least 100ms"},
 			{line: 11, field: "notify.webhooks[3].timeout", msg: "must be at most 5m"},
 			{line: 13, field: "notify.webhooks[4].retries", msg: `unknown key "retries"`},
+			{line: 14, field: "notify.keep", msg: "must be at least 1d"},
 		},
 		"both.yaml": {
 			{line: 5, field: "notify.webhooks[0].url_env", msg: "set either url or url_env, not both"},
