@@ -55,7 +55,8 @@ none due within two hours). The binary is the one ` + "`imager bench`" + ` runs 
 it), started as a subprocess: ` + "`imager validate --policies FILE`" + ` (wall time), then %d daemons
 ` + "`imager run`" + `, each against its own migrated PostgreSQL database and simulator
 (` + "`IMAGER_CVM_ENDPOINT`" + ` and ` + "`TENCENTCLOUD_SECRET_ID/KEY`" + ` in the environment, JSON logs).
-Start-up runs from exec to the ` + "`\"scheduler started\"`" + ` log line; each daemon starts alone.
+Start-up runs from exec to the ` + "`\"imager running\"`" + ` log line (elected, and the leader's work
+started: scheduler, tracker, the policies table, notifier); each daemon starts alone.
 The daemons are then watched together, idle, for %s: CPU is utime + stime from
 ` + "`/proc/<pid>/stat`" + ` (in clock ticks of 10 ms: one tick over 60 s is 0.017 %% of a core), peak
 RSS is VmHWM from ` + "`/proc/<pid>/status`" + ` read at the end.
@@ -139,8 +140,9 @@ var missNotes = map[string]string{
 		"benchmark: a rejection slows the pace (10 % for 2 s, harder when repeated).",
 	"fire.max":       pacingOverLimit,
 	"scale.validate": "**validate over 1 s.** Loading is linear in the policies; see the PolicyLoad hot piece.",
-	"scale.startup": "**Start-up over 2 s.** Start-up is exec, policy load, database connect and migration check, and " +
-		"the scheduler's start (recovery query); compare with validate to see the share of loading.",
+	"scale.startup": "**Start-up over 2 s.** Start-up is exec, policy load, database connect and migration check, the " +
+		"election, the scheduler's start (recovery query) and the policies table's sync; compare with validate to see " +
+		"the share of loading.",
 	"scale.rss": "**Peak RSS over 64 MiB.** The daemon holds the parsed policies, the pgx pool and the HTTP " +
 		"transport; the PolicyLoad hot piece shows what loading allocates.",
 	"scale.cpu": "**Idle CPU over 1 % of a core.** An idle daemon wakes for its next fire, the spool replay " +

@@ -310,6 +310,8 @@ func (r *Report) writePacing(w io.Writer) []metric {
 			// is forgiven.
 			rows[1].tgt = ptarget("≥", 0.95)
 			rows[5].tgt = ptarget("≤", 1)
+			// The one throttled call allowed is one arrival over L in its second.
+			rows[7].tgt = ptarget("≤", l+1)
 		} else {
 			rows[1].tgt = ptarget("≥", 0.97)
 			rows[2].tgt = ptarget("≤", 1.03)
@@ -449,7 +451,7 @@ func (r *Report) writeScale(w io.Writer) []metric {
 	}
 	metrics := []metric{
 		{id: "scale.validate", name: "`imager validate` wall time (s)", vals: validate, format: "%.3f", target: ptarget("<", 1)},
-		{id: "scale.startup", name: "daemon start-up to \"scheduler started\" (s)", vals: startup, format: "%.3f", target: ptarget("<", 2)},
+		{id: "scale.startup", name: "daemon start-up to \"imager running\" (s)", vals: startup, format: "%.3f", target: ptarget("<", 2)},
 		{id: "scale.rss", name: "peak RSS, VmHWM (MiB)", vals: rss, format: "%.1f", target: ptarget("<", 64)},
 		{id: "scale.cpu", name: fmt.Sprintf("idle CPU over %s (%% of one core)", fmtDur(p.Idle)), vals: cpu, format: "%.3f", target: ptarget("<", 1)},
 	}

@@ -31,13 +31,15 @@ type ScaleParams struct {
 // ScaleRun is one daemon's figures.
 type ScaleRun struct {
 	Validate time.Duration // wall time of `imager validate`
-	Startup  time.Duration // from exec to the "scheduler started" log line
+	Startup  time.Duration // from exec to the "imager running" log line
 	PeakRSS  int64         // bytes, VmHWM after the idle window
 	IdleCPU  float64       // share of one core used over the idle window; NaN when not measured
 }
 
-// startedMessage is the scheduler's log message once it is running.
-const startedMessage = "scheduler started"
+// startedMessage is the daemon's log message once it is up: elected (each benchmark daemon has a
+// database of its own, so it leads) and its leader's work started: scheduler, tracker, policies
+// table, notifier.
+const startedMessage = "imager running"
 
 // RunScale writes the policy file, times `imager validate` runs times, then starts runs daemons
 // (`imager run`) one after another, each on its own migrated database and simulator, timing each
@@ -234,7 +236,7 @@ func startDaemon(ctx context.Context, binary, policies, dbURL, endpoint, spool s
 	case d.startup = <-started:
 		return d, nil
 	case <-d.waited:
-		return d, fmt.Errorf("imager run exited before the scheduler started (%v): %s", d.waitErr, d.tail())
+		return d, fmt.Errorf("imager run exited before it was running (%v): %s", d.waitErr, d.tail())
 	case <-ctx.Done():
 		return d, ctx.Err()
 	case <-time.After(time.Minute):

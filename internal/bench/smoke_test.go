@@ -71,7 +71,7 @@ func TestScaleSmoke(t *testing.T) {
 	env.Binary = buildImager(t)
 	p := QuickScenarios().Scale
 	runs, err := RunScale(context.Background(), env, p, 2)
-	require.NoError(t, err, "validate passes, both daemons reach \"scheduler started\" and exit 0 on SIGTERM")
+	require.NoError(t, err, "validate passes, both daemons reach \"imager running\" and exit 0 on SIGTERM")
 	require.Len(t, runs, 2)
 	for _, r := range runs {
 		require.Positive(t, r.Validate)

@@ -102,35 +102,42 @@ func (s *Store) PoliciesSync(ctx context.Context, rows []PolicyRow, at time.Time
 		if _, err := tx.Exec(ctx, `LOCK TABLE policies IN SHARE ROW EXCLUSIVE MODE`); err != nil {
 			return err
 		}
-		names := make([]string, 0, len(out))
-		for _, r := range out {
-			names = append(names, r.Name)
-			var oldTZ *string
-			err := tx.QueryRow(ctx, `SELECT timezone FROM policies WHERE name = $1`, r.Name).Scan(&oldTZ)
-			if err != nil && err != pgx.ErrNoRows {
+		n := len(out)
+		names, schedules, zones := make([]string, n), make([]string, n), make([]string, n)
+		intervals, lines := make([]int64, n), make([]int32, n)
+		enabled, files, loaded := make([]bool, n), make([]string, n), make([]time.Time, n)
+		for i, r := range out {
+			names[i], schedules[i], zones[i] = r.Name, r.Schedule, r.Timezone
+			intervals[i], lines[i] = int64(r.Interval/time.Second), int32(r.SourceLine)
+			enabled[i], files[i], loaded[i] = r.Enabled, r.SourceFile, r.LoadedAt
+		}
+		// One statement for the whole set; it returns the policies whose days were computed in
+		// another zone (or in UTC before the policy had a row), read before the upsert.
+		rows, err := tx.Query(ctx, `
+WITH input AS (
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::boolean[], $6::text[], $7::int[], $8::timestamptz[])
+		AS u(name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)),
+upsert AS (
+	INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at, removed_at)
+	SELECT name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at, NULL FROM input
+	ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, timezone = EXCLUDED.timezone,
+		interval_seconds = EXCLUDED.interval_seconds, enabled = EXCLUDED.enabled, source_file = EXCLUDED.source_file,
+		source_line = EXCLUDED.source_line, loaded_at = EXCLUDED.loaded_at, removed_at = NULL)
+SELECT i.name FROM input i LEFT JOIN policies p ON p.name = i.name
+WHERE COALESCE(p.timezone, 'UTC') <> i.timezone`, names, schedules, zones, intervals, enabled, files, lines, loaded)
+		if err != nil {
+			return err
+		}
+		rezoned, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			return err
+		}
+		if len(rezoned) > 0 {
+			if _, err := tx.Exec(ctx, `SELECT coverage_days_rebuild(n) FROM unnest($1::text[]) AS n`, rezoned); err != nil {
 				return err
-			}
-			if _, err := tx.Exec(ctx, `INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled,
-	source_file, source_line, loaded_at, removed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)
-ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, timezone = EXCLUDED.timezone,
-	interval_seconds = EXCLUDED.interval_seconds, enabled = EXCLUDED.enabled, source_file = EXCLUDED.source_file,
-	source_line = EXCLUDED.source_line, loaded_at = EXCLUDED.loaded_at, removed_at = NULL`,
-				r.Name, r.Schedule, r.Timezone, int64(r.Interval/time.Second), r.Enabled, r.SourceFile, r.SourceLine, r.LoadedAt); err != nil {
-				return err
-			}
-			// Days were computed in the old zone, or in UTC before the policy had a row.
-			before := "UTC"
-			if oldTZ != nil {
-				before = *oldTZ
-			}
-			if before != r.Timezone {
-				if _, err := tx.Exec(ctx, `SELECT coverage_days_rebuild($1)`, r.Name); err != nil {
-					return err
-				}
 			}
 		}
-		_, err := tx.Exec(ctx, `UPDATE policies SET removed_at = $2 WHERE removed_at IS NULL AND NOT (name = ANY($1))`, names, at)
+		_, err = tx.Exec(ctx, `UPDATE policies SET removed_at = $2 WHERE removed_at IS NULL AND NOT (name = ANY($1))`, names, at)
 		return err
 	})
 	if err != nil {
