@@ -66,7 +66,8 @@ func TestNotificationFailedPayload(t *testing.T) {
 		"event_id": float64(evs[0].ID), "event": "failed", "policy": "web", "instance_id": "ins-aaaaaaaa",
 		"run_id": float64(r.ID), "slot": "2026-03-29T03:00:00Z", "status": "failed", "error_code": "CREATEFAILED",
 		"error_message": "image state CREATEFAILED", "image_id": "img-aaaa1111", "image_name": r.ImageName,
-		"at": "2026-03-29T03:40:00Z",
+		"at": "2026-03-29T03:40:00Z", "count": float64(1), "instance_ids": []any{"ins-aaaaaaaa"},
+		"instance_ids_truncated": false,
 	}, evs[0].Payload)
 
 	n, err := s.NotificationsPending(ctx)
@@ -445,4 +446,63 @@ INSERT INTO notification_fires (policy, slot, started_at, outcome, ended_at) VAL
 
 	_, err = s.NotificationsPrune(ctx, 0)
 	require.ErrorIs(t, err, history.ErrInvalid)
+}
+
+// TestNotificationFailedRunsOfOneSlotAndCodeShareTheUnsentEvent: failures of one slot with one
+// code join the failed event until the notifier fans it out; another code, or a failure after the
+// fan-out, is another event.
+func TestNotificationFailedRunsOfOneSlotAndCodeShareTheUnsentEvent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	failedEvents := func() []event {
+		var out []event
+		for _, e := range events(t, s) {
+			if e.Event == history.EventFailed {
+				out = append(out, e)
+			}
+		}
+		return out
+	}
+	done := slot.Add(time.Hour)
+	for _, inst := range []string{"ins-aaaaaaaa", "ins-bbbbbbbb", "ins-cccccccc"} {
+		finishRun(t, s, "web", inst, slot, history.StatusFailed, "AuthFailure", done)
+	}
+	finishRun(t, s, "web", "ins-dddddddd", slot, history.StatusFailed, "Timeout", done)
+	evs := failedEvents()
+	require.Len(t, evs, 2, "one event per error code")
+	auth := evs[0].Payload
+	require.Equal(t, "AuthFailure", auth["error_code"])
+	require.Equal(t, float64(3), auth["count"])
+	require.Equal(t, []any{"ins-aaaaaaaa", "ins-bbbbbbbb", "ins-cccccccc"}, auth["instance_ids"])
+	require.Nil(t, auth["instance_id"])
+	require.Nil(t, auth["run_id"])
+	require.Equal(t, "2026-03-29T03:00:00Z", auth["slot"])
+	require.Equal(t, "ins-dddddddd", evs[1].Payload["instance_id"], "a lone failure keeps its run")
+	require.NotNil(t, evs[1].Payload["run_id"])
+
+	// Once fanned out, the event is closed: the next failure starts another.
+	require.NoError(t, s.NotificationDispatch(ctx, evs[0].ID, nil, done))
+	finishRun(t, s, "web", "ins-eeeeeeee", slot, history.StatusFailed, "AuthFailure", done)
+	evs = failedEvents()
+	require.Len(t, evs, 3)
+	require.Equal(t, float64(3), evs[0].Payload["count"], "a sent event does not change")
+	require.Equal(t, "ins-eeeeeeee", evs[2].Payload["instance_id"])
+
+	// Slots a rule failed in one claim (the quota gate refusing a fire) are one event.
+	var ps []history.RunClaimParams
+	for i := range 120 {
+		p := claimParams("db", fmt.Sprintf("ins-q%07d", i), slot)
+		p.Status, p.ErrorCode, p.ErrorMessage = history.StatusFailed, "ImageQuotaExceeded", "no room for the image"
+		ps = append(ps, p)
+	}
+	_, _, err := s.RunsClaimFire(ctx, ps)
+	require.NoError(t, err)
+	evs = failedEvents()
+	require.Len(t, evs, 4)
+	quota := evs[3].Payload
+	require.Equal(t, float64(120), quota["count"])
+	require.Len(t, quota["instance_ids"], 100)
+	require.Equal(t, true, quota["instance_ids_truncated"])
+	require.Equal(t, "no room for the image", quota["error_message"])
 }

@@ -210,7 +210,8 @@ func TestFailedRunWebhook(t *testing.T) {
 		"event_id": got[0].Body["event_id"], "event": "failed", "policy": "web", "instance_id": "ins-aaaaaaaa",
 		"run_id": float64(r.ID), "slot": "2026-03-29T03:00:00Z", "status": "failed", "error_code": "CREATEFAILED",
 		"error_message": "image state CREATEFAILED", "image_id": "img-aaaaaaaa", "image_name": "web-ins-aaaaaaaa-20260329",
-		"at": "2026-03-29T03:30:00Z",
+		"at": "2026-03-29T03:30:00Z", "count": float64(1), "instance_ids": []any{"ins-aaaaaaaa"},
+		"instance_ids_truncated": false,
 	}, got[0].Body)
 	require.NotZero(t, got[0].Body["event_id"])
 	require.Equal(t, strconv.FormatInt(int64(got[0].Body["event_id"].(float64)), 10), got[0].EventID, "X-Imager-Event-Id header")
