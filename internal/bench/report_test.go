@@ -172,3 +172,13 @@ func TestMarkdown(t *testing.T) {
 	require.Contains(t, md, "| history | Fast: p95 (ms) < 50 | 2.0 | met |")
 	require.NotContains(t, md, "Other: p95 (ms) < 50")
 }
+
+func TestReportNamesTheCommandThatWroteIt(t *testing.T) {
+	t.Parallel()
+	full := &Report{Runs: 3, Names: Names()}
+	require.Equal(t, "`make bench`, i.e. `go run ./cmd/imager bench --only "+strings.Join(Names(), ",")+" --out BENCHMARKS.md`", full.command())
+	def := &Report{Runs: 3, Names: DefaultNames()}
+	require.Equal(t, "`go run ./cmd/imager bench`", def.command())
+	one := &Report{Runs: 5, Names: []string{NamePacing}}
+	require.Equal(t, "`go run ./cmd/imager bench --only pacing --runs 5`", one.command())
+}

@@ -153,6 +153,7 @@ type Report struct {
 	Quick   bool
 	Started time.Time
 	Took    time.Duration
+	Names   []string // the benchmarks run, in run order
 
 	Pacing  []PacingScenario // nil when not run
 	Fire    *FireBench
@@ -180,7 +181,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.Quick {
 		sc = QuickScenarios()
 	}
-	rep := &Report{Machine: DescribeMachine(), Runs: cfg.Runs, Quick: cfg.Quick, Started: time.Now()}
+	rep := &Report{Machine: DescribeMachine(), Runs: cfg.Runs, Quick: cfg.Quick, Started: time.Now(), Names: only}
 	env := Env{NewDatabase: cfg.NewDatabase, Binary: cfg.Binary, Logger: cfg.Logger}
 	needsDB := slices.ContainsFunc(only, func(n string) bool { return n != NameHot })
 	if env.NewDatabase == nil && needsDB {
