@@ -1,4 +1,4 @@
--- 0001_init: imager's history (PRODUCT.md section 6). A public contract: operators audit these
+-- 0001_init: imager's history (README "History (PostgreSQL)"). A public contract: operators audit these
 -- tables with plain SQL. Columns are added in later migrations, never renamed or dropped silently.
 
 CREATE TABLE image_runs (

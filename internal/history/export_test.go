@@ -12,3 +12,6 @@ const SpoolFileName = spoolFileName
 func SetAfterReplay(r *Recorder, f func(n int, err error)) {
 	r.afterReplay = f
 }
+
+// RewordedChecksums is rewordedChecksums (TestRewordedMigrationsDifferInCommentsOnly).
+var RewordedChecksums = rewordedChecksums

@@ -165,3 +165,58 @@ func TestShippedMigrationsHaveNoGap(t *testing.T) {
 		require.True(t, strings.HasPrefix(v, fmt.Sprintf("%04d_", i+1)), v)
 	}
 }
+
+// rewordedFrom holds, per listed earlier checksum, the comment lines the earlier file had in place
+// of today's (line number, from 1, and the line): the earlier file is rebuilt from today's.
+var rewordedFrom = map[string]map[int]string{
+	"b45fa712efb4feb8f044f79995df9dde3bfef278799c4cf56ab2d1e8cd8cb44f": {
+		1: "-- 0001_init: imager's history (PRODUCT.md section 6). A public contract: operators audit these",
+	},
+}
+
+func TestRewordedMigrationsDifferInCommentsOnly(t *testing.T) {
+	t.Parallel()
+	require.NotEmpty(t, history.RewordedChecksums)
+	for version, sums := range history.RewordedChecksums {
+		b, err := fs.ReadFile(migrations.FS, version+".sql")
+		require.NoError(t, err, version)
+		for _, old := range sums {
+			lines := strings.Split(string(b), "\n")
+			replaced, ok := rewordedFrom[old]
+			require.True(t, ok, "%s: no earlier text for checksum %s", version, old)
+			for n, line := range replaced {
+				require.True(t, strings.HasPrefix(strings.TrimSpace(lines[n-1]), "--"), "%s:%d is not a comment today", version, n)
+				require.True(t, strings.HasPrefix(strings.TrimSpace(line), "--"), "%s:%d was not a comment", version, n)
+				lines[n-1] = line
+			}
+			require.Equal(t, old, sum([]byte(strings.Join(lines, "\n"))), "%s: today's file with the earlier comments is the earlier file", version)
+		}
+	}
+}
+
+func TestMigrateAcceptsAFileReworded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+	_, err := history.Migrate(ctx, pool)
+	require.NoError(t, err)
+	b, err := fs.ReadFile(migrations.FS, "0001_init.sql")
+	require.NoError(t, err)
+
+	// A database that applied 0001 before its first comment was reworded.
+	old := history.RewordedChecksums["0001_init"][0]
+	_, err = pool.Exec(ctx, "UPDATE schema_migrations SET checksum = $1 WHERE version = '0001_init'", old)
+	require.NoError(t, err)
+	applied, err := history.Migrate(ctx, pool)
+	require.NoError(t, err)
+	require.Empty(t, applied)
+	var got string
+	require.NoError(t, pool.QueryRow(ctx, "SELECT checksum FROM schema_migrations WHERE version = '0001_init'").Scan(&got))
+	require.Equal(t, sum(b), got, "today's checksum is recorded")
+
+	// Any other checksum is still an edit.
+	_, err = pool.Exec(ctx, "UPDATE schema_migrations SET checksum = repeat('1', 64) WHERE version = '0001_init'")
+	require.NoError(t, err)
+	_, err = history.Migrate(ctx, pool)
+	requireDrift(t, err, "0001_init.sql changed after it was applied")
+}
