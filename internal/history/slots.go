@@ -90,6 +90,22 @@ func keyOf(policy, instance string, slot time.Time) claimKey {
 	return claimKey{policy, instance, slot.UnixMicro()}
 }
 
+// runsByKey collects the runs of a query selecting runColumns, by slot key.
+func runsByKey(rows pgx.Rows, err error) (map[claimKey]Run, error) {
+	if err != nil {
+		return nil, err
+	}
+	runs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[claimKey]Run, len(runs))
+	for _, r := range runs {
+		out[keyOf(r.Policy, r.InstanceID, r.ScheduledAt)] = r
+	}
+	return out, nil
+}
+
 // claimArrays is ps as the column arrays of claimInsertMany, and the term.
 func (s *Store) claimArrays(ps []RunClaimParams) []any {
 	n := len(ps)
@@ -138,19 +154,11 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 		if err := s.claimFence(ctx, tx); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, claimInsertMany, s.claimArrays(ps)...)
-		if err != nil {
-			return err
-		}
-		inserted, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
-		if err != nil {
-			return err
-		}
 		// Match the inserted rows to their params by slot key; a key given twice is claimed by its
 		// first params only. Params whose row was not inserted (claimed before) read it back.
-		byKey := make(map[claimKey]Run, len(inserted))
-		for _, r := range inserted {
-			byKey[keyOf(r.Policy, r.InstanceID, r.ScheduledAt)] = r
+		byKey, err := runsByKey(tx.Query(ctx, claimInsertMany, s.claimArrays(ps)...))
+		if err != nil {
+			return err
 		}
 		var pols, insts []string
 		var slots []time.Time
@@ -164,17 +172,9 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 			pols, insts, slots = append(pols, p.Policy), append(insts, p.InstanceID), append(slots, p.ScheduledAt)
 		}
 		if len(pols) > 0 {
-			rows, err := tx.Query(ctx, claimSelectMany, pols, insts, slots)
+			found, err := runsByKey(tx.Query(ctx, claimSelectMany, pols, insts, slots))
 			if err != nil {
 				return err
-			}
-			existing, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Run, error) { return scanRun(row) })
-			if err != nil {
-				return err
-			}
-			found := make(map[claimKey]Run, len(existing))
-			for _, r := range existing {
-				found[keyOf(r.Policy, r.InstanceID, r.ScheduledAt)] = r
 			}
 			for i, p := range ps {
 				if claimed[i] {
