@@ -108,12 +108,17 @@ func TestPoliciesSync(t *testing.T) {
 // finishRun claims a run and brings it to status; available and failed runs finish at done.
 func finishRun(t *testing.T, s *history.Store, pol, inst string, slot time.Time, st history.Status, code string, done time.Time) history.Run {
 	t.Helper()
+	return endRun(t, s, claim(t, s, pol, inst, slot), st, code, done)
+}
+
+// endRun moves the pending run r to st (requested first, with an image id), at done.
+func endRun(t *testing.T, s *history.Store, r history.Run, st history.Status, code string, done time.Time) history.Run {
+	t.Helper()
 	ctx := context.Background()
-	r := claim(t, s, pol, inst, slot)
 	if st == history.StatusPending {
 		return r
 	}
-	require.NoError(t, s.RunRequested(ctx, r.ID, "img-"+inst[4:]+slot.Format("0215"), "req"))
+	require.NoError(t, s.RunRequested(ctx, r.ID, "img-"+r.InstanceID[4:]+r.ScheduledAt.Format("0215"), "req"))
 	switch st {
 	case history.StatusAvailable:
 		require.NoError(t, s.RunAvailable(ctx, r.ID, ptr[int64](20), "", done))

@@ -223,20 +223,6 @@ func (s *Store) BreachesEvaluate(ctx context.Context, at time.Time) (int, error)
 	return n, nil
 }
 
-// FireExpect records how many runs the scheduler means to claim for the fire of policy at slot.
-// The fire's ping then reports success only once that many runs are available (without it, a
-// fire ends as soon as the runs claimed so far are all terminal). at is the decision time, used
-// when the fire ends here (n = 0, or its runs already ended).
-func (s *Store) FireExpect(ctx context.Context, policy string, slot time.Time, n int, at time.Time) error {
-	if policy == "" || slot.IsZero() || n < 0 || at.IsZero() {
-		return fmt.Errorf("fire expect %s at %s: %w", policy, slot.UTC().Format(time.RFC3339), ErrInvalid)
-	}
-	if _, err := s.pool.Exec(ctx, `SELECT notification_fire_expect($1, $2, $3, $4)`, policy, slot, n, at); err != nil {
-		return fmt.Errorf("fire expect %s at %s: %w", policy, slot.UTC().Format(time.RFC3339), s.translate(err))
-	}
-	return nil
-}
-
 // cutBytes cuts s to at most n bytes on a rune boundary.
 func cutBytes(s string, n int) string {
 	if len(s) <= n {

@@ -4,12 +4,18 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"testing"
+	"testing/fstest"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
+	"github.com/imager-dev/imager/migrations"
 )
 
 // event is a notifications row as the tests read it.
@@ -173,11 +179,21 @@ func TestNotificationRPOBreachOncePerBreach(t *testing.T) {
 }
 
 // fire moves policy_slots to at, as the scheduler does at every fire.
-func fire(t *testing.T, s *history.Store, pol string, at time.Time) {
+// claimFire claims one fire of pol at `at` on instances as the scheduler does (RunsClaimFire: its
+// runs, then policy_slots moves to the slot), with status for every run, and returns the runs.
+func claimFire(t *testing.T, s *history.Store, pol string, at time.Time, status history.Status, instances ...string) []history.Run {
 	t.Helper()
-	_, err := s.Pool().Exec(context.Background(), `INSERT INTO policy_slots (policy, last_slot) VALUES ($1, $2)
-		ON CONFLICT (policy) DO UPDATE SET last_slot = EXCLUDED.last_slot, updated_at = now()`, pol, at)
+	ps := make([]history.RunClaimParams, len(instances))
+	for i, inst := range instances {
+		ps[i] = claimParams(pol, inst, at)
+		ps[i].Status = status
+		if status != history.StatusPending {
+			ps[i].ErrorMessage = "policy disabled"
+		}
+	}
+	runs, _, err := s.RunsClaimFire(context.Background(), ps)
 	require.NoError(t, err)
+	return runs
 }
 
 func fireEvents(t *testing.T, s *history.Store) []string {
@@ -197,56 +213,120 @@ func TestNotificationFireEvents(t *testing.T) {
 	s := newStore(t)
 	at := slot.Format(time.RFC3339)
 
-	// Three expected runs: two available is not the end of the fire.
-	fire(t, s, "web", slot)
-	require.NoError(t, s.FireExpect(ctx, "web", slot, 3, slot))
-	finishRun(t, s, "web", "ins-aaaaaaaa", slot, history.StatusAvailable, "", slot.Add(time.Hour))
-	finishRun(t, s, "web", "ins-bbbbbbbb", slot, history.StatusAvailable, "", slot.Add(time.Hour))
+	// A fire of three runs: two available is not the end of the fire.
+	runs := claimFire(t, s, "web", slot, history.StatusPending, "ins-aaaaaaaa", "ins-bbbbbbbb", "ins-cccccccc")
+	endRun(t, s, runs[0], history.StatusAvailable, "", slot.Add(time.Hour))
+	endRun(t, s, runs[1], history.StatusAvailable, "", slot.Add(time.Hour))
 	require.Equal(t, []string{"fire_started@" + at}, fireEvents(t, s))
-	finishRun(t, s, "web", "ins-cccccccc", slot, history.StatusAvailable, "", slot.Add(2*time.Hour))
+	endRun(t, s, runs[2], history.StatusAvailable, "", slot.Add(2*time.Hour))
 	require.Equal(t, []string{"fire_started@" + at, "fire_succeeded@" + at}, fireEvents(t, s))
-	// The same slot again (a restart re-recording it) is not a second fire.
-	fire(t, s, "web", slot)
+	// The same slot claimed again (a restart re-recording it) is not a second fire.
+	claimFire(t, s, "web", slot, history.StatusPending, "ins-aaaaaaaa")
 	require.Len(t, fireEvents(t, s), 2)
 
 	// Next fire: one failed run ends it as failed at once, with the run's code.
 	next := slot.Add(24 * time.Hour)
 	nat := next.Format(time.RFC3339)
-	fire(t, s, "web", next)
-	require.NoError(t, s.FireExpect(ctx, "web", next, 2, next))
-	finishRun(t, s, "web", "ins-aaaaaaaa", next, history.StatusFailed, "QuotaExceeded", next.Add(time.Minute))
+	runs = claimFire(t, s, "web", next, history.StatusPending, "ins-aaaaaaaa", "ins-bbbbbbbb")
+	endRun(t, s, runs[0], history.StatusFailed, "QuotaExceeded", next.Add(time.Minute))
 	got := fireEvents(t, s)
 	require.Equal(t, []string{"fire_started@" + nat, "fire_failed@" + nat}, got[2:])
 	evs := events(t, s)
 	last := evs[len(evs)-1].Payload
 	require.Equal(t, "QuotaExceeded", last["error_code"])
 	require.Equal(t, float64(1), last["failed"])
-	require.Equal(t, float64(2), last["expected_runs"])
+	require.Equal(t, float64(2), last["runs"])
 	// The other run ending later writes nothing more for the fire.
-	finishRun(t, s, "web", "ins-bbbbbbbb", next, history.StatusAvailable, "", next.Add(time.Hour))
+	endRun(t, s, runs[1], history.StatusAvailable, "", next.Add(time.Hour))
 	require.Len(t, fireEvents(t, s), 4)
 
-	// A fire whose runs were all skipped before policy_slots moved (a disabled policy) ends when
-	// it is recorded: not every slot is available, so it failed.
+	// A fire whose runs are all skipped when claimed (a disabled policy) ends when it is
+	// recorded: not every slot is available, so it failed.
 	third := next.Add(24 * time.Hour)
-	p := claimParams("web", "ins-aaaaaaaa", third)
-	p.Status, p.ErrorMessage = history.StatusSkipped, "policy disabled"
-	_, _, err := s.RunClaim(ctx, p)
-	require.NoError(t, err)
-	fire(t, s, "web", third)
-	got = fireEvents(t, s)
 	tat := third.Format(time.RFC3339)
+	claimFire(t, s, "web", third, history.StatusSkipped, "ins-aaaaaaaa")
+	got = fireEvents(t, s)
 	require.Equal(t, []string{"fire_started@" + tat, "fire_failed@" + tat}, got[4:])
 
-	// A fire with no targets succeeds once the scheduler says so.
+	// A mark is not a fire: policy_slots moved to a slot without runs (a policy seen for the
+	// first time, a walk that found no targets) begins nothing, and nothing waits for a verdict.
 	fourth := third.Add(24 * time.Hour)
-	fire(t, s, "web", fourth)
-	require.NoError(t, s.FireExpect(ctx, "web", fourth, 0, fourth))
-	require.Equal(t, "fire_succeeded@"+fourth.Format(time.RFC3339), fireEvents(t, s)[7])
+	require.NoError(t, s.PolicySlotSet(ctx, "web", fourth))
+	require.NoError(t, s.PolicySlotsSet(ctx, map[string]time.Time{"web": fourth.Add(time.Hour), "db": fourth}))
+	require.Len(t, fireEvents(t, s), 6)
+	var open int
+	require.NoError(t, s.Pool().QueryRow(ctx, `SELECT count(*) FROM notification_fires WHERE outcome IS NULL`).Scan(&open))
+	require.Zero(t, open)
+	last2, err := s.PolicySlots(ctx)
+	require.NoError(t, err)
+	require.Equal(t, fourth.Add(time.Hour), last2["web"], "marks still move the last handled slot")
+	require.Equal(t, fourth, last2["db"])
+
+	// A fire with no targets begins and succeeds at once; one whose targets could not be
+	// resolved begins and fails with the code and message. Recording either again adds nothing.
+	fifth := fourth.Add(24 * time.Hour)
+	require.NoError(t, s.FireWithoutRuns(ctx, "web", fifth, "", ""))
+	require.NoError(t, s.FireWithoutRuns(ctx, "web", fifth, "", ""))
+	fat := fifth.Format(time.RFC3339)
+	require.Equal(t, []string{"fire_started@" + fat, "fire_succeeded@" + fat}, fireEvents(t, s)[6:])
+	sixth := fifth.Add(24 * time.Hour)
+	require.NoError(t, s.FireWithoutRuns(ctx, "web", sixth, "TargetsUnresolved", "DescribeInstances: AuthFailure"))
+	require.NoError(t, s.FireWithoutRuns(ctx, "web", sixth, "TargetsUnresolved", "again"))
+	sat := sixth.Format(time.RFC3339)
+	require.Equal(t, []string{"fire_started@" + sat, "fire_failed@" + sat}, fireEvents(t, s)[8:])
+	evs = events(t, s)
+	last = evs[len(evs)-1].Payload
+	require.Equal(t, "TargetsUnresolved", last["error_code"])
+	require.Equal(t, "DescribeInstances: AuthFailure", last["error_message"])
+	require.Equal(t, float64(0), last["runs"])
+	last2, err = s.PolicySlots(ctx)
+	require.NoError(t, err)
+	require.Equal(t, sixth, last2["web"])
 
 	// Runs of imager once (no fire recorded) write no fire events.
-	finishRun(t, s, "web", "ins-aaaaaaaa", fourth.Add(time.Hour), history.StatusAvailable, "", fourth.Add(2*time.Hour))
-	require.Len(t, fireEvents(t, s), 8)
+	finishRun(t, s, "web", "ins-aaaaaaaa", sixth.Add(time.Hour), history.StatusAvailable, "", sixth.Add(2*time.Hour))
+	require.Len(t, fireEvents(t, s), 10)
+}
+
+// TestMigrationEndsMarkFires: 0011 removes the never-ending fires that marks began before it,
+// and keeps real fires.
+func TestMigrationEndsMarkFires(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+	before := fstest.MapFS{}
+	entries, err := fs.ReadDir(migrations.FS, ".")
+	require.NoError(t, err)
+	for _, e := range entries {
+		if e.Name() < "0011" {
+			data, err := fs.ReadFile(migrations.FS, e.Name())
+			require.NoError(t, err)
+			before[e.Name()] = &fstest.MapFile{Data: data}
+		}
+	}
+	_, err = history.MigrateFS(ctx, pool, before)
+	require.NoError(t, err)
+	// A mark (no run) and a real fire (a run, then policy_slots), as the earlier scheduler wrote them.
+	_, err = pool.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot) VALUES ('mark', $1)`, slot)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, status, image_name, daemon_id)
+		VALUES ('real', 'ins-aaaaaaaa', 'ap-guangzhou', $1, $1, 'pending', 'real-1', 'd')`, slot)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot) VALUES ('real', $1)`, slot)
+	require.NoError(t, err)
+	fires := func() []string {
+		rows, err := pool.Query(ctx, `SELECT policy FROM notification_fires ORDER BY policy`)
+		require.NoError(t, err)
+		out, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		require.NoError(t, err)
+		return out
+	}
+	require.Equal(t, []string{"mark", "real"}, fires(), "before 0011 a mark began a fire")
+
+	applied, err := history.MigrateFS(ctx, pool, migrations.FS)
+	require.NoError(t, err)
+	require.Equal(t, "0011_fire_needs_runs", applied[0])
+	require.Equal(t, []string{"real"}, fires())
 }
 
 func TestNotificationDeliveryRows(t *testing.T) {

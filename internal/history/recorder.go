@@ -154,6 +154,21 @@ func (r *Recorder) PolicySlotSet(ctx context.Context, policy string, slot time.T
 	return r.store.PolicySlotSet(ctx, policy, slot)
 }
 
+// PolicySlotsSet records many policies' last handled slots in the database; never spooled.
+func (r *Recorder) PolicySlotsSet(ctx context.Context, slots map[string]time.Time) error {
+	return r.store.PolicySlotsSet(ctx, slots)
+}
+
+// FireWithoutRuns records a fire that wrote no run in the database; it is never spooled.
+func (r *Recorder) FireWithoutRuns(ctx context.Context, policy string, slot time.Time, code, message string) error {
+	return r.store.FireWithoutRuns(ctx, policy, slot, code, message)
+}
+
+// PreviousTargets reads the instances of a policy's latest slot with runs from the database.
+func (r *Recorder) PreviousTargets(ctx context.Context, policy string, before time.Time) ([]string, error) {
+	return r.store.PreviousTargets(ctx, policy, before)
+}
+
 // RunsInProgress reads the runs still being made from the database.
 func (r *Recorder) RunsInProgress(ctx context.Context, policy string, instances []string, before time.Time) (map[string]Run, error) {
 	return r.store.RunsInProgress(ctx, policy, instances, before)

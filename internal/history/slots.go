@@ -216,26 +216,101 @@ const policySlotUpsert = `INSERT INTO policy_slots (policy, last_slot, term, upd
 ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
 	term = EXCLUDED.term, updated_at = now()`
 
-// PolicySlotSet records slot as handled for policy (a fire with no targets, or a walk that
-// recorded nothing): the last handled slot only moves forward. It is fenced like a claim.
+// PolicySlotSet records slot as handled for policy without firing it: a policy seen for the first
+// time, or a walk that recorded nothing. The last handled slot only moves forward. It is fenced
+// like a claim. A slot moved to this way begins no fire (migrations/0011_fire_needs_runs.sql).
 func (s *Store) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
-	if policy == "" || slot.IsZero() {
-		return fmt.Errorf("record last slot: policy and slot are required: %w", ErrInvalid)
+	return s.PolicySlotsSet(ctx, map[string]time.Time{policy: slot})
+}
+
+// PolicySlotsSet is PolicySlotSet for many policies, in one statement: a first start with
+// thousands of policies marks them all in one round trip.
+func (s *Store) PolicySlotsSet(ctx context.Context, slots map[string]time.Time) error {
+	if len(slots) == 0 {
+		return nil
+	}
+	pols := make([]string, 0, len(slots))
+	ats := make([]time.Time, 0, len(slots))
+	for p, at := range slots {
+		if p == "" || at.IsZero() {
+			return fmt.Errorf("record last slot: policy and slot are required: %w", ErrInvalid)
+		}
+		pols, ats = append(pols, p), append(ats, at)
+	}
+	what := fmt.Sprintf("record the last slots of %d policies", len(pols))
+	if len(pols) == 1 {
+		what = "record last slot of " + pols[0]
 	}
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		if err := s.claimFence(ctx, tx); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, policySlotUpsert, policy, slot, s.termArg())
+		_, err := tx.Exec(ctx, policySlotsUpsert, pols, ats, s.termArg())
 		return err
 	})
 	if errors.Is(err, ErrFenced) {
-		return fmt.Errorf("record last slot of %s: %w", policy, ErrFenced)
+		return fmt.Errorf("%s: %w", what, ErrFenced)
 	}
 	if err != nil {
-		return fmt.Errorf("record last slot of %s: %w", policy, s.translate(err))
+		return fmt.Errorf("%s: %w", what, s.translate(err))
 	}
 	return nil
+}
+
+// policySlotsUpsert moves policy_slots forward for policies $1 to slots $2 (sorted by policy, so
+// that concurrent writers lock rows in one order).
+const policySlotsUpsert = `INSERT INTO policy_slots (policy, last_slot, term, updated_at)
+SELECT p, at, $3, now() FROM unnest($1::text[], $2::timestamptz[]) AS u (p, at) ORDER BY p
+ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
+	term = EXCLUDED.term, updated_at = now()`
+
+// FireWithoutRuns records the fire of policy at slot that wrote no run, in one fenced
+// transaction: policy_slots moves to slot, and the fire begins and ends at once
+// (notification_fire_without_runs in migrations/0011_fire_needs_runs.sql). With code empty the
+// policy had no targets and the fire succeeded (a ping gets /start, then its bare URL); with a
+// code it failed with that code and message (/start, then /fail).
+func (s *Store) FireWithoutRuns(ctx context.Context, policy string, slot time.Time, code, message string) error {
+	if policy == "" || slot.IsZero() {
+		return fmt.Errorf("record a fire without runs: policy and slot are required: %w", ErrInvalid)
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.claimFence(ctx, tx); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, policySlotUpsert, policy, slot, s.termArg()); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `SELECT notification_fire_without_runs($1, $2, NULLIF($3, ''), NULLIF($4, ''), now())`,
+			policy, slot, code, cutBytes(message, 1000))
+		return err
+	})
+	what := fmt.Sprintf("record the fire of %s at %s (no runs)", policy, slot.UTC().Format(time.RFC3339))
+	if errors.Is(err, ErrFenced) {
+		return fmt.Errorf("%s: %w", what, ErrFenced)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, s.translate(err))
+	}
+	return nil
+}
+
+// PreviousTargets returns the instances of policy's latest slot before `before` that has runs,
+// sorted, less those the API reported gone (InvalidInstanceId.NotFound): the targets a fire falls
+// back on when its selector cannot be resolved. None when the policy has no runs yet.
+func (s *Store) PreviousTargets(ctx context.Context, policy string, before time.Time) ([]string, error) {
+	rows, err := s.pool.Query(ctx, `SELECT instance_id FROM image_runs
+WHERE policy = $1
+  AND scheduled_at = (SELECT max(scheduled_at) FROM image_runs WHERE policy = $1 AND scheduled_at < $2)
+  AND error_code IS DISTINCT FROM 'InvalidInstanceId.NotFound'
+ORDER BY instance_id`, policy, before)
+	if err != nil {
+		return nil, fmt.Errorf("read the previous targets of %s: %w", policy, s.translate(err))
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("read the previous targets of %s: %w", policy, s.translate(err))
+	}
+	return ids, nil
 }
 
 // PolicySlots returns, per policy, the latest slot handled (policy_slots.last_slot, UTC).

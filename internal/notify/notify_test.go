@@ -396,33 +396,60 @@ func TestPing(t *testing.T) {
 	s := newStore(t)
 	rc := newReceiver(t, nil)
 	f := newFixture(t, s, config(t, "", rc.srv.URL+"/ping/abc/"), nil)
-	fire := func(at time.Time) {
-		_, err := s.Pool().Exec(ctx, `INSERT INTO policy_slots (policy, last_slot) VALUES ('web', $1)
-			ON CONFLICT (policy) DO UPDATE SET last_slot = EXCLUDED.last_slot`, at)
+	// fire claims a fire of two slots as the scheduler does (their runs, then policy_slots).
+	fire := func(at time.Time) map[string]history.Run {
+		var ps []history.RunClaimParams
+		for _, inst := range []string{"ins-aaaaaaaa", "ins-bbbbbbbb"} {
+			ps = append(ps, history.RunClaimParams{Policy: "web", InstanceID: inst, Region: "ap-guangzhou",
+				ScheduledAt: at, ImageName: "web-" + inst + "-" + at.Format("20060102"), DaemonID: "d", StartedAt: at,
+				Status: history.StatusPending})
+		}
+		runs, _, err := s.RunsClaimFire(ctx, ps)
 		require.NoError(t, err)
-		require.NoError(t, s.FireExpect(ctx, "web", at, 2, at))
+		return map[string]history.Run{runs[0].InstanceID: runs[0], runs[1].InstanceID: runs[1]}
+	}
+	end := func(r history.Run, st history.Status, code string) {
+		require.NoError(t, s.RunRequested(ctx, r.ID, "img-"+r.InstanceID[4:], "req"))
+		if st == history.StatusAvailable {
+			require.NoError(t, s.RunAvailable(ctx, r.ID, nil, "", r.ScheduledAt.Add(30*time.Minute)))
+			return
+		}
+		require.NoError(t, s.RunFinish(ctx, history.RunFinishParams{RunID: r.ID, Status: st, ErrorCode: code,
+			FinishedAt: r.ScheduledAt.Add(30 * time.Minute)}))
 	}
 
 	// A fire with a failed slot: /start, then /fail.
-	fire(slot)
+	runs := fire(slot)
 	f.pass(t)
 	require.Equal(t, []string{"fire_started:/ping/abc/start"}, rc.events())
-	run(t, s, "web", "ins-aaaaaaaa", slot, history.StatusAvailable, "", "")
+	end(runs["ins-aaaaaaaa"], history.StatusAvailable, "")
 	f.pass(t)
 	require.Len(t, rc.requests(), 1, "one of two slots done: no verdict yet")
-	run(t, s, "web", "ins-bbbbbbbb", slot, history.StatusFailed, "CREATEFAILED", "")
+	end(runs["ins-bbbbbbbb"], history.StatusFailed, "CREATEFAILED")
 	f.pass(t)
 	require.Equal(t, []string{"fire_started:/ping/abc/start", "fire_failed:/ping/abc/fail"}, rc.events())
 	require.Equal(t, "CREATEFAILED", rc.requests()[1].Body["error_code"])
 
 	// Every slot available: /start, then the bare URL.
 	next := slot.Add(24 * time.Hour)
-	fire(next)
-	run(t, s, "web", "ins-aaaaaaaa", next, history.StatusAvailable, "", "")
-	run(t, s, "web", "ins-bbbbbbbb", next, history.StatusAvailable, "", "")
+	runs = fire(next)
+	end(runs["ins-aaaaaaaa"], history.StatusAvailable, "")
+	end(runs["ins-bbbbbbbb"], history.StatusAvailable, "")
 	f.pass(t)
 	require.Equal(t, []string{"fire_started:/ping/abc/start", "fire_succeeded:/ping/abc"}, rc.events()[2:])
 	require.Equal(t, float64(2), rc.requests()[3].Body["available"])
+
+	// A mark (a policy seen for the first time starts from its latest slot) pings nothing; a fire
+	// whose targets could not be resolved pings /start, then /fail with the code.
+	third := next.Add(24 * time.Hour)
+	require.NoError(t, s.PolicySlotSet(ctx, "web", third))
+	f.pass(t)
+	require.Len(t, rc.requests(), 4)
+	fourth := third.Add(24 * time.Hour)
+	require.NoError(t, s.FireWithoutRuns(ctx, "web", fourth, "TargetsUnresolved", "cannot resolve the targets"))
+	f.pass(t)
+	require.Equal(t, []string{"fire_started:/ping/abc/start", "fire_failed:/ping/abc/fail"}, rc.events()[4:])
+	require.Equal(t, "TargetsUnresolved", rc.requests()[5].Body["error_code"])
 }
 
 func TestTargetRemovedOnReload(t *testing.T) {

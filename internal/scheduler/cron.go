@@ -174,10 +174,10 @@ func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
 	if s.stopCtx.Err() != nil {
 		return // a fire during shutdown is found again by the next start's walk
 	}
-	targets, skipped := s.targets(s.stopCtx, p)
+	targets, skipped, unresolved := s.targets(s.stopCtx, p, slot)
 	jobs := s.fire(s.stopCtx, p, slot, withSkipped(targets, skipped), skipped)
 	if len(jobs) == 0 {
-		s.recordSlotHandled(p, slot)
+		s.recordFireWithoutRuns(p, slot, unresolved)
 		return
 	}
 	err := s.claimJobs(jobs, false)
@@ -212,6 +212,27 @@ func withSkipped(targets []string, skipped map[string]string) []string {
 	}
 	slices.Sort(extra)
 	return append(order, extra...)
+}
+
+// recordFireWithoutRuns records the fire of p's slot that has no target: a success with nothing
+// to image, or, when the targets could not be resolved (unresolved), a failure with
+// CodeTargetsUnresolved. Either way policy_slots moves to the slot, and a ping gets /start and
+// its verdict (README "Notifications").
+func (s *Scheduler) recordFireWithoutRuns(p *policy.Policy, slot time.Time, unresolved error) {
+	var code, msg string
+	if unresolved != nil {
+		code, msg = CodeTargetsUnresolved, "cannot resolve the policy's targets, and it has no earlier ones: "+unresolved.Error()
+		s.log.Error().Str("policy", p.Name).Time("slot", slot.UTC()).Str("error_code", code).Str("error_message", msg).
+			Msg("fire failed: no instance to image")
+	} else {
+		s.log.Warn().Str("policy", p.Name).Time("slot", slot.UTC()).Msg("the policy has no targets: nothing to image at this slot")
+	}
+	ctx, cancel := s.historyContext()
+	err := s.hist.FireWithoutRuns(ctx, p.Name, slot, code, msg)
+	cancel()
+	if err != nil && !s.checkFenced(err) {
+		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).Msg("cannot record the fire")
+	}
 }
 
 // fire makes one job per instance of order for p's slot and decides, before anything is written,
@@ -347,22 +368,37 @@ func isDone(j *job) bool {
 	}
 }
 
-// targets returns the instances p fires on now, and those to record as skipped with the reason.
-func (s *Scheduler) targets(ctx context.Context, p *policy.Policy) ([]string, map[string]string) {
+// targets returns the instances p images now, and the listed ones skipped as gone (see
+// Options.ResolveTargets). When the targets cannot be resolved (DescribeInstances still failing
+// after its retries), the fire falls back on what it knows: the listed instances and the
+// instances of the policy's latest slot before `before` (history), less those the API reported
+// gone. That is logged at error level, and the resolution error comes back as unresolved, so a
+// fire that knows of no instance at all fails (TargetsUnresolved) instead of looking like a fire
+// with nothing to do.
+func (s *Scheduler) targets(ctx context.Context, p *policy.Policy, before time.Time) (ids []string, skipped map[string]string, unresolved error) {
 	if s.opts.ResolveTargets == nil {
 		if p.Select != nil {
 			s.log.Warn().Str("policy", p.Name).Msg("select is not resolved by this build; only the listed instances are targeted")
 		}
-		return dedupe(p.Instances), nil
+		return dedupe(p.Instances), nil, nil
 	}
 	ids, skipped, err := s.opts.ResolveTargets(ctx, p)
-	if err != nil {
-		s.log.Error().Err(err).Str("policy", p.Name).
-			Msg("cannot resolve the policy's targets; only the listed instances are targeted")
-		return dedupe(p.Instances), nil
+	if err == nil {
+		ids = slices.DeleteFunc(dedupe(ids), func(id string) bool { _, skip := skipped[id]; return skip })
+		return ids, skipped, nil
 	}
-	ids = slices.DeleteFunc(dedupe(ids), func(id string) bool { _, skip := skipped[id]; return skip })
-	return ids, skipped
+	hctx, cancel := context.WithTimeout(ctx, historyTimeout)
+	previous, herr := s.hist.PreviousTargets(hctx, p.Name, before)
+	cancel()
+	if herr != nil {
+		s.log.Warn().Err(herr).Str("policy", p.Name).Msg("cannot read the targets of the policy's previous fire")
+	}
+	ids = dedupe(append(slices.Clone(p.Instances), previous...))
+	slices.Sort(ids)
+	s.log.Error().Err(err).Str("policy", p.Name).Time("slot", before.UTC()).Int("listed", len(p.Instances)).
+		Int("previous_targets", len(previous)).Int("targets", len(ids)).
+		Msg("cannot resolve the policy's targets; imaging its listed instances and those of its previous fire")
+	return ids, nil, err
 }
 
 func dedupe(ids []string) []string {

@@ -25,8 +25,16 @@ type History interface {
 	RunsClaimFire(ctx context.Context, ps []history.RunClaimParams) (runs []history.Run, claimed []bool, err error)
 	// PolicySlots returns each policy's last handled slot.
 	PolicySlots(ctx context.Context) (map[string]time.Time, error)
-	// PolicySlotSet moves a policy's last handled slot forward (a slot without targets).
+	// PolicySlotSet moves a policy's last handled slot forward without a fire (a mark).
 	PolicySlotSet(ctx context.Context, policy string, slot time.Time) error
+	// PolicySlotsSet is PolicySlotSet for many policies at once.
+	PolicySlotsSet(ctx context.Context, slots map[string]time.Time) error
+	// FireWithoutRuns moves a policy's last handled slot to a fire that has no run, and records
+	// the fire's outcome: succeeded with code empty (no targets), else failed with code and message.
+	FireWithoutRuns(ctx context.Context, policy string, slot time.Time, code, message string) error
+	// PreviousTargets returns the instances of the policy's latest slot before `before` that has
+	// runs (the fallback when the targets cannot be resolved).
+	PreviousTargets(ctx context.Context, policy string, before time.Time) ([]string, error)
 	// RunsInProgress returns, per instance, the policy's latest run before the slot that is
 	// still pending or requested (concurrency: forbid).
 	RunsInProgress(ctx context.Context, policy string, instances []string, before time.Time) (map[string]history.Run, error)

@@ -54,8 +54,17 @@ type fakeHistory struct {
 	fenced        bool  // every claim and take-over answers history.ErrFenced
 	fenceWrites   bool  // every outcome write (attempt, requested, finish) answers history.ErrFenced
 	lastSlots     map[string]time.Time
+	slotSets      int        // PolicySlotSet and PolicySlotsSet calls
+	emptyFires    []fakeFire // FireWithoutRuns calls
 	takenOver     []int64
 	claimCalls    int
+}
+
+// fakeFire is one FireWithoutRuns call.
+type fakeFire struct {
+	policy        string
+	slot          time.Time
+	code, message string
 }
 
 var _ History = (*fakeHistory)(nil)
@@ -108,20 +117,64 @@ func (h *fakeHistory) PolicySlots(context.Context) (map[string]time.Time, error)
 	return out, nil
 }
 
-func (h *fakeHistory) PolicySlotSet(_ context.Context, policy string, slot time.Time) error {
+func (h *fakeHistory) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
+	return h.PolicySlotsSet(ctx, map[string]time.Time{policy: slot})
+}
+
+func (h *fakeHistory) PolicySlotsSet(_ context.Context, slots map[string]time.Time) error {
 	defer h.changed.fire()
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.fenced {
 		return history.ErrFenced
 	}
+	h.slotSets++
+	h.moveSlotsLocked(slots)
+	return nil
+}
+
+func (h *fakeHistory) moveSlotsLocked(slots map[string]time.Time) {
 	if h.lastSlots == nil {
 		h.lastSlots = map[string]time.Time{}
 	}
-	if slot.After(h.lastSlots[policy]) {
-		h.lastSlots[policy] = slot
+	for policy, slot := range slots {
+		if slot.After(h.lastSlots[policy]) {
+			h.lastSlots[policy] = slot
+		}
 	}
+}
+
+func (h *fakeHistory) FireWithoutRuns(_ context.Context, policy string, slot time.Time, code, message string) error {
+	defer h.changed.fire()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fenced {
+		return history.ErrFenced
+	}
+	h.moveSlotsLocked(map[string]time.Time{policy: slot})
+	h.emptyFires = append(h.emptyFires, fakeFire{policy: policy, slot: slot, code: code, message: message})
 	return nil
+}
+
+// PreviousTargets returns the instances of the policy's latest slot before `before` with runs,
+// less those recorded gone, as the store does.
+func (h *fakeHistory) PreviousTargets(_ context.Context, policy string, before time.Time) ([]string, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var latest time.Time
+	for _, r := range h.runs {
+		if r.Policy == policy && r.ScheduledAt.Before(before) && r.ScheduledAt.After(latest) {
+			latest = r.ScheduledAt
+		}
+	}
+	var out []string
+	for _, r := range h.runs {
+		if r.Policy == policy && r.ScheduledAt.Equal(latest) && r.ErrorCode != "InvalidInstanceId.NotFound" {
+			out = append(out, r.InstanceID)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 func (h *fakeHistory) RunsInProgress(_ context.Context, policy string, instances []string, before time.Time) (map[string]history.Run, error) {
@@ -498,3 +551,21 @@ func blockUntil(started chan<- struct{}, release <-chan struct{}) step {
 }
 
 var errFake = errors.New("fake failure")
+
+// waitEmptyFires blocks until FireWithoutRuns was called n times and returns the calls.
+func (h *fakeHistory) waitEmptyFires(ctx context.Context, n int) ([]fakeFire, error) {
+	for {
+		ch := h.changed.C()
+		h.mu.Lock()
+		got := slices.Clone(h.emptyFires)
+		h.mu.Unlock()
+		if len(got) >= n {
+			return got, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return got, ctx.Err()
+		}
+	}
+}

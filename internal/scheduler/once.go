@@ -77,7 +77,7 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 	}
 
 	slot = slot.UTC().Truncate(time.Second)
-	targets, skipped := s.targets(ctx, p)
+	targets, skipped, unresolved := s.targets(ctx, p, slot)
 	order := withSkipped(targets, skipped)
 	if len(instances) > 0 {
 		for _, id := range instances {
@@ -86,6 +86,9 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 			}
 		}
 		order = dedupe(instances)
+	}
+	if len(order) == 0 && unresolved != nil {
+		return nil, fmt.Errorf("policy %s: cannot resolve its targets, and it has no earlier ones: %w", p.Name, unresolved)
 	}
 	if len(order) == 0 {
 		return nil, fmt.Errorf("policy %s has no targets", p.Name)

@@ -24,6 +24,10 @@ const (
 	// CodeMissed marks a slot that was never started: it passed while no scheduler could fire
 	// it, or its start window closed before its claim could be written.
 	CodeMissed = "Missed"
+	// CodeTargetsUnresolved fails a fire whose targets could not be resolved and that knows of
+	// no instance to fall back on (no listed instance, no earlier fire): it has no run, so the
+	// code is on its fire_failed event (README "Notifications").
+	CodeTargetsUnresolved = "TargetsUnresolved"
 	// CodePreviousImageInProgress marks a slot skipped by `concurrency: forbid`.
 	CodePreviousImageInProgress = "PreviousImageInProgress"
 )

@@ -273,6 +273,7 @@ func (s *Scheduler) catchUp(now time.Time) {
 	}
 	var batch []nextFire
 	var missed []missedSlots
+	marks := map[string]time.Time{}
 	for _, p := range s.cfg.Load().Policies {
 		from, seen := last[p.Name]
 		if p.Schedule == nil {
@@ -282,7 +283,7 @@ func (s *Scheduler) catchUp(now time.Time) {
 			// Nothing before now; from here on the policy is seen, so a later downtime
 			// before its first fire is walked too.
 			if prev := previousSlot(p.Schedule, now); !prev.IsZero() {
-				s.recordSlotHandled(p, prev)
+				marks[p.Name] = prev
 			}
 			continue
 		}
@@ -298,8 +299,23 @@ func (s *Scheduler) catchUp(now time.Time) {
 			missed = append(missed, missedSlots{p: p, slots: w.missed, beyond: w.beyond, reason: s.startMissedReason})
 		}
 	}
+	s.markSlots(marks)
 	s.recordMissedAll(missed)
 	s.fireBatch(batch)
+}
+
+// markSlots moves the last handled slot of policies seen for the first time to their latest slot
+// before now, in one statement (a first start with thousands of policies). A mark begins no fire.
+func (s *Scheduler) markSlots(marks map[string]time.Time) {
+	if len(marks) == 0 {
+		return
+	}
+	ctx, cancel := s.historyContext()
+	err := s.hist.PolicySlotsSet(ctx, marks)
+	cancel()
+	if err != nil && !s.checkFenced(err) {
+		s.log.Warn().Err(err).Int("policies", len(marks)).Msg("cannot record where new policies start; a downtime before their first fire is not walked")
+	}
 }
 
 // previousSlot returns the latest slot of sched not after now, or zero when there is none in the
@@ -337,7 +353,7 @@ func (s *Scheduler) recordMissed(m missedSlots) {
 		s.log.Warn().Str("policy", p.Name).Int("missed_slots_without_rows", m.beyond).Time("first_recorded_slot", first).
 			Msgf("more than %d slots passed; only the latest %d are recorded missed", maxMissedSlots, maxMissedSlots)
 	}
-	targets, _ := s.targets(s.stopCtx, p)
+	targets, _, _ := s.targets(s.stopCtx, p, first)
 	s.log.Warn().Str("policy", p.Name).Int("slots", len(m.slots)).Time("first_slot", first).Time("last_slot", last).
 		Int("targets", len(targets)).Str("error_code", CodeMissed).Str("reason", m.reason(p, last)).Msg("slots missed")
 	if len(targets) == 0 {
@@ -367,7 +383,8 @@ func (s *Scheduler) recordMissed(m missedSlots) {
 	}
 }
 
-// recordSlotHandled moves p's last handled slot to slot (a fire that wrote no row).
+// recordSlotHandled moves p's last handled slot to slot without a fire (a walk of missed slots
+// that found no targets).
 func (s *Scheduler) recordSlotHandled(p *policy.Policy, slot time.Time) {
 	ctx, cancel := s.historyContext()
 	err := s.hist.PolicySlotSet(ctx, p.Name, slot)
