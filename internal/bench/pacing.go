@@ -23,7 +23,7 @@ type PacingParams struct {
 	// FaultRate is the share of admitted calls the simulator answers InternalError (0 for none).
 	FaultRate float64
 	// TransientAttempts, TransientInitial and TransientMax set api.retry.transient (zero values
-	// keep imager's defaults: 5 attempts, 1 s, 30 s).
+	// keep imager's defaults: 200 ms doubling to 30 s, until the slot's start window closes).
 	TransientAttempts              int
 	TransientInitial, TransientMax time.Duration
 	// NaiveRetries is the SDK's RateLimitExceededMaxRetries for the naive client; negative skips the

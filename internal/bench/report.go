@@ -369,7 +369,7 @@ func (r *Report) writePacing(w io.Writer) []metric {
 
 // transientSettings describes api.retry.transient as a pacing scenario sets it.
 func transientSettings(p PacingParams) string {
-	initial, maxDelay, attempts := "1 s", "30 s", "5"
+	initial, maxDelay, attempts := "200 ms", "30 s", "no bound"
 	if p.TransientInitial > 0 {
 		initial = fmtDur(p.TransientInitial)
 	}
@@ -379,7 +379,7 @@ func transientSettings(p PacingParams) string {
 	if p.TransientAttempts > 0 {
 		attempts = strconv.Itoa(p.TransientAttempts)
 	}
-	return fmt.Sprintf("initial %s, max %s, attempts %s (imager's defaults: 1 s, 30 s, 5)", initial, maxDelay, attempts)
+	return fmt.Sprintf("initial %s, max %s, attempts %s (imager's defaults: 200 ms, 30 s, no bound by count: until the slot's start window closes)", initial, maxDelay, attempts)
 }
 
 // fmtDur prints a duration for people: "60 s", "2 s", "500 ms", "31.1 s".
