@@ -74,7 +74,11 @@ type Options struct {
 // jitter observed lately (Observe): the spread between a high percentile and the least of recent
 // call round trips, plus how late this process woke up for its own grants. It is never shorter
 // than 1/(rate·(1−Margin)) — any second then holds at most rate grants — and never longer than
-// 1/(rate·(1−MaxMargin)), so a noisy network costs at most MaxMargin of the rate.
+// 1/(rate·(1−MaxMargin)), so a noisy network costs at most MaxMargin of the rate. A percentile
+// does not catch a single late call, so the pace also remembers when each of the latest rate
+// grants was actually sent (Wait woke up) and grants a call no sooner than rate intervals after
+// the send of the grant rate calls before it: one call that left 30 ms late on a busy machine
+// does not bring the call a second after it into its window.
 //
 // A RequestLimitExceeded answer (Throttle) lowers the rate by DefaultSlowdown for
 // DefaultSlowdownFor when it is the first in a while; throttles that keep coming within
@@ -98,6 +102,14 @@ type Limiter struct {
 	lastGrant      time.Time // send time of the latest reservation
 	granted        bool
 
+	// sent holds the send times of the latest perSecond grants, by grant number (seq modulo
+	// perSecond): the reserved time, moved later when Wait woke up late for it. A grant comes at
+	// least perSecond intervals after the send time of the grant perSecond before it, so a call
+	// that left late does not bring the calls a second after it into its window.
+	sent      []time.Time
+	seq       uint64 // grants made so far
+	sentSince uint64 // the first grant number in sent (it starts over when the rate changes)
+
 	rtts     []time.Duration // ring of recent round trips
 	rttNext  int
 	lates    []time.Duration // ring of recent wake-up delays past a grant's time
@@ -120,14 +132,16 @@ func New(clock clockwork.Clock, perSecond int, opts Options) *Limiter {
 	if opts.Cooldown <= 0 {
 		opts.Cooldown = DefaultThrottleCooldown
 	}
+	perSecond = max(perSecond, 1)
 	return &Limiter{
 		clock:     clock,
 		margin:    opts.Margin,
 		maxMargin: opts.MaxMargin,
 		cooldown:  opts.Cooldown,
-		perSecond: max(perSecond, 1),
+		perSecond: perSecond,
 		factor:    1,
 		onGrant:   opts.OnGrant,
+		sent:      make([]time.Time, perSecond),
 	}
 }
 
@@ -138,7 +152,7 @@ func (p *Limiter) Wait(ctx context.Context) error {
 		return err
 	}
 	now := p.clock.Now()
-	at := p.reserve(now)
+	at, seq := p.reserveSeq(now)
 	d := at.Sub(now)
 	if d <= 0 {
 		return nil
@@ -148,8 +162,9 @@ func (p *Limiter) Wait(ctx context.Context) error {
 	select {
 	case <-t.Chan():
 		// A late wake-up (a busy machine) sends this call closer to the next one than planned:
-		// it widens the spacing as round-trip jitter does.
-		p.observeLate(p.clock.Since(at))
+		// the grant a second later is pushed back by as much, and the delays seen widen the
+		// spacing as round-trip jitter does.
+		p.observeSent(seq, at, p.clock.Now())
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -169,11 +184,14 @@ func (p *Limiter) Observe(rtt time.Duration) {
 	p.spread = p.measureSpreadLocked()
 }
 
-// observeLate records how late Wait woke up past a grant's time.
-func (p *Limiter) observeLate(late time.Duration) {
+// observeSent records that grant seq, reserved for at, was sent (Wait woke up) at sentAt.
+func (p *Limiter) observeSent(seq uint64, at, sentAt time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.lates, p.lateNext = pushRing(p.lates, p.lateNext, max(late, 0))
+	if n := uint64(len(p.sent)); seq >= p.sentSince && p.seq-seq <= n && sentAt.After(p.sent[seq%n]) {
+		p.sent[seq%n] = sentAt // the slot still holds this grant
+	}
+	p.lates, p.lateNext = pushRing(p.lates, p.lateNext, max(sentAt.Sub(at), 0))
 	p.spread = p.measureSpreadLocked()
 }
 
@@ -186,22 +204,39 @@ func pushRing(ring []time.Duration, next int, d time.Duration) ([]time.Duration,
 	return ring, (next + 1) % jitterSamples
 }
 
-// reserve takes the next send time at or after now: one interval after the previous grant.
+// reserve takes the next send time at or after now (see reserveSeq).
 func (p *Limiter) reserve(now time.Time) time.Time {
+	at, _ := p.reserveSeq(now)
+	return at
+}
+
+// reserveSeq takes the next send time at or after now, and its grant number: one interval after
+// the previous grant, and perSecond intervals after the send time of the grant perSecond before.
+func (p *Limiter) reserveSeq(now time.Time) (time.Time, uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.restoreLocked(now)
 	at := now
+	iv := p.intervalLocked()
 	if p.granted {
-		if floor := p.lastGrant.Add(p.intervalLocked()); at.Before(floor) {
+		if floor := p.lastGrant.Add(iv); at.Before(floor) {
 			at = floor
 		}
 	}
+	n := uint64(len(p.sent))
+	seq := p.seq
+	if prev := p.sent[seq%n]; !prev.IsZero() {
+		if floor := prev.Add(time.Duration(n) * p.baseIntervalLocked()); at.Before(floor) {
+			at = floor
+		}
+	}
+	p.sent[seq%n] = at
+	p.seq++
 	p.lastGrant, p.granted = at, true
 	if p.onGrant != nil {
 		p.onGrant(at)
 	}
-	return at
+	return at, seq
 }
 
 // Throttle lowers the pace after the API answered RequestLimitExceeded. The first throttle in a
@@ -257,6 +292,10 @@ func (p *Limiter) SetRate(perSecond int) {
 	defer p.mu.Unlock()
 	p.restoreLocked(p.clock.Now())
 	p.perSecond = max(perSecond, 1)
+	if len(p.sent) != p.perSecond {
+		// The spacing alone keeps any second within the new rate; the send times start over.
+		p.sent, p.sentSince = make([]time.Time, p.perSecond), p.seq
+	}
 }
 
 // Rate returns the calls per second the pace grants now while work is queued: the configured
@@ -309,14 +348,20 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 	return sorted[min(max(i, 0), len(sorted)-1)]
 }
 
-// intervalLocked is the least spacing between two grants now. The caller holds p.mu.
+// intervalLocked is the least spacing between two grants now: the jitter-widened interval,
+// lowered while a slow-down runs. The caller holds p.mu.
 func (p *Limiter) intervalLocked() time.Duration {
+	return time.Duration(float64(p.baseIntervalLocked()) / p.factor)
+}
+
+// baseIntervalLocked is the spacing that keeps rate+1 consecutive grants at least one second plus
+// the observed jitter apart, within the margins, before any slow-down. The caller holds p.mu.
+func (p *Limiter) baseIntervalLocked() time.Duration {
 	r := float64(p.perSecond)
 	lo := float64(time.Second) / (r * (1 - p.margin))
 	hi := float64(time.Second) / (r * (1 - p.maxMargin))
 	want := (float64(time.Second) + float64(p.spread)) / r
-	iv := min(max(want, lo), hi)
-	return time.Duration(iv / p.factor)
+	return time.Duration(min(max(want, lo), hi))
 }
 
 // MaxInAnySecond returns the most of times that fall in any half-open one-second window: the

@@ -250,3 +250,35 @@ func BenchmarkLimiter(b *testing.B) {
 		}
 	}
 }
+
+// A call that leaves late (Wait woke up after its time: a busy machine) must not let the calls a
+// second later into its window: the grant rate calls after it waits for its actual send time.
+func TestLimiterLateSendPushesTheGrantASecondLater(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	clk := clockwork.NewFakeClockAt(t0)
+	grants := make(chan time.Time, 64)
+	p := New(clk, 10, Options{OnGrant: func(at time.Time) { grants <- at }})
+	const late = 30 * time.Millisecond // more than the 2 % margin's ~20 ms of room
+	var sends []time.Time
+	for i := range 14 {
+		done := make(chan error, 1)
+		go func() { done <- p.Wait(ctx) }()
+		at := <-grants
+		if at.After(clk.Now()) {
+			require.NoError(t, clk.BlockUntilContext(ctx, 1))
+			d := at.Sub(clk.Now())
+			if i == 2 {
+				d += late // this wake-up comes late
+			}
+			clk.Advance(d)
+		}
+		require.NoError(t, <-done)
+		sends = append(sends, clk.Now())
+	}
+	require.LessOrEqual(t, MaxInAnySecond(sends), 10, "sends: %v", sends)
+	// The 10th grant after the late one is at least 10 intervals after it actually left (more
+	// once the late wake-up widens the spacing).
+	require.GreaterOrEqual(t, sends[12].Sub(sends[2]), 10*(time.Second*10/98))
+	require.Equal(t, late, sends[2].Sub(sends[1])-time.Second*10/98)
+}
