@@ -76,9 +76,10 @@ type Options struct {
 // than 1/(rate·(1−Margin)) — any second then holds at most rate grants — and never longer than
 // 1/(rate·(1−MaxMargin)), so a noisy network costs at most MaxMargin of the rate. A percentile
 // does not catch a single late call, so the pace also remembers when each of the latest rate
-// grants was actually sent (Wait woke up) and grants a call no sooner than rate intervals after
-// the send of the grant rate calls before it: one call that left 30 ms late on a busy machine
-// does not bring the call a second after it into its window.
+// grants was actually sent (Wait woke up): a grant comes at least one second plus half the
+// spacing's room (rate intervals less one second) after the send of the grant rate calls before
+// it. Lateness within that half costs nothing; one call that left 30 ms late on a busy machine
+// pushes the call a second after it back instead of bringing it into its window.
 //
 // A RequestLimitExceeded answer (Throttle) lowers the rate by DefaultSlowdown for
 // DefaultSlowdownFor when it is the first in a while; throttles that keep coming within
@@ -211,7 +212,8 @@ func (p *Limiter) reserve(now time.Time) time.Time {
 }
 
 // reserveSeq takes the next send time at or after now, and its grant number: one interval after
-// the previous grant, and perSecond intervals after the send time of the grant perSecond before.
+// the previous grant, and, when the grant perSecond before left late, at least one second plus
+// half the spacing's room after it actually left.
 func (p *Limiter) reserveSeq(now time.Time) (time.Time, uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -226,7 +228,10 @@ func (p *Limiter) reserveSeq(now time.Time) (time.Time, uint64) {
 	n := uint64(len(p.sent))
 	seq := p.seq
 	if prev := p.sent[seq%n]; !prev.IsZero() {
-		if floor := prev.Add(time.Duration(n) * p.baseIntervalLocked()); at.Before(floor) {
+		// Half of the room the spacing leaves beyond one second is for lateness: a call that
+		// left later than that pushes the grant a second after it.
+		span := time.Duration(n) * p.baseIntervalLocked()
+		if floor := prev.Add((time.Second + span) / 2); at.Before(floor) {
 			at = floor
 		}
 	}
