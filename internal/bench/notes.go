@@ -37,14 +37,13 @@ p50 and p99 are queueing at the pace (about k / L for the k-th policy), the firs
 the fire's own latency.
 
 This is the scheduler's path (cron loop, claim, pool, pace, CVM client). The daemon also wires
-hooks that run at each fire before its slots are queued: the listed instances are checked with
-DescribeInstances (targets) and the region's image quota is consulted (cached). Each adds an API
-round trip before a policy's first CreateImage (about a millisecond to the local simulator, tens
-of milliseconds to the real API). The cron loop fires due policies eight at a time, so round
-trips overlap, but every check waits on the DescribeInstances pace (20 per second): 1,000 policies
-due together are queued over about 50 s, sooner than the CreateImage pace sends them at the real
-limit of 10 per second (100 s), but later than at 100 per second (10 s). Resolving targets ahead of
-the slot would remove that wait; it is not done yet.
+hooks that run at each fire before its slots are queued: the listed instances of every due policy
+are checked with DescribeInstances, 100 ids per call across the policies, before the first claim,
+and the region's image quota is consulted (cached). For 1,000 one-instance policies that is 10
+calls, which the DescribeInstances pace of 20 per second spreads over about half a second; one
+policy's fire waits one round trip (about a millisecond to the local simulator, tens of
+milliseconds to the real API). Checking the instances ahead of the slot would remove that wait;
+it is not done yet.
 
 `
 
