@@ -251,32 +251,40 @@ func BenchmarkLimiter(b *testing.B) {
 	}
 }
 
-// A call that leaves late (Wait woke up after its time: a busy machine) must not let the calls a
-// second later into its window: the grant rate calls after it waits for its actual send time.
-// A little lateness, within half the margin's room, changes nothing.
-func TestLimiterLateSendPushesTheGrantASecondLater(t *testing.T) {
-	t.Parallel()
+// waitLate makes n calls to Wait at 10 per second, one after another, waking the i-th up late(i)
+// after its grant, and returns the grants and the times the calls left (Wait returned).
+func waitLate(t *testing.T, n int, late func(i int) time.Duration) (planned, sends []time.Time) {
+	t.Helper()
 	ctx := context.Background()
 	clk := clockwork.NewFakeClockAt(t0)
-	grants := make(chan time.Time, 64)
+	grants := make(chan time.Time, n)
 	p := New(clk, 10, Options{OnGrant: func(at time.Time) { grants <- at }})
-	const late = 30 * time.Millisecond // more than the 2 % margin's ~20 ms of room
-	var sends []time.Time
-	for i := range 14 {
+	for i := range n {
 		done := make(chan error, 1)
 		go func() { done <- p.Wait(ctx) }()
 		at := <-grants
+		planned = append(planned, at)
 		if at.After(clk.Now()) {
 			require.NoError(t, clk.BlockUntilContext(ctx, 1))
-			d := at.Sub(clk.Now())
-			if i == 2 {
-				d += late // this wake-up comes late
-			}
-			clk.Advance(d)
+			clk.Advance(at.Sub(clk.Now()) + late(i))
 		}
 		require.NoError(t, <-done)
 		sends = append(sends, clk.Now())
 	}
+	return planned, sends
+}
+
+// A call that leaves late (Wait woke up after its time: a busy machine) must not let the calls a
+// second later into its window: the grant rate calls after it waits for its actual send time.
+func TestLimiterLateSendPushesTheGrantASecondLater(t *testing.T) {
+	t.Parallel()
+	const late = 30 * time.Millisecond // more than the 2 % margin's ~20 ms of room
+	_, sends := waitLate(t, 14, func(i int) time.Duration {
+		if i == 2 {
+			return late // this wake-up comes late
+		}
+		return 0
+	})
 	require.LessOrEqual(t, MaxInAnySecond(sends), 10, "sends: %v", sends)
 	// The 10th grant after the late one is at least one second plus half the room after it
 	// actually left (more once the late wake-up widens the spacing).
@@ -285,24 +293,10 @@ func TestLimiterLateSendPushesTheGrantASecondLater(t *testing.T) {
 	require.Equal(t, late, sends[2].Sub(sends[1])-time.Second*10/98)
 }
 
+// A little lateness, within half the margin's room, changes nothing.
 func TestLimiterSmallLatenessKeepsTheSpacing(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	clk := clockwork.NewFakeClockAt(t0)
-	grants := make(chan time.Time, 64)
-	p := New(clk, 10, Options{OnGrant: func(at time.Time) { grants <- at }})
-	var planned []time.Time
-	for range 30 {
-		done := make(chan error, 1)
-		go func() { done <- p.Wait(ctx) }()
-		at := <-grants
-		planned = append(planned, at)
-		if at.After(clk.Now()) {
-			require.NoError(t, clk.BlockUntilContext(ctx, 1))
-			clk.Advance(at.Sub(clk.Now()) + 2*time.Millisecond) // every wake-up 2 ms late
-		}
-		require.NoError(t, <-done)
-	}
+	planned, _ := waitLate(t, 30, func(int) time.Duration { return 2 * time.Millisecond })
 	// 2 ms is within the margin's room (and within the spacing floor): every grant keeps the
 	// least interval after the previous one.
 	for i := 1; i < len(planned); i++ {
