@@ -201,7 +201,8 @@ func (e *Elector) noteResult(err error) {
 // tryAcquire takes the lease when it is free; on success it leads.
 func (e *Elector) tryAcquire(ctx context.Context) {
 	sent := e.clock.Now()
-	opCtx, cancel := context.WithTimeout(ctx, e.opTimeout())
+	// As in renew: an acquisition already sent finishes, so Stop knows whether it leads.
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.opTimeout())
 	l, ok, err := e.opts.Store.LeaseAcquire(opCtx, e.opts.Holder, e.ttl)
 	cancel()
 	e.noteResult(err)
@@ -236,7 +237,9 @@ func (e *Elector) renew(ctx context.Context) {
 		e.stepDown(term, "lease deadline passed without renewal")
 		return
 	}
-	opCtx, cancel := context.WithTimeout(ctx, min(deadline.Sub(now), e.opTimeout()))
+	// Stop cancels ctx; a renewal already sent is let finish (within its timeout) rather than
+	// abandoned, so that it cannot commit on the server after Stop resigned and revive the lease.
+	opCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(deadline.Sub(now), e.opTimeout()))
 	_, err := e.opts.Store.LeaseRenew(opCtx, e.opts.Holder.DaemonID, term, e.ttl)
 	cancel()
 	e.noteResult(err)

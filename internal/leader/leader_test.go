@@ -207,3 +207,83 @@ type brokenStore struct{ *flaky }
 func (brokenStore) LeaseAcquire(context.Context, history.LeaseHolder, time.Duration) (history.Lease, bool, error) {
 	return history.Lease{}, false, errors.New("database unreachable")
 }
+
+// heldRenew is a Store whose next renewal, once armed, waits for release, as a renewal that the
+// database is slow to run; it records whether that renewal's context had been cancelled by then.
+type heldRenew struct {
+	*history.Store
+	mu            sync.Mutex
+	armed         bool
+	started       chan struct{}
+	release       chan struct{}
+	cancelledAtIt bool
+	listenDone    chan struct{}
+}
+
+func (h *heldRenew) LeaseRenew(ctx context.Context, id string, term int64, ttl time.Duration) (history.Lease, error) {
+	h.mu.Lock()
+	armed := h.armed
+	h.armed = false
+	h.mu.Unlock()
+	if armed {
+		close(h.started)
+		<-h.release // the statement runs on the server whatever the client does meanwhile
+		h.mu.Lock()
+		h.cancelledAtIt = ctx.Err() != nil
+		h.mu.Unlock()
+		l, err := h.Store.LeaseRenew(context.Background(), id, term, ttl)
+		if ctx.Err() != nil {
+			return history.Lease{}, ctx.Err() // the client gave up; the server renewed anyway
+		}
+		return l, err
+	}
+	return h.Store.LeaseRenew(ctx, id, term, ttl)
+}
+
+func (h *heldRenew) Listen(ctx context.Context, channels []string, ready func(), fn func(string, string)) error {
+	err := h.Store.Listen(ctx, channels, ready, fn)
+	if ctx.Err() != nil {
+		select {
+		case <-h.listenDone:
+		default:
+			close(h.listenDone)
+		}
+	}
+	return err
+}
+
+// Stop lets a renewal already sent finish before it resigns: were the renewal abandoned, the
+// database could still run it after the resignation and revive the lease for a whole TTL.
+func TestStopLetsAnInFlightRenewalFinishBeforeResigning(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := &heldRenew{Store: newStore(t), started: make(chan struct{}), release: make(chan struct{}),
+		listenDone: make(chan struct{})}
+	clock := clockwork.NewFakeClock()
+	a := newReplica(t, s, "a", clock)
+	require.NoError(t, a.e.Start(ctx))
+	require.Equal(t, int64(1), recv(t, a.elected, "election"))
+
+	s.mu.Lock()
+	s.armed = true
+	s.mu.Unlock()
+	require.NoError(t, clock.BlockUntilContext(ctx, 1))
+	clock.Advance(time.Second) // TTL/3: the next renewal
+	recv(t, s.started, "the held renewal")
+
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		a.e.Stop()
+	}()
+	recv(t, s.listenDone, "Stop cancelling the elector's context")
+	close(s.release)
+	recv(t, stopped, "Stop")
+
+	s.mu.Lock()
+	require.False(t, s.cancelledAtIt, "the renewal in flight was abandoned by Stop")
+	s.mu.Unlock()
+	l, _, err := s.LeaseGet(ctx)
+	require.NoError(t, err)
+	require.False(t, l.Live(), "the resignation came last")
+}
