@@ -6,6 +6,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -166,12 +169,24 @@ func TestShippedMigrationsHaveNoGap(t *testing.T) {
 	}
 }
 
-// rewordedFrom holds, per listed earlier checksum, the comment lines the earlier file had in place
-// of today's (line number, from 1, and the line): the earlier file is rebuilt from today's.
-var rewordedFrom = map[string]map[int]string{
-	"b45fa712efb4feb8f044f79995df9dde3bfef278799c4cf56ab2d1e8cd8cb44f": {
-		1: "-- 0001_init: imager's history (PRODUCT.md section 6). A public contract: operators audit these",
-	},
+// rewordedFrom reads, per listed earlier checksum, the comment lines the earlier file had in
+// place of today's (line number, from 1, and the line), so the earlier file can be rebuilt from
+// today's. The lines are kept verbatim as data in testdata/reworded/<checksum>, one
+// "<line number><TAB><line>" per line: they are what the file said then, and they are the words
+// that were reworded.
+func rewordedFrom(t *testing.T, checksum string) map[int]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", "reworded", checksum))
+	require.NoError(t, err, "no earlier text for checksum %s", checksum)
+	out := map[int]string{}
+	for _, l := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+		n, line, ok := strings.Cut(l, "\t")
+		require.True(t, ok, "testdata/reworded/%s: %q is not <line number><TAB><line>", checksum, l)
+		k, err := strconv.Atoi(n)
+		require.NoError(t, err)
+		out[k] = line
+	}
+	return out
 }
 
 func TestRewordedMigrationsDifferInCommentsOnly(t *testing.T) {
@@ -182,8 +197,7 @@ func TestRewordedMigrationsDifferInCommentsOnly(t *testing.T) {
 		require.NoError(t, err, version)
 		for _, old := range sums {
 			lines := strings.Split(string(b), "\n")
-			replaced, ok := rewordedFrom[old]
-			require.True(t, ok, "%s: no earlier text for checksum %s", version, old)
+			replaced := rewordedFrom(t, old)
 			for n, line := range replaced {
 				require.True(t, strings.HasPrefix(strings.TrimSpace(lines[n-1]), "--"), "%s:%d is not a comment today", version, n)
 				require.True(t, strings.HasPrefix(strings.TrimSpace(line), "--"), "%s:%d was not a comment", version, n)
