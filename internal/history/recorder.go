@@ -149,11 +149,6 @@ func (r *Recorder) PolicySlots(ctx context.Context) (map[string]time.Time, error
 	return r.store.PolicySlots(ctx)
 }
 
-// PolicySlotSet records a policy's last handled slot in the database; it is never spooled.
-func (r *Recorder) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
-	return r.store.PolicySlotSet(ctx, policy, slot)
-}
-
 // PolicySlotsSet records many policies' last handled slots in the database; never spooled.
 func (r *Recorder) PolicySlotsSet(ctx context.Context, slots map[string]time.Time) error {
 	return r.store.PolicySlotsSet(ctx, slots)

@@ -29,6 +29,25 @@ func (s *Store) claimFence(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
+// fencedTx runs fn in one transaction behind claimFence, and names the work (what) in its error:
+// ErrFenced stays recognisable, anything else is translated.
+func (s *Store) fencedTx(ctx context.Context, what string, fn func(tx pgx.Tx) error) error {
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if err := s.claimFence(ctx, tx); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrFenced):
+		return fmt.Errorf("%s: %w", what, ErrFenced)
+	default:
+		return fmt.Errorf("%s: %w", what, s.translate(err))
+	}
+}
+
 // termArg is the term stored on rows a fenced store writes: NULL when unfenced.
 func (s *Store) termArg() *int64 {
 	if s.term == 0 {
@@ -150,10 +169,8 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 	}
 	runs := make([]Run, len(ps))
 	claimed := make([]bool, len(ps))
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.claimFence(ctx, tx); err != nil {
-			return err
-		}
+	what := fmt.Sprintf("claim %d slots of %s at %s", len(ps), ps[0].Policy, ps[0].ScheduledAt.UTC().Format(time.RFC3339))
+	err := s.fencedTx(ctx, what, func(tx pgx.Tx) error {
 		// Match the inserted rows to their params by slot key; a key given twice is claimed by its
 		// first params only. Params whose row was not inserted (claimed before) read it back.
 		byKey, err := runsByKey(tx.Query(ctx, claimInsertMany, s.claimArrays(ps)...))
@@ -196,25 +213,13 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 				latest[p.Policy] = p.ScheduledAt
 			}
 		}
-		for pol, at := range latest {
-			if _, err := tx.Exec(ctx, policySlotUpsert, pol, at, s.termArg()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return s.upsertSlots(ctx, tx, latest)
 	})
 	if err != nil {
-		if errors.Is(err, ErrFenced) {
-			return nil, nil, fmt.Errorf("claim %d slots of %s at %s: %w", len(ps), ps[0].Policy, ps[0].ScheduledAt.UTC().Format(time.RFC3339), ErrFenced)
-		}
-		return nil, nil, fmt.Errorf("claim %d slots of %s at %s: %w", len(ps), ps[0].Policy, ps[0].ScheduledAt.UTC().Format(time.RFC3339), s.translate(err))
+		return nil, nil, err
 	}
 	return runs, claimed, nil
 }
-
-const policySlotUpsert = `INSERT INTO policy_slots (policy, last_slot, term, updated_at) VALUES ($1, $2, $3, now())
-ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
-	term = EXCLUDED.term, updated_at = now()`
 
 // PolicySlotSet records slot as handled for policy without firing it: a policy seen for the first
 // time, or a walk that recorded nothing. The last handled slot only moves forward. It is fenced
@@ -229,40 +234,35 @@ func (s *Store) PolicySlotsSet(ctx context.Context, slots map[string]time.Time) 
 	if len(slots) == 0 {
 		return nil
 	}
-	pols := make([]string, 0, len(slots))
-	ats := make([]time.Time, 0, len(slots))
 	for p, at := range slots {
 		if p == "" || at.IsZero() {
 			return fmt.Errorf("record last slot: policy and slot are required: %w", ErrInvalid)
 		}
-		pols, ats = append(pols, p), append(ats, at)
 	}
-	what := fmt.Sprintf("record the last slots of %d policies", len(pols))
-	if len(pols) == 1 {
-		what = "record last slot of " + pols[0]
-	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.claimFence(ctx, tx); err != nil {
-			return err
+	what := fmt.Sprintf("record the last slots of %d policies", len(slots))
+	if len(slots) == 1 {
+		for p := range slots {
+			what = "record last slot of " + p
 		}
-		_, err := tx.Exec(ctx, policySlotsUpsert, pols, ats, s.termArg())
-		return err
-	})
-	if errors.Is(err, ErrFenced) {
-		return fmt.Errorf("%s: %w", what, ErrFenced)
 	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, s.translate(err))
-	}
-	return nil
+	return s.fencedTx(ctx, what, func(tx pgx.Tx) error { return s.upsertSlots(ctx, tx, slots) })
 }
 
-// policySlotsUpsert moves policy_slots forward for policies $1 to slots $2 (sorted by policy, so
-// that concurrent writers lock rows in one order).
-const policySlotsUpsert = `INSERT INTO policy_slots (policy, last_slot, term, updated_at)
+// upsertSlots moves policy_slots forward to slots (policy → slot) in one statement; a policy's
+// last slot never moves back. Rows are written in policy order, so concurrent writers lock them
+// in one order.
+func (s *Store) upsertSlots(ctx context.Context, tx pgx.Tx, slots map[string]time.Time) error {
+	pols := make([]string, 0, len(slots))
+	ats := make([]time.Time, 0, len(slots))
+	for p, at := range slots {
+		pols, ats = append(pols, p), append(ats, at)
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot, term, updated_at)
 SELECT p, at, $3, now() FROM unnest($1::text[], $2::timestamptz[]) AS u (p, at) ORDER BY p
 ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
-	term = EXCLUDED.term, updated_at = now()`
+	term = EXCLUDED.term, updated_at = now()`, pols, ats, s.termArg())
+	return err
+}
 
 // FireWithoutRuns records the fire of policy at slot that wrote no run, in one fenced
 // transaction: policy_slots moves to slot, and the fire begins and ends at once
@@ -273,25 +273,15 @@ func (s *Store) FireWithoutRuns(ctx context.Context, policy string, slot time.Ti
 	if policy == "" || slot.IsZero() {
 		return fmt.Errorf("record a fire without runs: policy and slot are required: %w", ErrInvalid)
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.claimFence(ctx, tx); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, policySlotUpsert, policy, slot, s.termArg()); err != nil {
+	what := fmt.Sprintf("record the fire of %s at %s (no runs)", policy, slot.UTC().Format(time.RFC3339))
+	return s.fencedTx(ctx, what, func(tx pgx.Tx) error {
+		if err := s.upsertSlots(ctx, tx, map[string]time.Time{policy: slot}); err != nil {
 			return err
 		}
 		_, err := tx.Exec(ctx, `SELECT notification_fire_without_runs($1, $2, NULLIF($3, ''), NULLIF($4, ''), now())`,
 			policy, slot, code, cutBytes(message, 1000))
 		return err
 	})
-	what := fmt.Sprintf("record the fire of %s at %s (no runs)", policy, slot.UTC().Format(time.RFC3339))
-	if errors.Is(err, ErrFenced) {
-		return fmt.Errorf("%s: %w", what, ErrFenced)
-	}
-	if err != nil {
-		return fmt.Errorf("%s: %w", what, s.translate(err))
-	}
-	return nil
 }
 
 // PreviousTargets returns the instances of policy's latest slot before `before` that has runs,
@@ -364,20 +354,14 @@ func (s *Store) RunsTakeOver(ctx context.Context, ids []int64, daemonID string) 
 		return 0, nil
 	}
 	var n int64
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.claimFence(ctx, tx); err != nil {
-			return err
-		}
+	err := s.fencedTx(ctx, fmt.Sprintf("take over %d runs", len(ids)), func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE image_runs SET term = $2, daemon_id = $3, updated_at = now()
 WHERE id = ANY($1) AND status IN ('pending', 'requested')`, ids, s.termArg(), daemonID)
 		n = tag.RowsAffected()
 		return err
 	})
-	if errors.Is(err, ErrFenced) {
-		return 0, fmt.Errorf("take over %d runs: %w", len(ids), ErrFenced)
-	}
 	if err != nil {
-		return 0, fmt.Errorf("take over %d runs: %w", len(ids), s.translate(err))
+		return 0, err
 	}
 	return n, nil
 }

@@ -104,9 +104,7 @@ type Limiter struct {
 	granted        bool
 
 	// sent holds the send times of the latest perSecond grants, by grant number (seq modulo
-	// perSecond): the reserved time, moved later when Wait woke up late for it. A grant comes at
-	// least perSecond intervals after the send time of the grant perSecond before it, so a call
-	// that left late does not bring the calls a second after it into its window.
+	// perSecond): the reserved time, moved later when Wait woke up late for it (see reserveSeq).
 	sent      []time.Time
 	seq       uint64 // grants made so far
 	sentSince uint64 // the first grant number in sent (it starts over when the rate changes)
@@ -203,12 +201,6 @@ func pushRing(ring []time.Duration, next int, d time.Duration) ([]time.Duration,
 	}
 	ring[next] = d
 	return ring, (next + 1) % jitterSamples
-}
-
-// reserve takes the next send time at or after now (see reserveSeq).
-func (p *Limiter) reserve(now time.Time) time.Time {
-	at, _ := p.reserveSeq(now)
-	return at
 }
 
 // reserveSeq takes the next send time at or after now, and its grant number: one interval after

@@ -11,6 +11,12 @@ import (
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
+// reserve takes the next send time at or after now, as Wait does, without waiting for it.
+func (p *Limiter) reserve(now time.Time) time.Time {
+	at, _ := p.reserveSeq(now)
+	return at
+}
+
 func TestLimiterKeepsEverySlidingSecondUnderTheRate(t *testing.T) {
 	t.Parallel()
 	for _, rate := range []int{1, 10, 40, 100} {

@@ -25,9 +25,7 @@ type History interface {
 	RunsClaimFire(ctx context.Context, ps []history.RunClaimParams) (runs []history.Run, claimed []bool, err error)
 	// PolicySlots returns each policy's last handled slot.
 	PolicySlots(ctx context.Context) (map[string]time.Time, error)
-	// PolicySlotSet moves a policy's last handled slot forward without a fire (a mark).
-	PolicySlotSet(ctx context.Context, policy string, slot time.Time) error
-	// PolicySlotsSet is PolicySlotSet for many policies at once.
+	// PolicySlotsSet moves policies' last handled slots forward without a fire (marks).
 	PolicySlotsSet(ctx context.Context, slots map[string]time.Time) error
 	// FireWithoutRuns moves a policy's last handled slot to a fire that has no run, and records
 	// the fire's outcome: succeeded with code empty (no targets), else failed with code and message.

@@ -54,7 +54,7 @@ type fakeHistory struct {
 	fenced        bool  // every claim and take-over answers history.ErrFenced
 	fenceWrites   bool  // every outcome write (attempt, requested, finish) answers history.ErrFenced
 	lastSlots     map[string]time.Time
-	slotSets      int        // PolicySlotSet and PolicySlotsSet calls
+	slotSets      int        // PolicySlotsSet calls
 	emptyFires    []fakeFire // FireWithoutRuns calls
 	takenOver     []int64
 	claimCalls    int
@@ -115,10 +115,6 @@ func (h *fakeHistory) PolicySlots(context.Context) (map[string]time.Time, error)
 		out[k] = v
 	}
 	return out, nil
-}
-
-func (h *fakeHistory) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
-	return h.PolicySlotsSet(ctx, map[string]time.Time{policy: slot})
 }
 
 func (h *fakeHistory) PolicySlotsSet(_ context.Context, slots map[string]time.Time) error {

@@ -387,7 +387,7 @@ func (s *Scheduler) recordMissed(m missedSlots) {
 // that found no targets).
 func (s *Scheduler) recordSlotHandled(p *policy.Policy, slot time.Time) {
 	ctx, cancel := s.historyContext()
-	err := s.hist.PolicySlotSet(ctx, p.Name, slot)
+	err := s.hist.PolicySlotsSet(ctx, map[string]time.Time{p.Name: slot})
 	cancel()
 	if err != nil && !s.checkFenced(err) {
 		s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).Msg("cannot record the last handled slot")
