@@ -1,5 +1,5 @@
 // Package migrations holds imager's database schema as numbered SQL files, embedded in the
-// binary. history.Migrate applies each file once, in number order, in its own transaction, and
+// binary, and the views' definitions (Views). history.Migrate applies each file once, in number order, in its own transaction, and
 // records its sha256: files are append-only (numbers 0001..N without gaps, never edited once
 // committed; put a change in a new file), and a database whose applied files differ is refused.
 //
@@ -13,3 +13,10 @@ import "embed"
 //
 //go:embed *.sql
 var FS embed.FS
+
+// Views is schema/views.sql: the one current definition of every view, which history.Migrate
+// drops before it applies migrations and creates again after them, on every migrate. A view is
+// changed by editing that file, never by a migration.
+//
+//go:embed schema/views.sql
+var Views string

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
+	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster"
 )
 
@@ -224,14 +225,16 @@ policies:
 	var stdout, stderr bytes.Buffer
 	require.Equal(t, 0, dispatch(ctx, []string{"migrate", "--database-url", dbURL}, &stdout, &stderr), stderr.String())
 	seeded := time.Now().UTC().Truncate(time.Minute).Add(-3 * time.Minute)
-	conn, err := pgx.Connect(ctx, dbURL)
+	seedStore, err := history.Open(ctx, dbURL, zerolog.Nop())
 	require.NoError(t, err)
-	_, err = conn.Exec(ctx, `INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at,
-		status, image_name, error_code, error_message, attempts, daemon_id)
-		VALUES ('minutely', 'ins-old00001', 'ap-guangzhou', $1, $1, $1, 'failed', 'minutely-ins-old00001-seeded',
-		'InvalidInstance.NotSupported', 'seeded: an earlier daemon''s fire', 1, 'seed')`, seeded)
+	seededRun, _, err := seedStore.RunClaim(ctx, history.RunClaimParams{Policy: "minutely", InstanceID: "ins-old00001",
+		Region: "ap-guangzhou", ScheduledAt: seeded, StartedAt: seeded, Status: history.StatusFailed,
+		ImageName: "minutely-ins-old00001-seeded", ErrorCode: "InvalidInstance.NotSupported",
+		ErrorMessage: "seeded: an earlier daemon's fire", DaemonID: "seed"})
 	require.NoError(t, err)
-	require.NoError(t, conn.Close(ctx))
+	_, err = seedStore.Pool().Exec(ctx, `UPDATE image_runs SET attempts = 1 WHERE id = $1`, seededRun.ID)
+	require.NoError(t, err)
+	seedStore.Close()
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -310,7 +313,7 @@ policies:
 	require.Equal(t, []string{"/ping/0b7e1c9a/start", "/ping/0b7e1c9a/fail"}, paths, "one /start, then one verdict")
 
 	// The good instance's image becomes available; coverage and rpo_breaches name the failing one.
-	conn, err = pgx.Connect(ctx, dbURL)
+	conn, err := pgx.Connect(ctx, dbURL)
 	require.NoError(t, err)
 	defer conn.Close(context.Background())
 	type covRow struct {

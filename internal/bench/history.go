@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/rs/zerolog"
 
 	"github.com/imager-dev/imager/internal/history"
 )
@@ -226,19 +227,14 @@ SELECT d.id, n, 'DeleteImages', d.requested_at + (n - 1) * interval '6 hours', 3
 FROM image_deletions d, generate_series(1, d.attempts) AS n
 WHERE d.id % $1 = $2`
 
-// rebuildFunctions are functions the migrations may ship to recompute tables that triggers keep in
-// step with image_runs; the generator calls those that exist after loading with triggers off.
-var rebuildFunctions = []string{"latest_images_rebuild", "coverage_rebuild"}
-
 // generateHistory loads the dataset, the larger steps split over one connection per core (two at
-// least, four at most). As a bulk import would, it turns per-row triggers off when it may
-// (session_replication_role, superusers only) and calls the schema's rebuild functions afterwards;
-// then it vacuums and analyzes as autovacuum would.
+// least, four at most). As a bulk import would, it writes image_runs directly and then has the
+// store recompute what it keeps beside them (history.Store.RebuildDerived); then it vacuums and
+// analyzes as autovacuum would.
 func generateHistory(ctx context.Context, pool *pgxpool.Pool, runs, instances int) (Dataset, error) {
 	start := time.Now()
 	ds := Dataset{Instances: instances, Policies: instances / 10, Slots: runs / instances, ByStatus: map[string]int{}}
 	parts := min(max(runtime.NumCPU(), 2), 4)
-	triggersOff := true
 	for _, step := range []struct {
 		what  string
 		sql   string
@@ -252,35 +248,30 @@ func generateHistory(ctx context.Context, pool *pgxpool.Pool, runs, instances in
 		{"image_deletions", generateDeletionsSQL, 1, func(part, parts int) []any { return []any{parts, part} }},
 		{"image_attempts of deletions", generateDeletionAttemptsSQL, parts, func(part, parts int) []any { return []any{parts, part} }},
 	} {
-		off, err := inParallel(ctx, pool, step.parts, func(ctx context.Context, tx pgx.Tx, part int) error {
+		err := inParallel(ctx, pool, step.parts, func(ctx context.Context, tx pgx.Tx, part int) error {
 			_, err := tx.Exec(ctx, step.sql, step.args(part, step.parts)...)
 			return err
 		})
 		if err != nil {
 			return ds, fmt.Errorf("%s: %w", step.what, err)
 		}
-		triggersOff = triggersOff && off
 	}
-	if triggersOff {
-		for _, fn := range rebuildFunctions {
-			var exists bool
-			if err := pool.QueryRow(ctx, "SELECT to_regproc($1) IS NOT NULL", fn).Scan(&exists); err != nil {
-				return ds, err
-			}
-			if exists {
-				if _, err := pool.Exec(ctx, "SELECT "+fn+"()"); err != nil {
-					return ds, fmt.Errorf("%s: %w", fn, err)
-				}
-			}
+	// The coverage views read the policies a daemon would have loaded: one row per generated
+	// policy, daily like its slots (overdue after 1.5 days, history.OverdueAfter).
+	var migrated bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('coverage_state') IS NOT NULL`).Scan(&migrated); err != nil {
+		return ds, err
+	}
+	if migrated {
+		if _, err := pool.Exec(ctx, `
+INSERT INTO policies (name, schedule, timezone, interval_seconds, overdue_seconds, enabled, source_file, source_line, loaded_at)
+SELECT DISTINCT policy, '@daily', 'UTC', 86400, $1::bigint, true, 'bench.yaml', 1, now() FROM image_runs ON CONFLICT DO NOTHING`,
+			int64(history.OverdueAfter(24*time.Hour)/time.Second)); err != nil {
+			return ds, fmt.Errorf("policies: %w", err)
 		}
-	}
-	// The coverage views (README "Audit cookbook") read the policies a daemon would have loaded:
-	// one row per generated policy, daily like its slots.
-	if _, err := pool.Exec(ctx, `DO $$ BEGIN IF to_regclass('policies') IS NOT NULL THEN
-	INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)
-	SELECT DISTINCT policy, '@daily', 'UTC', 86400, true, 'bench.yaml', 1, now() FROM image_runs ON CONFLICT DO NOTHING;
-END IF; END $$`); err != nil {
-		return ds, fmt.Errorf("policies: %w", err)
+		if err := history.NewStore(pool, zerolog.Nop()).RebuildDerived(ctx); err != nil {
+			return ds, err
+		}
 	}
 	var wg sync.WaitGroup
 	tables := []string{"image_runs", "image_attempts", "image_deletions"}
@@ -317,30 +308,18 @@ END IF; END $$`); err != nil {
 	return ds, rows.Err()
 }
 
-// inParallel runs f for parts 0..parts-1 at once, each in its own transaction with row triggers
-// off when the role may turn them off (it reports whether they were off in every part). It
-// returns the first error; parts that succeeded stay committed.
-func inParallel(ctx context.Context, pool *pgxpool.Pool, parts int, f func(ctx context.Context, tx pgx.Tx, part int) error) (triggersOff bool, err error) {
+// inParallel runs f for parts 0..parts-1 at once, each in its own transaction. It returns the
+// errors joined; parts that succeeded stay committed.
+func inParallel(ctx context.Context, pool *pgxpool.Pool, parts int, f func(ctx context.Context, tx pgx.Tx, part int) error) error {
 	var wg sync.WaitGroup
 	errs := make([]error, parts)
-	off := make([]bool, parts)
 	for part := range parts {
 		wg.Go(func() {
-			errs[part] = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-				if _, err := tx.Exec(ctx, "SAVEPOINT replica"); err != nil {
-					return err
-				}
-				if _, err := tx.Exec(ctx, "SET LOCAL session_replication_role = replica"); err == nil {
-					off[part] = true
-				} else if _, err := tx.Exec(ctx, "ROLLBACK TO SAVEPOINT replica"); err != nil {
-					return err
-				}
-				return f(ctx, tx, part)
-			})
+			errs[part] = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error { return f(ctx, tx, part) })
 		})
 	}
 	wg.Wait()
-	return !slices.Contains(off, false), errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // measureWrites records p.WriteRuns new runs through history.Store as the scheduler's workers do

@@ -111,13 +111,10 @@ func TestLatestImagesFollowTheDaemonsWrites(t *testing.T) {
 	require.NoError(t, err)
 	requireLatestInStep(t, store, "a skipped slot")
 
-	// Rows removed by hand: the next newest takes over, then the instance drops out.
-	_, err = store.Pool().Exec(ctx, "DELETE FROM image_runs WHERE id = $1", a.ID)
-	require.NoError(t, err)
-	require.Contains(t, requireLatestInStep(t, store, "the latest run deleted")[0], fmt.Sprintf("run %d ", old.ID))
-	_, err = store.Pool().Exec(ctx, "DELETE FROM image_runs WHERE instance_id = 'ins-aaaaaaaa'")
-	require.NoError(t, err)
-	require.Empty(t, requireLatestInStep(t, store, "every run of the instance deleted"))
+	// Every accepted image of the instance fails: it drops out.
+	require.NoError(t, store.RunFinish(ctx, history.RunFinishParams{RunID: old.ID, Status: history.StatusFailed,
+		ErrorCode: "CREATEFAILED", ErrorMessage: "the image could not be created", FinishedAt: t2}))
+	require.Contains(t, requireLatestInStep(t, store, "an older accepted image failed")[0], fmt.Sprintf("run %d ", a.ID))
 }
 
 func TestLatestImagesUnderConcurrentWriters(t *testing.T) {
@@ -157,8 +154,7 @@ func TestLatestImagesUnderConcurrentWriters(t *testing.T) {
 	}
 	require.Len(t, requireLatestInStep(t, store, "concurrent writers"), 2)
 
-	// The rebuild function gives the same answer.
-	_, err := store.Pool().Exec(ctx, "SELECT latest_images_rebuild()")
-	require.NoError(t, err)
-	requireLatestInStep(t, store, "latest_images_rebuild()")
+	// The rebuild gives the same answer.
+	require.NoError(t, store.RebuildDerived(ctx))
+	requireLatestInStep(t, store, "RebuildDerived")
 }

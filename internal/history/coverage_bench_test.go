@@ -29,13 +29,12 @@ func TestCoverageViewsAtScale(t *testing.T) {
 	pool := s.Pool()
 	days := runs / 10_000
 	start := time.Now()
-	// Generated with the triggers off, then the kept tables rebuilt, as a bulk import would be.
+	// Generated in bulk, then the kept tables rebuilt (RebuildDerived), as a bulk import would be.
 	conn, err := pool.Acquire(ctx)
 	require.NoError(t, err)
 	for _, q := range []string{
-		`SET session_replication_role = replica`,
-		`INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)
-		 SELECT 'policy-' || p, '0 3 * * *', 'UTC', 86400, true, 'p.yaml', p, now() FROM generate_series(0, 9) p`,
+		`INSERT INTO policies (name, schedule, timezone, interval_seconds, overdue_seconds, enabled, source_file, source_line, loaded_at)
+		 SELECT 'policy-' || p, '0 3 * * *', 'UTC', 86400, 129600, true, 'p.yaml', p, now() FROM generate_series(0, 9) p`,
 		`INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status, image_name,
 			image_id, error_code, attempts, daemon_id)
 		 SELECT 'policy-' || (i % 10), 'ins-' || lpad(i::text, 8, '0'), 'ap-guangzhou', slot, slot,
@@ -47,15 +46,15 @@ func TestCoverageViewsAtScale(t *testing.T) {
 				CASE WHEN d = 1 AND i % 50 = 0 THEN 'requested' WHEN (i * 7 + d) % 20 = 0 THEN 'failed'
 					WHEN (i * 7 + d) % 33 = 0 THEN 'missed' WHEN i % 100 = 1 AND d < 4 THEN 'failed'
 					ELSE 'available' END AS st) x`,
-		`SET session_replication_role = DEFAULT`,
-		`SELECT latest_images_rebuild()`,
-		`SELECT coverage_rebuild()`,
 		`ANALYZE`,
 	} {
 		_, err := conn.Exec(ctx, q)
 		require.NoError(t, err, q)
 	}
 	conn.Release()
+	require.NoError(t, s.RebuildDerived(ctx))
+	_, err = pool.Exec(ctx, `ANALYZE`)
+	require.NoError(t, err)
 	t.Logf("generated %d runs over %d days in %s", runs, days, time.Since(start).Round(time.Millisecond))
 
 	// What the views hold: one coverage row per (policy, instance), one daily_coverage row per

@@ -49,18 +49,36 @@ type migration struct {
 // database with a migration this binary does not embed (a newer schema than the binary).
 // Rows recorded before checksums existed get the checksum of the embedded file (trust on first
 // use).
+//
+// The views are not migrations: migrations.Views holds their one current definition. Every
+// Migrate drops them before the first migration it applies (so a migration may change any table
+// a view reads) and creates them again at the end, in one transaction under the same lock.
 func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
-	return migrateFS(ctx, pool, migrations.FS)
+	return migrateWith(ctx, pool, migrations.FS, migrations.Views)
 }
 
+// migrateFS applies the migrations of fsys without touching the views: tests build a database as
+// an earlier release left it with it.
 func migrateFS(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) ([]string, error) {
+	return migrateWith(ctx, pool, fsys, "")
+}
+
+func migrateWith(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS, views string) ([]string, error) {
 	list, err := loadMigrations(fsys)
 	if err != nil {
 		return nil, err
 	}
+	dropViews := ""
+	if views != "" {
+		names := viewNames(views)
+		if len(names) == 0 {
+			return nil, fmt.Errorf("views file defines no view")
+		}
+		dropViews = "DROP VIEW IF EXISTS " + strings.Join(names, ", ") + " CASCADE"
+	}
 	var applied []string
 	for {
-		m, err := migrateStep(ctx, pool, list)
+		m, err := migrateStep(ctx, pool, list, dropViews)
 		if err != nil {
 			if m != nil {
 				err = fmt.Errorf("migration %s: %w", m.version, translate(err))
@@ -68,10 +86,43 @@ func migrateFS(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) ([]string, e
 			return applied, err
 		}
 		if m == nil {
-			return applied, nil
+			break
 		}
 		applied = append(applied, m.version)
 	}
+	if views == "" {
+		return applied, nil
+	}
+	if err := applyViews(ctx, pool, dropViews, views); err != nil {
+		return applied, fmt.Errorf("views (migrations/schema/views.sql): %w", translate(err))
+	}
+	return applied, nil
+}
+
+// viewDefinition finds the views a views file creates.
+var viewDefinition = regexp.MustCompile(`(?m)^CREATE VIEW ([a-z_][a-z0-9_]*)`)
+
+// viewNames lists the views of a views file, last defined first (the order to drop them in).
+func viewNames(views string) []string {
+	var names []string
+	for _, m := range viewDefinition.FindAllStringSubmatch(views, -1) {
+		names = append([]string{m[1]}, names...)
+	}
+	return names
+}
+
+// applyViews drops and creates the views in one transaction under the migration lock.
+func applyViews(ctx context.Context, pool *pgxpool.Pool, dropViews, views string) error {
+	return pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLockKey); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, dropViews); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, views)
+		return err
+	})
 }
 
 // loadMigrations reads the *.sql files of fsys in version order and checks that their numbers
@@ -117,7 +168,9 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 // current shape, backfills missing checksums, checks the recorded migrations against list and
 // applies the first file the database lacks. It returns that file, or nil when nothing was left
 // to apply. An error with a nil migration is about the state, not about one file.
-func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration) (m *migration, err error) {
+//
+// dropViews, when set, runs before the file: the views are created again after the last one.
+func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, dropViews string) (m *migration, err error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return nil, translate(err)
@@ -198,6 +251,11 @@ func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration) (m *
 	}
 	if m == nil {
 		return nil, translate(tx.Commit(ctx)) // the backfill, if any
+	}
+	if dropViews != "" {
+		if _, err := tx.Exec(ctx, dropViews); err != nil {
+			return m, err
+		}
 	}
 	if _, err := tx.Exec(ctx, m.sql); err != nil {
 		return m, err

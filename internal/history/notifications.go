@@ -8,9 +8,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// Notification events (notifications.event). The triggers of migrations/0006_notifications.sql
-// write failed, missed, recovered and the fire events in the transaction of the outcome;
-// BreachesEvaluate writes rpo_breach.
+// Notification events (notifications.event). The store writes failed, missed, recovered and the
+// fire events in the transaction of the run's outcome (effects.go); BreachesEvaluate writes
+// rpo_breach.
 const (
 	EventFailed        = "failed"         // a run failed
 	EventMissed        = "missed"         // a slot was missed
@@ -212,15 +212,77 @@ SELECT (SELECT count(*) FROM notification_deliveries WHERE status = 'pending')
 	return n, nil
 }
 
+// rpoLockKey is the advisory lock that makes RPO evaluations take turns ("rpoo" in ASCII).
+const rpoLockKey = 0x72706f6f
+
 // BreachesEvaluate compares rpo_breaches with the open breaches: an instance newly in the view
 // gets one rpo_breach event, and a breach whose instance left the view otherwise than by
 // recovering is closed. It returns how many breaches it opened. The leader calls it periodically.
 func (s *Store) BreachesEvaluate(ctx context.Context, at time.Time) (int, error) {
-	var n int
-	if err := s.pool.QueryRow(ctx, `SELECT notification_rpo_evaluate($1)`, at).Scan(&n); err != nil {
+	type breach struct {
+		policy, instance, status, code, imageID, imageName string
+		lastSlot, lastAvailableSlot                        *time.Time
+		ageSeconds                                         *float64
+	}
+	opened := 0
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, rpoLockKey); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE notification_breaches nb SET closed_at = $1, closed_by = 'resolved'
+WHERE closed_at IS NULL
+	AND NOT EXISTS (SELECT 1 FROM rpo_breaches r WHERE r.policy = nb.policy AND r.instance_id = nb.instance_id)`, at); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, `SELECT r.policy, r.instance_id, r.last_slot, COALESCE(r.last_status, ''),
+	COALESCE(r.last_error_code, ''), COALESCE(r.last_available_image_id, ''), COALESCE(r.last_available_image_name, ''),
+	r.last_available_slot, extract(epoch FROM r.last_available_age)::float8
+FROM rpo_breaches r
+WHERE NOT EXISTS (SELECT 1 FROM notification_breaches nb
+	WHERE nb.policy = r.policy AND nb.instance_id = r.instance_id AND nb.closed_at IS NULL)
+ORDER BY r.policy, r.instance_id`)
+		if err != nil {
+			return err
+		}
+		found, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (breach, error) {
+			var b breach
+			err := row.Scan(&b.policy, &b.instance, &b.lastSlot, &b.status, &b.code, &b.imageID, &b.imageName,
+				&b.lastAvailableSlot, &b.ageSeconds)
+			return b, err
+		})
+		if err != nil {
+			return err
+		}
+		for _, b := range found {
+			var slot time.Time
+			if b.lastSlot != nil {
+				slot = *b.lastSlot
+			}
+			var lastAvailable, age any
+			if b.lastAvailableSlot != nil {
+				lastAvailable = payloadTime(*b.lastAvailableSlot)
+			}
+			if b.ageSeconds != nil {
+				age = int64(*b.ageSeconds)
+			}
+			id, err := insertEvent(ctx, tx, event{Event: EventRPOBreach, Policy: b.policy, InstanceID: b.instance, Slot: slot,
+				Status: b.status, ErrorCode: b.code, ImageID: b.imageID, ImageName: b.imageName, At: &at,
+				Detail: map[string]any{"last_available_slot": lastAvailable, "last_available_age_seconds": age}})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, `INSERT INTO notification_breaches (policy, instance_id, opened_at, notification_id)
+VALUES ($1, $2, $3, $4)`, b.policy, b.instance, at, id); err != nil {
+				return err
+			}
+		}
+		opened = len(found)
+		return nil
+	})
+	if err != nil {
 		return 0, fmt.Errorf("evaluate RPO breaches: %w", s.translate(err))
 	}
-	return n, nil
+	return opened, nil
 }
 
 // cutBytes cuts s to at most n bytes on a rune boundary.

@@ -104,27 +104,28 @@ func (s *Store) PoliciesSync(ctx context.Context, rows []PolicyRow, at time.Time
 		}
 		n := len(out)
 		names, schedules, zones := make([]string, n), make([]string, n), make([]string, n)
-		intervals, lines := make([]int64, n), make([]int32, n)
+		intervals, overdue, lines := make([]int64, n), make([]int64, n), make([]int32, n)
 		enabled, files, loaded := make([]bool, n), make([]string, n), make([]time.Time, n)
 		for i, r := range out {
 			names[i], schedules[i], zones[i] = r.Name, r.Schedule, r.Timezone
 			intervals[i], lines[i] = int64(r.Interval/time.Second), int32(r.SourceLine)
+			overdue[i] = int64((OverdueAfter(r.Interval) + time.Second - 1) / time.Second)
 			enabled[i], files[i], loaded[i] = r.Enabled, r.SourceFile, r.LoadedAt
 		}
 		// One statement for the whole set; it returns the policies whose days were computed in
 		// another zone (or in UTC before the policy had a row), read before the upsert.
 		rows, err := tx.Query(ctx, `
 WITH input AS (
-	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::boolean[], $6::text[], $7::int[], $8::timestamptz[])
-		AS u(name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)),
+	SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::boolean[], $6::text[], $7::int[], $8::timestamptz[], $9::bigint[])
+		AS u(name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at, overdue_seconds)),
 upsert AS (
-	INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at, removed_at)
-	SELECT name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at, NULL FROM input
+	INSERT INTO policies (name, schedule, timezone, interval_seconds, overdue_seconds, enabled, source_file, source_line, loaded_at, removed_at)
+	SELECT name, schedule, timezone, interval_seconds, overdue_seconds, enabled, source_file, source_line, loaded_at, NULL FROM input
 	ON CONFLICT (name) DO UPDATE SET schedule = EXCLUDED.schedule, timezone = EXCLUDED.timezone,
-		interval_seconds = EXCLUDED.interval_seconds, enabled = EXCLUDED.enabled, source_file = EXCLUDED.source_file,
+		interval_seconds = EXCLUDED.interval_seconds, overdue_seconds = EXCLUDED.overdue_seconds, enabled = EXCLUDED.enabled, source_file = EXCLUDED.source_file,
 		source_line = EXCLUDED.source_line, loaded_at = EXCLUDED.loaded_at, removed_at = NULL)
 SELECT i.name FROM input i LEFT JOIN policies p ON p.name = i.name
-WHERE COALESCE(p.timezone, 'UTC') <> i.timezone`, names, schedules, zones, intervals, enabled, files, lines, loaded)
+WHERE COALESCE(p.timezone, 'UTC') <> i.timezone`, names, schedules, zones, intervals, enabled, files, lines, loaded, overdue)
 		if err != nil {
 			return err
 		}
@@ -133,7 +134,7 @@ WHERE COALESCE(p.timezone, 'UTC') <> i.timezone`, names, schedules, zones, inter
 			return err
 		}
 		if len(rezoned) > 0 {
-			if _, err := tx.Exec(ctx, `SELECT coverage_days_rebuild(n) FROM unnest($1::text[]) AS n`, rezoned); err != nil {
+			if err := rebuildDays(ctx, tx, rezoned); err != nil {
 				return err
 			}
 		}

@@ -68,6 +68,9 @@ func (s *Store) RunClaim(ctx context.Context, p RunClaimParams) (Run, bool, erro
 		}
 		var err error
 		r, err = scanRun(tx.QueryRow(ctx, claimInsert, s.claimArgs(p)...))
+		if err == nil {
+			return s.applyEffects(ctx, tx, []runChange{{run: r}})
+		}
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
@@ -101,12 +104,12 @@ func (s *Store) RunRename(ctx context.Context, runID int64, imageName string) er
 	if err := checkRename(runID, imageName); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_name = $2, updated_at = now()
+	changed, err := s.runWrite(ctx, runID, `UPDATE image_runs SET image_name = $2, updated_at = now()
 WHERE id = $1 AND (status = 'pending' OR image_name = $2) AND `+fenceOutcome(3), runID, imageName, s.term)
 	if err != nil {
 		return fmt.Errorf("rename run %d: %w", runID, s.translate(err))
 	}
-	if tag.RowsAffected() == 0 {
+	if !changed {
 		return s.unchanged(ctx, runID, "rename run")
 	}
 	return nil
@@ -121,7 +124,7 @@ WHERE id = $1 AND (status = 'pending' OR image_name = $2) AND `+fenceOutcome(3),
 // under a leadership term that is over): the run keeps the RequestId of its accepted CreateImage
 // attempt in image_attempts, if one is recorded, so the accepted call stays on its run.
 func (s *Store) RunRequested(ctx context.Context, runID int64, imageID, requestID string) error {
-	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET
+	changed, err := s.runWrite(ctx, runID, `UPDATE image_runs SET
 	image_id = CASE WHEN status = 'pending' THEN COALESCE(NULLIF($2, ''), image_id)
 	                ELSE COALESCE(image_id, NULLIF($2, '')) END,
 	status = CASE WHEN status = 'pending' THEN 'requested' ELSE status END,
@@ -132,7 +135,7 @@ WHERE id = $1 AND (status = 'pending' OR request_id IS NOT DISTINCT FROM NULLIF(
 	if err != nil {
 		return fmt.Errorf("record request of run %d: %w", runID, s.translate(err))
 	}
-	if tag.RowsAffected() == 0 {
+	if !changed {
 		return s.unchanged(ctx, runID, "record request of run")
 	}
 	return nil
@@ -153,14 +156,14 @@ func (s *Store) RunFinish(ctx context.Context, p RunFinishParams) error {
 	if err := checkFinish(p); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET status = $2, error_code = NULLIF($3, ''),
+	changed, err := s.runWrite(ctx, p.RunID, `UPDATE image_runs SET status = $2, error_code = NULLIF($3, ''),
 	error_message = NULLIF($4, ''), image_size_gib = COALESCE($5, image_size_gib), finished_at = $6, updated_at = now()
 WHERE id = $1 AND status IN ('pending', 'requested') AND `+fenceOutcome(7),
 		p.RunID, string(p.Status), p.ErrorCode, p.ErrorMessage, p.ImageSizeGiB, p.FinishedAt, s.term)
 	if err != nil {
 		return fmt.Errorf("finish run %d: %w", p.RunID, s.translate(err))
 	}
-	if tag.RowsAffected() == 0 {
+	if !changed {
 		return s.unchangedUnless(ctx, p.RunID, "finish run", p.Status)
 	}
 	return nil
@@ -173,13 +176,13 @@ func (s *Store) RunAvailable(ctx context.Context, runID int64, sizeGiB *int64, i
 	if err := checkAvailable(runID, at); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET status = 'available', image_size_gib = COALESCE($2, image_size_gib),
+	changed, err := s.runWrite(ctx, runID, `UPDATE image_runs SET status = 'available', image_size_gib = COALESCE($2, image_size_gib),
 	image_id = COALESCE(NULLIF($3, ''), image_id), finished_at = $4, error_code = NULL, error_message = NULL, updated_at = now()
 WHERE id = $1 AND status IN ('pending', 'requested') AND `+fenceOutcome(5), runID, sizeGiB, imageID, at, s.term)
 	if err != nil {
 		return fmt.Errorf("mark run %d available: %w", runID, s.translate(err))
 	}
-	if tag.RowsAffected() == 0 {
+	if !changed {
 		return s.unchangedUnless(ctx, runID, "mark run available", StatusAvailable)
 	}
 	return nil
@@ -192,12 +195,12 @@ func (s *Store) RunSetImageID(ctx context.Context, runID int64, imageID string) 
 	if err := checkImageID(runID, imageID); err != nil {
 		return err
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_id = $2, updated_at = now()
+	changed, err := s.runWrite(ctx, runID, `UPDATE image_runs SET image_id = $2, updated_at = now()
 WHERE id = $1 AND (image_id IS NULL OR image_id = $2) AND `+fenceOutcome(3), runID, imageID, s.term)
 	if err != nil {
 		return fmt.Errorf("set image id of run %d: %w", runID, s.translate(err))
 	}
-	if tag.RowsAffected() == 0 {
+	if !changed {
 		return s.unchanged(ctx, runID, "set image id of run")
 	}
 	return nil
@@ -233,6 +236,34 @@ WHERE scheduled_at >= $1 ORDER BY scheduled_at DESC, id DESC LIMIT $2`, since, l
 		return nil, fmt.Errorf("list recent runs: %w", err)
 	}
 	return runs, nil
+}
+
+// runWrite makes one outcome write of run runID: update is an UPDATE of that run whose WHERE
+// refuses a change the run's state (or the fence) does not allow. In one transaction it locks the
+// run, updates it and writes the update's effects (effects.go). changed is false when the update
+// matched no row (the caller explains why: unchanged).
+func (s *Store) runWrite(ctx context.Context, runID int64, update string, args ...any) (changed bool, err error) {
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		var before string
+		err := tx.QueryRow(ctx, `SELECT status FROM image_runs WHERE id = $1 FOR UPDATE`, runID).Scan(&before)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		r, err := scanRun(tx.QueryRow(ctx, update+`
+RETURNING `+runColumns, args...))
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		changed = true
+		return s.applyEffects(ctx, tx, []runChange{{before: Status(before), run: r}})
+	})
+	return changed, err
 }
 
 // limitArg turns "no limit" (<= 0) into SQL NULL, which LIMIT reads as ALL.

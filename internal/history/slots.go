@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -204,6 +205,15 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 				runs[i] = r
 			}
 		}
+		var changes []runChange
+		for i := range ps {
+			if claimed[i] {
+				changes = append(changes, runChange{run: runs[i]})
+			}
+		}
+		if err := s.applyEffects(ctx, tx, changes); err != nil {
+			return err
+		}
 		latest := map[string]time.Time{}
 		for _, p := range ps {
 			if p.Manual {
@@ -213,7 +223,17 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 				latest[p.Policy] = p.ScheduledAt
 			}
 		}
-		return s.upsertSlots(ctx, tx, latest)
+		moved, err := s.upsertSlots(ctx, tx, latest)
+		if err != nil {
+			return err
+		}
+		// A policy moved to a slot it wrote runs for: that is a fire (its ping's /start).
+		for _, pol := range moved {
+			if _, err := fireBegin(ctx, tx, pol, latest[pol], false, "", ""); err != nil {
+				return fmt.Errorf("begin the fire of %s: %w", pol, err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err
@@ -223,7 +243,7 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 
 // PolicySlotSet records slot as handled for policy without firing it: a policy seen for the first
 // time, or a walk that recorded nothing. The last handled slot only moves forward. It is fenced
-// like a claim. A slot moved to this way begins no fire (migrations/0011_fire_needs_runs.sql).
+// like a claim. A slot moved to this way begins no fire: only RunsClaimFire and FireWithoutRuns do.
 func (s *Store) PolicySlotSet(ctx context.Context, policy string, slot time.Time) error {
 	return s.PolicySlotsSet(ctx, map[string]time.Time{policy: slot})
 }
@@ -245,28 +265,60 @@ func (s *Store) PolicySlotsSet(ctx context.Context, slots map[string]time.Time) 
 			what = "record last slot of " + p
 		}
 	}
-	return s.fencedTx(ctx, what, func(tx pgx.Tx) error { return s.upsertSlots(ctx, tx, slots) })
+	return s.fencedTx(ctx, what, func(tx pgx.Tx) error {
+		_, err := s.upsertSlots(ctx, tx, slots)
+		return err
+	})
 }
 
-// upsertSlots moves policy_slots forward to slots (policy → slot) in one statement; a policy's
-// last slot never moves back. Rows are written in policy order, so concurrent writers lock them
-// in one order.
-func (s *Store) upsertSlots(ctx context.Context, tx pgx.Tx, slots map[string]time.Time) error {
+// upsertSlots moves policy_slots forward to slots (policy → slot); a policy's last slot never
+// moves back. Rows are locked and written in policy order, so concurrent writers take them in one
+// order. It returns the policies whose last slot moved, sorted.
+func (s *Store) upsertSlots(ctx context.Context, tx pgx.Tx, slots map[string]time.Time) ([]string, error) {
 	pols := make([]string, 0, len(slots))
-	ats := make([]time.Time, 0, len(slots))
-	for p, at := range slots {
-		pols, ats = append(pols, p), append(ats, at)
+	for p := range slots {
+		pols = append(pols, p)
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot, term, updated_at)
+	sort.Strings(pols)
+	ats := make([]time.Time, len(pols))
+	for i, p := range pols {
+		ats[i] = slots[p]
+	}
+	rows, err := tx.Query(ctx, `SELECT policy, last_slot FROM policy_slots WHERE policy = ANY($1) ORDER BY policy FOR UPDATE`, pols)
+	if err != nil {
+		return nil, err
+	}
+	before := map[string]time.Time{}
+	for rows.Next() {
+		var p string
+		var at time.Time
+		if err := rows.Scan(&p, &at); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		before[p] = at
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot, term, updated_at)
 SELECT p, at, $3, now() FROM unnest($1::text[], $2::timestamptz[]) AS u (p, at) ORDER BY p
 ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
-	term = EXCLUDED.term, updated_at = now()`, pols, ats, s.termArg())
-	return err
+	term = EXCLUDED.term, updated_at = now()`, pols, ats, s.termArg()); err != nil {
+		return nil, err
+	}
+	var moved []string
+	for i, p := range pols {
+		if old, ok := before[p]; !ok || ats[i].After(old) {
+			moved = append(moved, p)
+		}
+	}
+	return moved, nil
 }
 
 // FireWithoutRuns records the fire of policy at slot that wrote no run, in one fenced
 // transaction: policy_slots moves to slot, and the fire begins and ends at once
-// (notification_fire_without_runs in migrations/0011_fire_needs_runs.sql). With code empty the
+// (fireBegin in effects.go). With code empty the
 // policy had no targets and the fire succeeded (a ping gets /start, then its bare URL); with a
 // code it failed with that code and message (/start, then /fail).
 func (s *Store) FireWithoutRuns(ctx context.Context, policy string, slot time.Time, code, message string) error {
@@ -275,11 +327,10 @@ func (s *Store) FireWithoutRuns(ctx context.Context, policy string, slot time.Ti
 	}
 	what := fmt.Sprintf("record the fire of %s at %s (no runs)", policy, slot.UTC().Format(time.RFC3339))
 	return s.fencedTx(ctx, what, func(tx pgx.Tx) error {
-		if err := s.upsertSlots(ctx, tx, map[string]time.Time{policy: slot}); err != nil {
+		if _, err := s.upsertSlots(ctx, tx, map[string]time.Time{policy: slot}); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, `SELECT notification_fire_without_runs($1, $2, NULLIF($3, ''), NULLIF($4, ''), now())`,
-			policy, slot, code, cutBytes(message, 1000))
+		_, err := fireBegin(ctx, tx, policy, slot, true, code, message)
 		return err
 	})
 }

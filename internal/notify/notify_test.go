@@ -370,9 +370,14 @@ func TestURLNeverLogged(t *testing.T) {
     - url: `+ok.srv.URL+secretPath+`
 `, ok.srv.URL+"/ping/P0SECRET")
 	f := newFixture(t, s, cfg, nil)
-	run(t, s, "web", "ins-aaaaaaaa", slot, history.StatusFailed, "Timeout", "")
-	_, err := s.Pool().Exec(context.Background(), `INSERT INTO policy_slots (policy, last_slot) VALUES ('web', $1)`, slot)
+	// A fire of the schedule (its claim begins the fire the ping reports), whose only run fails.
+	ctx := context.Background()
+	runs, _, err := s.RunsClaimFire(ctx, []history.RunClaimParams{{Policy: "web", InstanceID: "ins-aaaaaaaa",
+		Region: "ap-guangzhou", ScheduledAt: slot, ImageName: "web-ins-aaaaaaaa-" + slot.Format("20060102"), DaemonID: "d",
+		StartedAt: slot, Status: history.StatusPending}})
 	require.NoError(t, err)
+	require.NoError(t, s.RunFinish(ctx, history.RunFinishParams{RunID: runs[0].ID, Status: history.StatusFailed,
+		ErrorCode: "Timeout", FinishedAt: slot.Add(30 * time.Minute)}))
 	f.pass(t)
 
 	require.Len(t, failing.requests(), 1)

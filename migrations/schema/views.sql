@@ -1,0 +1,50 @@
+-- The views operators read, in their one current definition. history.Migrate re-applies this file
+-- after the numbered migrations, on every migrate, in one transaction: edit a view here (never in a
+-- migration), and a migration that changes a table a view reads needs nothing else (the views are
+-- dropped before the migrations run and created again after them). docs/audit.md explains each.
+
+-- One row per (loaded policy, targeted instance). A pair whose newest slot is more than two
+-- intervals older than its policy's newest slot is no longer targeted (an instance dropped from
+-- the list, or no longer matching the selector): coverage leaves it out. Overdue compares with
+-- policies.overdue_seconds, which imager sets when it loads the policy.
+CREATE VIEW coverage AS
+SELECT c.policy, c.instance_id, c.last_slot, c.last_status, c.last_error_code,
+    c.last_available_image_id, c.last_available_image_name, c.last_available_slot,
+    now() - c.last_available_at AS last_available_age,
+    (p.enabled AND COALESCE(c.last_available_at, c.first_slot)
+        < now() - make_interval(secs => p.overdue_seconds)) AS overdue
+FROM (SELECT s.*, max(s.last_slot) OVER (PARTITION BY s.policy) AS policy_last_slot FROM coverage_state s) c
+JOIN policies p ON p.name = c.policy AND p.removed_at IS NULL
+WHERE c.last_slot >= c.policy_last_slot - make_interval(secs => p.interval_seconds * 2);
+
+COMMENT ON VIEW coverage IS
+    'One row per (loaded policy, targeted instance): its last slot and how it ended, its last available image, and whether it is overdue.';
+COMMENT ON COLUMN coverage.policy IS 'Policy name (policies.name).';
+COMMENT ON COLUMN coverage.instance_id IS 'Instance the policy images.';
+COMMENT ON COLUMN coverage.last_slot IS 'Newest slot of the pair.';
+COMMENT ON COLUMN coverage.last_status IS 'Status of the newest slot (image_runs.status).';
+COMMENT ON COLUMN coverage.last_error_code IS 'Error code of the newest slot, if it failed.';
+COMMENT ON COLUMN coverage.last_available_image_id IS 'Image id of the newest available slot; NULL when the instance was never imaged by this policy.';
+COMMENT ON COLUMN coverage.last_available_image_name IS 'Image name of the newest available slot.';
+COMMENT ON COLUMN coverage.last_available_slot IS 'Slot of the newest available image.';
+COMMENT ON COLUMN coverage.last_available_age IS 'How long ago that image became available (now() - image_runs.finished_at).';
+COMMENT ON COLUMN coverage.overdue IS
+    'true when no image became available within policies.overdue_seconds (for an instance never imaged: since its first slot); false for a disabled policy.';
+
+CREATE VIEW rpo_breaches AS
+SELECT * FROM coverage WHERE overdue;
+
+COMMENT ON VIEW rpo_breaches IS 'The overdue rows of coverage: instances without an image within their policy''s overdue_seconds.';
+
+CREATE VIEW daily_coverage AS
+SELECT day, policy, instance_id, status, image_id, error_code, runs, run_id
+FROM coverage_days;
+
+COMMENT ON VIEW daily_coverage IS
+    'Per day (in the policy''s time zone), policy and instance with runs: the best status of that day''s slots (available > requested > pending > failed > missed > skipped).';
+COMMENT ON COLUMN daily_coverage.day IS 'Calendar day in policies.timezone (UTC for a policy never loaded).';
+COMMENT ON COLUMN daily_coverage.status IS 'Best status of the day''s slots: available > requested > pending > failed > missed > skipped.';
+COMMENT ON COLUMN daily_coverage.image_id IS 'Image id of the best run, when it has one.';
+COMMENT ON COLUMN daily_coverage.error_code IS 'Error code of the best run, when it failed.';
+COMMENT ON COLUMN daily_coverage.runs IS 'Number of slots of the pair on that day.';
+COMMENT ON COLUMN daily_coverage.run_id IS 'image_runs.id of the best run.';
