@@ -160,3 +160,15 @@ func TestHotSmoke(t *testing.T) {
 		require.Positive(t, r.NsPerOp)
 	}
 }
+
+func TestOneFireSmoke(t *testing.T) {
+	t.Parallel()
+	res, err := RunOneFire(context.Background(), testEnv(t), OneFireParams{Targets: 500, Windows: []int{100, 300}, Window: 100})
+	require.NoError(t, err)
+	require.Equal(t, 500, res.Targets)
+	require.Positive(t, res.Claim)
+	require.Len(t, res.PerWrite, 2)
+	for _, d := range res.PerWrite {
+		require.Positive(t, d)
+	}
+}

@@ -337,16 +337,33 @@ func daysInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
 	beats := fmt.Sprintf(`(%[1]s < %[2]s OR (%[1]s = %[2]s
 		AND (SELECT r.scheduled_at FROM image_runs r WHERE r.id = EXCLUDED.run_id) > (SELECT r.scheduled_at FROM image_runs r WHERE r.id = c.run_id)))`,
 		dayRankSQL("EXCLUDED.status"), dayRankSQL("c.status"))
+	// A fire writes one run per pair: each run is its day's only new run, and the batch needs no
+	// ranking of its own (a walk of missed slots writes several runs of a pair, some on one day).
+	onePerPair := true
+	seen := make(map[pairKey]bool, n)
+	for _, r := range runs {
+		k := pairKey{r.Policy, r.InstanceID}
+		if seen[k] {
+			onePerPair = false
+			break
+		}
+		seen[k] = true
+	}
+	g := `
+	SELECT policy, instance_id, day, status, run_id, image_id, error_code, 1 AS runs FROM u`
+	if !onePerPair {
+		g = `
+	SELECT DISTINCT ON (policy, instance_id, day) policy, instance_id, day, status, run_id, image_id, error_code,
+		count(*) OVER (PARTITION BY policy, instance_id, day) AS runs
+	FROM u ORDER BY policy, instance_id, day, ` + dayRankSQL("status") + `, slot DESC`
+	}
 	_, err := tx.Exec(ctx, `
 WITH u AS (
 	SELECT u.*, (u.slot AT TIME ZONE COALESCE(p.timezone, 'UTC'))::date AS day
 	FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[], $6::text[], $7::text[])
 		AS u(policy, instance_id, slot, run_id, status, image_id, error_code)
 	LEFT JOIN policies p ON p.name = u.policy),
-g AS (
-	SELECT DISTINCT ON (policy, instance_id, day) policy, instance_id, day, status, run_id, image_id, error_code,
-		count(*) OVER (PARTITION BY policy, instance_id, day) AS runs
-	FROM u ORDER BY policy, instance_id, day, `+dayRankSQL("status")+`, slot DESC)
+g AS (`+g+`)
 INSERT INTO coverage_days AS c (policy, instance_id, day, status, run_id, image_id, error_code, runs)
 SELECT policy, instance_id, day, status, run_id, NULLIF(image_id, ''), NULLIF(error_code, ''), runs FROM g
 ORDER BY policy, day, instance_id
