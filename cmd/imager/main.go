@@ -43,7 +43,6 @@ func commands() []command {
 		{"migrate", "apply database migrations (idempotent; run does it too)", cmdMigrate},
 		{"demo", "the whole daemon against the built-in CVM simulator and a throwaway PostgreSQL; prints the audit (--keep-running: then keeps it all up to try the other commands on)", cmdDemo},
 		{"sim", "demo --keep-running: the simulator, a database and a leading daemon to point run, history, latest, status and /metrics at", cmdSim},
-		{"bench", "run the benchmark suite and write BENCHMARKS.md (--only, --runs, --quick)", cmdBench},
 		{"version", "print version and commit", cmdVersion},
 	}
 }

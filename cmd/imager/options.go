@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
-	"github.com/mattn/go-isatty"
 	"github.com/rs/zerolog"
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/leader"
+	"github.com/imager-dev/imager/internal/logging"
 	"github.com/imager-dev/imager/internal/metrics"
 )
 
@@ -127,26 +126,5 @@ func defaultSpoolDir() string {
 
 // logger builds the process logger from --log-level and --log-format.
 func (o *options) logger(stderr io.Writer) (zerolog.Logger, error) {
-	level, err := zerolog.ParseLevel(strings.ToLower(o.logLevel))
-	if err != nil || o.logLevel == "" || level > zerolog.ErrorLevel || level < zerolog.DebugLevel {
-		return zerolog.Nop(), fmt.Errorf("--log-level: %q is not one of debug, info, warn, error", o.logLevel)
-	}
-	var w io.Writer
-	switch o.logFormat {
-	case "json":
-		w = stderr
-	case "console":
-		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.RFC3339, NoColor: !isTerminal(stderr)}
-	default:
-		return zerolog.Nop(), fmt.Errorf("--log-format: %q is not one of json, console", o.logFormat)
-	}
-	// Many goroutines log at once; SyncWriter serialises whole events onto any writer.
-	return zerolog.New(zerolog.SyncWriter(w)).Level(level).With().Timestamp().Logger(), nil
-}
-
-// isTerminal reports whether w is a terminal: console logs carry ANSI colours only there, never
-// into files and pipes.
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(interface{ Fd() uintptr })
-	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+	return logging.New(o.logLevel, o.logFormat, stderr)
 }

@@ -9,6 +9,8 @@
 //   - hot pieces: name generation, the pace limiter and policy loading as Go benchmarks.
 //
 // Run executes the chosen benchmarks several times and returns a Report; Report.Markdown renders
-// BENCHMARKS.md. `imager bench` (cmd/imager) drives it. Benchmarks measure; the package's tests run
-// each benchmark once at a tiny size and check only that the results are well-formed.
+// BENCHMARKS.md. The imager-bench command (cmd/imager-bench, `make bench`) drives it; the imager
+// binary links neither this package nor the testing package it uses. Benchmarks measure; the
+// package's tests run each benchmark once at a tiny size and check only that the results are
+// well-formed.
 package bench

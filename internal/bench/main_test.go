@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"github.com/rs/zerolog"
@@ -29,8 +27,7 @@ func testEnv(t *testing.T) Env {
 // buildImager builds cmd/imager into a directory removed when t ends.
 func buildImager(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "imager")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/imager-dev/imager/cmd/imager").CombinedOutput()
-	require.NoError(t, err, "go build ./cmd/imager: %s", out)
+	bin, err := BuildImager(t.Context(), t.TempDir())
+	require.NoError(t, err)
 	return bin
 }

@@ -187,7 +187,7 @@ func (r *Report) Markdown(w io.Writer) {
 	if r.Quick {
 		b.WriteString("> **Quick run (`--quick`)**: smoke-test sizes. These figures prove only that the suite runs; they say nothing about imager.\n\n")
 	}
-	fmt.Fprintf(&b, "Written by `imager bench` (%s) on %s; the suite took %s. "+
+	fmt.Fprintf(&b, "Written by `imager-bench` (%s) on %s; the suite took %s. "+
 		"Everything runs on this one machine: imager's CVM simulator (real wire format, TC3 signatures, a limit per sliding second) "+
 		"and throwaway PostgreSQL databases. Each figure is over **%d runs**: median, min and max. "+
 		"A target is met only when every run keeps it.\n\n",
@@ -211,9 +211,9 @@ func (r *Report) Markdown(w io.Writer) {
 	b.WriteString(body.String())
 	b.WriteString("## Reproducing\n\n```sh\n" +
 		"make bench                                                   # everything, 3 runs: about 13 minutes\n" +
-		"go run ./cmd/imager bench --only pacing --runs 5 --out -     # one benchmark, printed\n" +
-		"go run ./cmd/imager bench --only pacing-defaults --out -     # 20 % faults with imager's default retry settings\n" +
-		"go run ./cmd/imager bench --quick --out -                    # smoke run in seconds\n" +
+		"go run ./cmd/imager-bench --only pacing --runs 5 --out -     # one benchmark, printed\n" +
+		"go run ./cmd/imager-bench --only pacing-defaults --out -     # 20 % faults with imager's default retry settings\n" +
+		"go run ./cmd/imager-bench --quick --out -                    # smoke run in seconds\n" +
 		"go test -run '^$' -bench . -count 10 ./internal/bench        # the hot pieces as Go benchmarks (benchstat input)\n```\n")
 	_, _ = io.WriteString(w, b.String())
 }
@@ -247,14 +247,14 @@ func (r *Report) command() string {
 		only = " --only " + strings.Join(r.Names, ",")
 	}
 	if slices.Equal(r.Names, Names()) && !r.Quick && r.Runs == 3 {
-		return "`make bench`, i.e. `go run ./cmd/imager bench" + only + " --out BENCHMARKS.md`"
+		return "`make bench`, i.e. `go run ./cmd/imager-bench" + only + " --out BENCHMARKS.md`"
 	}
 	if r.Quick {
 		only += " --quick"
 	} else if r.Runs != 3 {
 		only += fmt.Sprintf(" --runs %d", r.Runs)
 	}
-	return "`go run ./cmd/imager bench" + only + "`"
+	return "`go run ./cmd/imager-bench" + only + "`"
 }
 
 func ptarget(op string, v float64) *target { return &target{op: op, v: v} }

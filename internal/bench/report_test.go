@@ -176,9 +176,9 @@ func TestMarkdown(t *testing.T) {
 func TestReportNamesTheCommandThatWroteIt(t *testing.T) {
 	t.Parallel()
 	full := &Report{Runs: 3, Names: Names()}
-	require.Equal(t, "`make bench`, i.e. `go run ./cmd/imager bench --only "+strings.Join(Names(), ",")+" --out BENCHMARKS.md`", full.command())
+	require.Equal(t, "`make bench`, i.e. `go run ./cmd/imager-bench --only "+strings.Join(Names(), ",")+" --out BENCHMARKS.md`", full.command())
 	def := &Report{Runs: 3, Names: DefaultNames()}
-	require.Equal(t, "`go run ./cmd/imager bench`", def.command())
+	require.Equal(t, "`go run ./cmd/imager-bench`", def.command())
 	one := &Report{Runs: 5, Names: []string{NamePacing}}
-	require.Equal(t, "`go run ./cmd/imager bench --only pacing --runs 5`", one.command())
+	require.Equal(t, "`go run ./cmd/imager-bench --only pacing --runs 5`", one.command())
 }

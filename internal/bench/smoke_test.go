@@ -13,7 +13,7 @@ import (
 	"github.com/imager-dev/imager/internal/policy"
 )
 
-// The smoke tests run each benchmark once at a tiny size (the sizes of `imager bench --quick`) and
+// The smoke tests run each benchmark once at a tiny size (the sizes of `imager-bench --quick`) and
 // check that the results are well-formed and that what must hold whatever the timing holds. They
 // assert no speed.
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -44,7 +45,8 @@ type Config struct {
 	Runs int
 	// Quick shrinks every benchmark to a smoke run of a few seconds; its figures mean nothing.
 	Quick bool
-	// Binary is the imager executable the scale benchmark runs.
+	// Binary is the imager executable the scale benchmark runs; empty builds cmd/imager
+	// (BuildImager) into a temporary directory when the scale benchmark is chosen.
 	Binary string
 	// AuditQueries are the README's audit queries as imager demo prints them (history.Cookbook, internal/history/cookbook.go).
 	AuditQueries []Query
@@ -193,6 +195,18 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		defer cluster.Stop()
 		env.NewDatabase = cluster.NewDatabase
 		rep.Machine.PostgreSQL = cluster.Version()
+	}
+
+	if env.Binary == "" && slices.Contains(only, NameScale) {
+		say("building cmd/imager for the scale benchmark")
+		dir, err := os.MkdirTemp("", "imager-bench-bin-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		if env.Binary, err = BuildImager(ctx, dir); err != nil {
+			return nil, err
+		}
 	}
 
 	for _, name := range only {
