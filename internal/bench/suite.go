@@ -20,6 +20,9 @@ const (
 	NameScale   = "scale"
 	NameHistory = "history"
 	NameHot     = "hot"
+	// NameOneFire is one policy firing at 50,000 targets: the claim, and the cost of a terminal
+	// write at 1,000 and 10,000 completions.
+	NameOneFire = "one-fire"
 	// NamePacingDefaults is the 20 %-fault pacing scenario with imager's default retry settings.
 	// It is not part of the default set (it would push the suite past ten minutes): ask for it
 	// with Config.Only.
@@ -30,11 +33,13 @@ const (
 )
 
 // DefaultNames lists the benchmarks Run runs when Config.Only is empty, in run order.
-func DefaultNames() []string { return []string{NamePacing, NameFire, NameScale, NameHistory, NameHot} }
+func DefaultNames() []string {
+	return []string{NamePacing, NameFire, NameOneFire, NameScale, NameHistory, NameHot}
+}
 
 // Names lists every benchmark Run knows, in run order.
 func Names() []string {
-	return []string{NamePacing, NamePacingLoaded, NamePacingDefaults, NameFire, NameScale, NameHistory, NameHot}
+	return []string{NamePacing, NamePacingLoaded, NamePacingDefaults, NameFire, NameOneFire, NameScale, NameHistory, NameHot}
 }
 
 // Config chooses what Run measures.
@@ -67,6 +72,7 @@ type Scenarios struct {
 	PacingLoaded   []PacingParams
 	PacingDefaults []PacingParams
 	Fire           FireParams
+	OneFire        OneFireParams
 	Scale          ScaleParams
 	History        HistoryParams
 }
@@ -87,8 +93,9 @@ func FullScenarios() Scenarios {
 		PacingDefaults: []PacingParams{
 			{Calls: 3000, Limit: 100, Workers: 16, FaultRate: 0.2, NaiveRetries: -1, Seed: 3},
 		},
-		Fire:  FireParams{Policies: 1000, Limit: 100, Workers: 16, Lead: 2 * time.Second},
-		Scale: ScaleParams{Policies: 1000, Instances: 10, Idle: 60 * time.Second},
+		Fire:    FireParams{Policies: 1000, Limit: 100, Workers: 16, Lead: 2 * time.Second},
+		OneFire: OneFireParams{Targets: 50_000, Windows: []int{1000, 10_000}, Window: 1000},
+		Scale:   ScaleParams{Policies: 1000, Instances: 10, Idle: 60 * time.Second},
 		History: HistoryParams{
 			Runs: 1_000_000, Instances: 10_000, WriteRuns: 5000, Writers: 16,
 			Samples: 20, SampleBudget: 1500 * time.Millisecond,
@@ -110,8 +117,9 @@ func QuickScenarios() Scenarios {
 		PacingDefaults: []PacingParams{
 			{Calls: 20, Limit: 50, Workers: 4, FaultRate: 0.2, NaiveRetries: -1, Seed: 3},
 		},
-		Fire:  FireParams{Policies: 5, Limit: 50, Workers: 4, Lead: 500 * time.Millisecond},
-		Scale: ScaleParams{Policies: 5, Instances: 2},
+		Fire:    FireParams{Policies: 5, Limit: 50, Workers: 4, Lead: 500 * time.Millisecond},
+		OneFire: OneFireParams{Targets: 500, Windows: []int{100, 300}, Window: 100},
+		Scale:   ScaleParams{Policies: 5, Instances: 2},
 		History: HistoryParams{
 			Runs: 4000, Instances: 100, WriteRuns: 50, Writers: 4, Samples: 3,
 		},
@@ -128,6 +136,12 @@ type PacingScenario struct {
 type FireBench struct {
 	Params FireParams
 	Runs   []FireRun
+}
+
+// OneFireBench is the one-fire benchmark's parameters and runs.
+type OneFireBench struct {
+	Params OneFireParams
+	Runs   []OneFireResult
 }
 
 // ScaleBench is the scale benchmark's parameters and runs.
@@ -159,6 +173,7 @@ type Report struct {
 
 	Pacing  []PacingScenario // nil when not run
 	Fire    *FireBench
+	OneFire *OneFireBench
 	Scale   *ScaleBench
 	History *HistoryBench
 	Hot     *HotBench
@@ -249,6 +264,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				fb.Runs = append(fb.Runs, r)
 			}
 			rep.Fire = fb
+		case NameOneFire:
+			ob := &OneFireBench{Params: sc.OneFire}
+			for run := range cfg.Runs {
+				r, err := RunOneFire(ctx, env, sc.OneFire)
+				if err != nil {
+					return nil, err
+				}
+				var parts []string
+				for _, w := range sc.OneFire.Windows {
+					parts = append(parts, fmt.Sprintf("write at %d completions %s", w, r.PerWrite[w].Round(time.Microsecond)))
+				}
+				say("one fire of %d targets run %d/%d: claim %s; %s", sc.OneFire.Targets, run+1, cfg.Runs,
+					r.Claim.Round(time.Millisecond), strings.Join(parts, ", "))
+				ob.Runs = append(ob.Runs, r)
+			}
+			rep.OneFire = ob
 		case NameScale:
 			say("scale %d policies x %d instances: %d daemons, idle window %s", sc.Scale.Policies, sc.Scale.Instances, cfg.Runs, sc.Scale.Idle)
 			runs, err := RunScale(ctx, env, sc.Scale, cfg.Runs)
