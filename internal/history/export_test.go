@@ -2,9 +2,6 @@ package history
 
 // Internals the external tests (package history_test) reach through these names.
 
-// MigrateFS applies the migrations of any file system (tests of the runner itself).
-var MigrateFS = migrateFS
-
 // SpoolFileName is the spool file inside a Recorder's spool directory.
 const SpoolFileName = spoolFileName
 
@@ -12,6 +9,3 @@ const SpoolFileName = spoolFileName
 func SetAfterReplay(r *Recorder, f func(n int, err error)) {
 	r.afterReplay = f
 }
-
-// RewordedChecksums is rewordedChecksums (TestRewordedMigrationsDifferInCommentsOnly).
-var RewordedChecksums = rewordedChecksums

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/migrate"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/migrations"
 )
@@ -304,7 +305,7 @@ func TestMigrationEndsMarkFires(t *testing.T) {
 			before[e.Name()] = &fstest.MapFile{Data: data}
 		}
 	}
-	_, err = history.MigrateFS(ctx, pool, before)
+	_, err = migrate.ApplyFS(ctx, pool, before)
 	require.NoError(t, err)
 	// A mark (no run) and a real fire (a run, then policy_slots), as the earlier scheduler wrote them.
 	_, err = pool.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot) VALUES ('mark', $1)`, slot)
@@ -323,7 +324,7 @@ func TestMigrationEndsMarkFires(t *testing.T) {
 	}
 	require.Equal(t, []string{"mark", "real"}, fires(), "before 0011 a mark began a fire")
 
-	applied, err := history.MigrateFS(ctx, pool, migrations.FS)
+	applied, err := migrate.ApplyFS(ctx, pool, migrations.FS)
 	require.NoError(t, err)
 	require.Equal(t, "0011_fire_needs_runs", applied[0])
 	require.Equal(t, []string{"real"}, fires())

@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/migrate"
 )
 
 // defaultConnectTimeout bounds each connection attempt when the URL sets no connect_timeout, so
@@ -82,12 +84,13 @@ func (s *Store) Pool() *pgxpool.Pool {
 	return s.pool
 }
 
-// Migrate applies the embedded migrations that the database does not have yet and returns
-// their versions.
+// Migrate applies the embedded migrations that the database does not have yet, and the views
+// (package migrate), and returns the versions applied. A refusal wraps migrate.ErrDrift; a lost
+// database, ErrUnavailable.
 func (s *Store) Migrate(ctx context.Context) ([]string, error) {
-	applied, err := Migrate(ctx, s.pool)
+	applied, err := migrate.Apply(ctx, s.pool)
 	if err != nil {
-		return applied, err
+		return applied, s.translate(err)
 	}
 	if len(applied) > 0 {
 		s.log.Info().Strs("versions", applied).Msg("migrations applied")

@@ -7,9 +7,7 @@ import (
 	"net/url"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
-	"testing/fstest"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/rs/zerolog"
@@ -135,86 +133,6 @@ func shippedMigrations(t *testing.T) []string {
 		files[i] = strings.TrimSuffix(f, ".sql")
 	}
 	return files
-}
-
-func TestMigrateConcurrently(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	dbURL := pgtest.NewDatabase(t)
-
-	const migrators = 4
-	results := make([][]string, migrators)
-	errs := make([]error, migrators)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for i := range migrators {
-		pool, err := pgxpool.New(ctx, dbURL) // one pool per "process"
-		require.NoError(t, err)
-		defer pool.Close()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			results[i], errs[i] = history.Migrate(ctx, pool)
-		}()
-	}
-	close(start)
-	wg.Wait()
-
-	var all []string
-	for i := range migrators {
-		require.NoError(t, errs[i])
-		all = append(all, results[i]...)
-	}
-	sort.Strings(all)
-	require.Equal(t, shippedMigrations(t), all, "exactly one migrator applied each file")
-
-	s := history.NewStore(mustPool(t, dbURL), zerolog.Nop())
-	var n int
-	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&n))
-	require.Equal(t, len(shippedMigrations(t)), n)
-	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM schema_migrations WHERE checksum ~ '^[0-9a-f]{64}$'").Scan(&n))
-	require.Equal(t, len(shippedMigrations(t)), n, "every row records its file's checksum")
-	require.NoError(t, s.Pool().QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'image_%'").Scan(&n))
-	require.Equal(t, 3, n)
-}
-
-func TestMigrateRunner(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	pool := mustPool(t, pgtest.NewDatabase(t))
-
-	broken := fstest.MapFS{
-		"0001_a.sql": {Data: []byte("CREATE TABLE a (x int); INSERT INTO a VALUES (1);")},
-		"0002_b.sql": {Data: []byte("CREATE TABLE b (x int); SELECT no_such_function();")},
-	}
-	applied, err := history.MigrateFS(ctx, pool, broken)
-	require.ErrorContains(t, err, "migration 0002_b")
-	require.Equal(t, []string{"0001_a"}, applied)
-	var exists bool
-	require.NoError(t, pool.QueryRow(ctx, "SELECT to_regclass('b') IS NOT NULL").Scan(&exists))
-	require.False(t, exists, "a failed migration is rolled back whole")
-
-	fixed := fstest.MapFS{
-		"0001_a.sql": broken["0001_a.sql"],
-		"0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")},
-		"README.md":  {Data: []byte("not a migration")},
-	}
-	applied, err = history.MigrateFS(ctx, pool, fixed)
-	require.NoError(t, err)
-	require.Equal(t, []string{"0002_b"}, applied, "0001 is not applied twice")
-	var rowsInA int
-	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM a").Scan(&rowsInA))
-	require.Equal(t, 1, rowsInA)
-
-	for name, files := range map[string]fstest.MapFS{
-		"bad name":       {"1_a.sql": {Data: []byte("SELECT 1")}},
-		"shared number":  {"0001_a.sql": {Data: []byte("SELECT 1")}, "0001_b.sql": {Data: []byte("SELECT 1")}},
-		"upper case sql": {"0003_Add.sql": {Data: []byte("SELECT 1")}},
-	} {
-		_, err := history.MigrateFS(ctx, pool, files)
-		require.Error(t, err, name)
-	}
 }
 
 func TestSchemaIsDocumented(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/migrate"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/migrations"
 )
@@ -52,7 +53,7 @@ func TestUpgradeFrom0011AgreesWithAFreshBuild(t *testing.T) {
 			before[e.Name()] = &fstest.MapFile{Data: data}
 		}
 	}
-	_, err = history.MigrateFS(ctx, upgraded, before)
+	_, err = migrate.ApplyFS(ctx, upgraded, before)
 	require.NoError(t, err)
 	fresh := newStore(t)
 

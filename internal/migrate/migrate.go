@@ -1,4 +1,9 @@
-package history
+// Package migrate brings an imager database to the schema this binary expects: the numbered
+// migrations of package migrations, applied once each under an advisory lock and checked against
+// their recorded checksums, then the views re-created from their one definition
+// (migrations/schema/views.sql). docs/design.md, "Rules in Go, schema in one place", explains the
+// split: migrations hold tables, indexes and data moves; the views file holds the views.
+package migrate
 
 import (
 	"context"
@@ -26,10 +31,10 @@ const migrationLockKey int64 = 0x696d61676572
 // migrationName is the form of a migration file: a four-digit number, an underscore, a name.
 var migrationName = regexp.MustCompile(`^[0-9]{4}_[a-z0-9_]+\.sql$`)
 
-// ErrMigrationDrift marks a refusal to start because the database's recorded migrations and the
+// ErrDrift marks a refusal to start because the database's recorded migrations and the
 // embedded files disagree: an applied file was edited, or the database has a migration this
 // binary does not know. The error's text is one line that says which and what to do.
-var ErrMigrationDrift = errors.New("migrations refused")
+var ErrDrift = errors.New("migrations refused")
 
 // migration is one file of migrations.FS.
 type migration struct {
@@ -39,7 +44,7 @@ type migration struct {
 	checksum string // hex sha256 of the file's bytes
 }
 
-// Migrate applies the embedded migrations (package migrations) that the database lacks, in
+// Apply applies the embedded migrations (package migrations) that the database lacks, in
 // version order, each in its own transaction under an advisory lock, and records each in
 // schema_migrations with the sha256 of its file. Several processes may migrate at once: each
 // file is applied exactly once. It returns the versions this call applied.
@@ -51,15 +56,15 @@ type migration struct {
 // use).
 //
 // The views are not migrations: migrations.Views holds their one current definition. Every
-// Migrate drops them before the first migration it applies (so a migration may change any table
+// Apply drops them before the first migration it applies (so a migration may change any table
 // a view reads) and creates them again at the end, in one transaction under the same lock.
-func Migrate(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
+func Apply(ctx context.Context, pool *pgxpool.Pool) ([]string, error) {
 	return migrateWith(ctx, pool, migrations.FS, migrations.Views)
 }
 
-// migrateFS applies the migrations of fsys without touching the views: tests build a database as
-// an earlier release left it with it.
-func migrateFS(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) ([]string, error) {
+// ApplyFS applies the migrations of fsys without touching the views: tests build a database as
+// an earlier release left it with it, and test the runner with files of their own.
+func ApplyFS(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS) ([]string, error) {
 	return migrateWith(ctx, pool, fsys, "")
 }
 
@@ -81,7 +86,7 @@ func migrateWith(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS, views stri
 		m, err := migrateStep(ctx, pool, list, dropViews)
 		if err != nil {
 			if m != nil {
-				err = fmt.Errorf("migration %s: %w", m.version, translate(err))
+				err = fmt.Errorf("migration %s: %w", m.version, err)
 			}
 			return applied, err
 		}
@@ -94,7 +99,7 @@ func migrateWith(ctx context.Context, pool *pgxpool.Pool, fsys fs.FS, views stri
 		return applied, nil
 	}
 	if err := applyViews(ctx, pool, dropViews, views); err != nil {
-		return applied, fmt.Errorf("views (migrations/schema/views.sql): %w", translate(err))
+		return applied, fmt.Errorf("views (migrations/schema/views.sql): %w", err)
 	}
 	return applied, nil
 }
@@ -173,7 +178,7 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, dropViews string) (m *migration, err error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
-		return nil, translate(err)
+		return nil, err
 	}
 	defer func() {
 		if rbErr := tx.Rollback(context.WithoutCancel(ctx)); rbErr != nil && !errors.Is(rbErr, pgx.ErrTxClosed) && err == nil {
@@ -181,7 +186,7 @@ func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, drop
 		}
 	}()
 	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLockKey); err != nil {
-		return nil, translate(err)
+		return nil, err
 	}
 	// Databases migrated before checksums were recorded have the table without the column.
 	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -189,18 +194,18 @@ func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, drop
 	applied_at timestamptz NOT NULL DEFAULT now(),
 	checksum   text
 )`); err != nil {
-		return nil, translate(err)
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS checksum text"); err != nil {
-		return nil, translate(err)
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, "COMMENT ON COLUMN schema_migrations.checksum IS "+
 		"'Hex sha256 of the migration file when it was applied (or, for rows older than the column, when imager first saw them).'"); err != nil {
-		return nil, translate(err)
+		return nil, err
 	}
 	recorded, err := recordedMigrations(ctx, tx)
 	if err != nil {
-		return nil, translate(err)
+		return nil, err
 	}
 	embedded := make(map[string]*migration, len(list))
 	byNumber := make(map[string]string, len(list))
@@ -214,7 +219,7 @@ func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, drop
 			if own, ok := byNumber[prefix4(r.version)]; ok {
 				hint = fmt.Sprintf(" (its %s is %s)", prefix4(r.version), own)
 			}
-			return nil, fmt.Errorf("%w: database has migration %s that this imager does not know%s; upgrade imager", ErrMigrationDrift, r.version, hint)
+			return nil, fmt.Errorf("%w: database has migration %s that this imager does not know%s; upgrade imager", ErrDrift, r.version, hint)
 		}
 	}
 	for _, r := range recorded {
@@ -222,20 +227,20 @@ func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, drop
 		if r.checksum == "" {
 			// Trust on first use: the row predates checksums; record the embedded file's.
 			if _, err := tx.Exec(ctx, "UPDATE schema_migrations SET checksum = $2 WHERE version = $1 AND checksum IS NULL", r.version, want); err != nil {
-				return nil, translate(err)
+				return nil, err
 			}
 			continue
 		}
 		if r.checksum != want && slices.Contains(rewordedChecksums[r.version], r.checksum) {
 			// The applied file differed from this one in comments only: record this one's.
 			if _, err := tx.Exec(ctx, "UPDATE schema_migrations SET checksum = $2 WHERE version = $1", r.version, want); err != nil {
-				return nil, translate(err)
+				return nil, err
 			}
 			continue
 		}
 		if r.checksum != want {
 			return nil, fmt.Errorf("%w: migration %s.sql changed after it was applied (database sha256 %s, file sha256 %s); migrations are append-only: restore the file and put the change in a new one",
-				ErrMigrationDrift, r.version, short(r.checksum), short(want))
+				ErrDrift, r.version, short(r.checksum), short(want))
 		}
 	}
 	done := make(map[string]bool, len(recorded))
@@ -250,7 +255,7 @@ func migrateStep(ctx context.Context, pool *pgxpool.Pool, list []migration, drop
 		break
 	}
 	if m == nil {
-		return nil, translate(tx.Commit(ctx)) // the backfill, if any
+		return nil, tx.Commit(ctx) // the backfill, if any
 	}
 	if dropViews != "" {
 		if _, err := tx.Exec(ctx, dropViews); err != nil {

@@ -1,4 +1,4 @@
-package history_test
+package migrate_test
 
 import (
 	"context"
@@ -8,14 +8,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
-	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/migrate"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/migrations"
 )
@@ -28,7 +32,7 @@ func sum(b []byte) string {
 // requireOneLine checks that err is a drift refusal whose text is one line containing want.
 func requireDrift(t *testing.T, err error, want ...string) {
 	t.Helper()
-	require.ErrorIs(t, err, history.ErrMigrationDrift)
+	require.ErrorIs(t, err, migrate.ErrDrift)
 	require.NotContains(t, err.Error(), "\n", "one line")
 	for _, w := range want {
 		require.Contains(t, err.Error(), w)
@@ -40,7 +44,7 @@ func TestMigrateRefusesAnEditedAppliedFile(t *testing.T) {
 	ctx := context.Background()
 	pool := mustPool(t, pgtest.NewDatabase(t))
 	first := []byte("CREATE TABLE a (x int);")
-	_, err := history.MigrateFS(ctx, pool, fstest.MapFS{"0001_a.sql": {Data: first}})
+	_, err := migrate.ApplyFS(ctx, pool, fstest.MapFS{"0001_a.sql": {Data: first}})
 	require.NoError(t, err)
 
 	edited := []byte("CREATE TABLE a (x int, y int);")
@@ -48,7 +52,7 @@ func TestMigrateRefusesAnEditedAppliedFile(t *testing.T) {
 		"0001_a.sql": {Data: edited},
 		"0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")},
 	}
-	applied, err := history.MigrateFS(ctx, pool, files)
+	applied, err := migrate.ApplyFS(ctx, pool, files)
 	requireDrift(t, err, "0001_a.sql changed after it was applied", sum(first)[:12], sum(edited)[:12])
 	require.Empty(t, applied)
 	var exists bool
@@ -56,7 +60,7 @@ func TestMigrateRefusesAnEditedAppliedFile(t *testing.T) {
 	require.False(t, exists, "nothing is applied after a refusal")
 
 	files["0001_a.sql"] = &fstest.MapFile{Data: first}
-	applied, err = history.MigrateFS(ctx, pool, files)
+	applied, err = migrate.ApplyFS(ctx, pool, files)
 	require.NoError(t, err, "restoring the file lifts the refusal")
 	require.Equal(t, []string{"0002_b"}, applied)
 }
@@ -77,7 +81,7 @@ func TestMigrateRefusesAGapInTheFiles(t *testing.T) {
 			"0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")},
 		}, "migration files skip number 0001: 0002_b.sql comes the first file"},
 	} {
-		applied, err := history.MigrateFS(ctx, pool, tc.files)
+		applied, err := migrate.ApplyFS(ctx, pool, tc.files)
 		require.ErrorContains(t, err, tc.want, name)
 		require.NotContains(t, err.Error(), "\n")
 		require.Empty(t, applied, name)
@@ -93,14 +97,14 @@ func TestMigrateRefusesADatabaseNewerThanTheBinary(t *testing.T) {
 	pool := mustPool(t, pgtest.NewDatabase(t))
 	a := &fstest.MapFile{Data: []byte("CREATE TABLE a (x int);")}
 	newer := fstest.MapFS{"0001_a.sql": a, "0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")}}
-	_, err := history.MigrateFS(ctx, pool, newer)
+	_, err := migrate.ApplyFS(ctx, pool, newer)
 	require.NoError(t, err)
 
-	_, err = history.MigrateFS(ctx, pool, fstest.MapFS{"0001_a.sql": a})
+	_, err = migrate.ApplyFS(ctx, pool, fstest.MapFS{"0001_a.sql": a})
 	requireDrift(t, err, "database has migration 0002_b that this imager does not know; upgrade imager")
 
 	other := fstest.MapFS{"0001_a.sql": a, "0002_other.sql": {Data: []byte("CREATE TABLE o (x int);")}}
-	_, err = history.MigrateFS(ctx, pool, other)
+	_, err = migrate.ApplyFS(ctx, pool, other)
 	requireDrift(t, err, "database has migration 0002_b that this imager does not know (its 0002 is 0002_other)")
 	var exists bool
 	require.NoError(t, pool.QueryRow(ctx, "SELECT to_regclass('o') IS NOT NULL").Scan(&exists))
@@ -129,7 +133,7 @@ func TestMigrateBackfillsChecksumsOfOldRows(t *testing.T) {
 		require.NoError(t, err)
 	}
 
-	applied, err := history.Migrate(ctx, pool)
+	applied, err := migrate.Apply(ctx, pool)
 	require.NoError(t, err)
 	want := []string{"0002_reserved"}
 	for _, v := range shippedMigrations(t) {
@@ -158,7 +162,7 @@ func TestMigrateBackfillsChecksumsOfOldRows(t *testing.T) {
 	// The backfilled checksum is now enforced.
 	_, err = pool.Exec(ctx, "UPDATE schema_migrations SET checksum = repeat('0', 64) WHERE version = '0003_audit_indexes'")
 	require.NoError(t, err)
-	_, err = history.Migrate(ctx, pool)
+	_, err = migrate.Apply(ctx, pool)
 	requireDrift(t, err, "0003_audit_indexes.sql changed after it was applied (database sha256 000000000000, file sha256 "+got["0003_audit_indexes"][:12])
 }
 
@@ -191,8 +195,8 @@ func rewordedFrom(t *testing.T, checksum string) map[int]string {
 
 func TestRewordedMigrationsDifferInCommentsOnly(t *testing.T) {
 	t.Parallel()
-	require.NotEmpty(t, history.RewordedChecksums)
-	for version, sums := range history.RewordedChecksums {
+	require.NotEmpty(t, migrate.RewordedChecksums)
+	for version, sums := range migrate.RewordedChecksums {
 		b, err := fs.ReadFile(migrations.FS, version+".sql")
 		require.NoError(t, err, version)
 		for _, old := range sums {
@@ -212,16 +216,16 @@ func TestMigrateAcceptsAFileReworded(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := mustPool(t, pgtest.NewDatabase(t))
-	_, err := history.Migrate(ctx, pool)
+	_, err := migrate.Apply(ctx, pool)
 	require.NoError(t, err)
 	b, err := fs.ReadFile(migrations.FS, "0001_init.sql")
 	require.NoError(t, err)
 
 	// A database that applied 0001 before its first comment was reworded.
-	old := history.RewordedChecksums["0001_init"][0]
+	old := migrate.RewordedChecksums["0001_init"][0]
 	_, err = pool.Exec(ctx, "UPDATE schema_migrations SET checksum = $1 WHERE version = '0001_init'", old)
 	require.NoError(t, err)
-	applied, err := history.Migrate(ctx, pool)
+	applied, err := migrate.Apply(ctx, pool)
 	require.NoError(t, err)
 	require.Empty(t, applied)
 	var got string
@@ -231,6 +235,111 @@ func TestMigrateAcceptsAFileReworded(t *testing.T) {
 	// Any other checksum is still an edit.
 	_, err = pool.Exec(ctx, "UPDATE schema_migrations SET checksum = repeat('1', 64) WHERE version = '0001_init'")
 	require.NoError(t, err)
-	_, err = history.Migrate(ctx, pool)
+	_, err = migrate.Apply(ctx, pool)
 	requireDrift(t, err, "0001_init.sql changed after it was applied")
+}
+
+func TestMigrateConcurrently(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dbURL := pgtest.NewDatabase(t)
+
+	const migrators = 4
+	results := make([][]string, migrators)
+	errs := make([]error, migrators)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range migrators {
+		pool, err := pgxpool.New(ctx, dbURL) // one pool per "process"
+		require.NoError(t, err)
+		defer pool.Close()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			results[i], errs[i] = migrate.Apply(ctx, pool)
+		}()
+	}
+	close(start)
+	wg.Wait()
+
+	var all []string
+	for i := range migrators {
+		require.NoError(t, errs[i])
+		all = append(all, results[i]...)
+	}
+	sort.Strings(all)
+	require.Equal(t, shippedMigrations(t), all, "exactly one migrator applied each file")
+
+	pool := mustPool(t, dbURL)
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM schema_migrations").Scan(&n))
+	require.Equal(t, len(shippedMigrations(t)), n)
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM schema_migrations WHERE checksum ~ '^[0-9a-f]{64}$'").Scan(&n))
+	require.Equal(t, len(shippedMigrations(t)), n, "every row records its file's checksum")
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'image_%'").Scan(&n))
+	require.Equal(t, 3, n)
+}
+
+func TestMigrateRunner(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+
+	broken := fstest.MapFS{
+		"0001_a.sql": {Data: []byte("CREATE TABLE a (x int); INSERT INTO a VALUES (1);")},
+		"0002_b.sql": {Data: []byte("CREATE TABLE b (x int); SELECT no_such_function();")},
+	}
+	applied, err := migrate.ApplyFS(ctx, pool, broken)
+	require.ErrorContains(t, err, "migration 0002_b")
+	require.Equal(t, []string{"0001_a"}, applied)
+	var exists bool
+	require.NoError(t, pool.QueryRow(ctx, "SELECT to_regclass('b') IS NOT NULL").Scan(&exists))
+	require.False(t, exists, "a failed migration is rolled back whole")
+
+	fixed := fstest.MapFS{
+		"0001_a.sql": broken["0001_a.sql"],
+		"0002_b.sql": {Data: []byte("CREATE TABLE b (x int);")},
+		"README.md":  {Data: []byte("not a migration")},
+	}
+	applied, err = migrate.ApplyFS(ctx, pool, fixed)
+	require.NoError(t, err)
+	require.Equal(t, []string{"0002_b"}, applied, "0001 is not applied twice")
+	var rowsInA int
+	require.NoError(t, pool.QueryRow(ctx, "SELECT count(*) FROM a").Scan(&rowsInA))
+	require.Equal(t, 1, rowsInA)
+
+	for name, files := range map[string]fstest.MapFS{
+		"bad name":       {"1_a.sql": {Data: []byte("SELECT 1")}},
+		"shared number":  {"0001_a.sql": {Data: []byte("SELECT 1")}, "0001_b.sql": {Data: []byte("SELECT 1")}},
+		"upper case sql": {"0003_Add.sql": {Data: []byte("SELECT 1")}},
+	} {
+		_, err := migrate.ApplyFS(ctx, pool, files)
+		require.Error(t, err, name)
+	}
+}
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(pgtest.Wrap(m))
+}
+
+func mustPool(t testing.TB, dbURL string) *pgxpool.Pool {
+	t.Helper()
+	pool, err := pgxpool.New(context.Background(), dbURL)
+	require.NoError(t, err)
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+// shippedMigrations lists the versions of the embedded migration files, in order.
+func shippedMigrations(t *testing.T) []string {
+	t.Helper()
+	files, err := fs.Glob(migrations.FS, "*.sql")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	sort.Strings(files)
+	for i, f := range files {
+		files[i] = strings.TrimSuffix(f, ".sql")
+	}
+	return files
 }

@@ -1,0 +1,4 @@
+package migrate
+
+// RewordedChecksums is rewordedChecksums (TestRewordedMigrationsDifferInCommentsOnly).
+var RewordedChecksums = rewordedChecksums
