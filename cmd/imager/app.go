@@ -377,7 +377,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 }
 
 // runWork starts the spool replayer, the scheduler, completion tracking, the periodic retention
-// sweep and the service of fire requests of imager once. ctx ends when leadership does.
+// sweep, the history prune and the service of fire requests of imager once. ctx ends when leadership does.
 func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	fail := func(err error) error {
 		w.stop(d.log)
@@ -402,6 +402,7 @@ func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	}
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.wg.Go(func() { d.sweepRetention(ctx, w) })
+	w.wg.Go(func() { d.pruneHistoryLoop(ctx, w) })
 	// imager once serves fire requests too while it holds the lease: another once may be waiting.
 	w.wg.Go(func() { d.serveFireRequests(ctx, w) })
 	return nil

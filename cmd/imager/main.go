@@ -40,6 +40,7 @@ func commands() []command {
 		{"latest", "the image to restore an instance from, with the tccli commands that use it", cmdLatest},
 		{"next", "upcoming fires of every policy and how many targets each would have now", cmdNext},
 		{"prune", "apply retention now, or list what it would delete (--dry-run)", cmdPrune},
+		{"prune-history", "delete history older than history.keep now, or count what would go (--dry-run); the leader does it hourly", cmdPruneHistory},
 		{"migrate", "apply database migrations (idempotent; run does it too)", cmdMigrate},
 		{"demo", "the whole daemon against the built-in CVM simulator and a throwaway PostgreSQL; prints the audit (--keep-running: then keeps it all up to try the other commands on)", cmdDemo},
 		{"sim", "demo --keep-running: the simulator, a database and a leading daemon to point run, history, latest, status and /metrics at", cmdSim},
@@ -82,8 +83,12 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "imager keeps scheduled CVM custom images of Tencent Cloud instances.")
 	fmt.Fprintln(w, "\nUsage: imager <command> [flags]   (imager <command> --help for its flags)\n\nCommands:")
+	width := 0
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		width = max(width, len(c.name))
+	}
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-*s %s\n", width, c.name, c.summary)
 	}
 }
 

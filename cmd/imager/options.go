@@ -49,7 +49,7 @@ func (o *options) policyFlags(fs *flag.FlagSet) {
 // the results are not buried under progress lines (README, "Logs").
 var quietCommands = map[string]bool{
 	"history": true, "next": true, "validate": true, "prune": true, "migrate": true,
-	"status": true, "latest": true, "demo": true,
+	"status": true, "latest": true, "demo": true, "prune-history": true,
 }
 
 // logFlags adds --log-level and --log-format. Their defaults depend on the command (fs's name):

@@ -132,14 +132,17 @@ type fileResult struct {
 	policies   []*rawPolicy
 	notify     *Notify // the notify: block (notify.go), nil when absent
 	notifyAt   pos
+	history    *History // the history: block (history.go), nil when absent
+	historyAt  pos
 }
 
 // load decodes every source, merges them, applies defaults and validates. label names the whole
 // input in errors not tied to one file.
 func load(label string, srcs []source, now time.Time) (*Config, error) {
 	var errs []FieldError
-	cfg := &Config{API: DefaultAPI(), Notify: Notify{Keep: DefaultNotifyKeep}, byName: map[string]*Policy{}}
-	var apiAt, defAt, notifyAt pos
+	cfg := &Config{API: DefaultAPI(), Notify: Notify{Keep: DefaultNotifyKeep}, History: History{Keep: DefaultHistoryKeep},
+		byName: map[string]*Policy{}}
+	var apiAt, defAt, notifyAt, historyAt pos
 	var defaults *rawDefaults
 	var raws []*rawPolicy
 	unreadable := false
@@ -169,6 +172,14 @@ func load(label string, srcs []source, now time.Time) (*Config, error) {
 					Message: fmt.Sprintf("the notify block may appear in one file only; it is already in %s", notifyAt)})
 			} else {
 				cfg.Notify, notifyAt = *fr.notify, fr.notifyAt
+			}
+		}
+		if fr.history != nil {
+			if historyAt.file != "" {
+				errs = append(errs, FieldError{File: src.name, Line: fr.historyAt.line, Field: "history",
+					Message: fmt.Sprintf("the history block may appear in one file only; it is already in %s", historyAt)})
+			} else {
+				cfg.History, historyAt = *fr.history, fr.historyAt
 			}
 		}
 		raws = append(raws, fr.policies...)
@@ -253,7 +264,7 @@ func countNodes(n *yaml.Node, depth int) int {
 	return c
 }
 
-// decodeFile decodes one file's top level: version, api, defaults, policies.
+// decodeFile decodes one file's top level: version, api, defaults, notify, history, policies.
 func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 	var fr fileResult
 	doc, extra, err := parseYAML(data)
@@ -294,6 +305,9 @@ func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 		},
 		"notify": func(p pair) {
 			fr.notify, fr.notifyAt = d.notify(p.v), d.at(p.k)
+		},
+		"history": func(p pair) {
+			fr.history, fr.historyAt = d.history(p.v), d.at(p.k)
 		},
 		"policies": func(p pair) {
 			n := d.resolve(p.v)

@@ -10,6 +10,7 @@ import (
 type Config struct {
 	API      API
 	Notify   Notify    // the top-level notify: block (notify.go)
+	History  History   // the top-level history: block (history.go)
 	Policies []*Policy // in file order (files sorted by name)
 	Sources  []string  // the files read
 
