@@ -10,7 +10,6 @@ func SetAfterReplay(r *Recorder, f func(n int, err error)) {
 	r.afterReplay = f
 }
 
-
 // SetHistoryPruneBatch sets how many rows one transaction of HistoryPrune deletes, and puts the
 // default back when the test ends. Tests that call it must not run in parallel with other
 // HistoryPrune tests.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
+
+	"github.com/imager-dev/imager/internal/startstop"
 )
 
 // Recorder defaults.
@@ -50,9 +52,7 @@ type Recorder struct {
 
 	replayMu sync.Mutex // one replay at a time
 
-	runMu  sync.Mutex // guards cancel and done
-	cancel context.CancelFunc
-	done   chan struct{}
+	life startstop.Life // the replay loop
 
 	// afterReplay, when set (tests), is called after each replay of the loop.
 	afterReplay func(n int, err error)
@@ -342,27 +342,22 @@ func (r *Recorder) Replay(ctx context.Context) (int, error) {
 // Start replays what the spool holds, then replays it every interval until Stop or ctx ends.
 // A database still unavailable at Start is not an error: the loop keeps trying.
 func (r *Recorder) Start(ctx context.Context) error {
-	r.runMu.Lock()
-	defer r.runMu.Unlock()
-	if r.done != nil {
-		return errors.New("history spool: already started")
-	}
 	r.mu.Lock()
 	closed := r.closed
 	r.mu.Unlock()
 	if closed {
 		return errors.New("history spool: closed")
 	}
-	loopCtx, cancel := context.WithCancel(ctx)
-	r.cancel = cancel
-	r.done = make(chan struct{})
+	loopCtx, err := r.life.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("history spool: %w", err)
+	}
 	r.replayLogged(loopCtx)
-	go r.loop(loopCtx)
+	r.life.Go(func() { r.loop(loopCtx) })
 	return nil
 }
 
 func (r *Recorder) loop(ctx context.Context) {
-	defer close(r.done)
 	ticker := r.clock.NewTicker(r.interval)
 	defer ticker.Stop()
 	for {
@@ -395,15 +390,9 @@ func (r *Recorder) replayLogged(ctx context.Context) (int, error) {
 // database still cannot take stays in the file for the next start). Writes still work, and
 // spool, after Stop. It is safe to call more than once, and without Start.
 func (r *Recorder) Stop() {
-	r.runMu.Lock()
-	defer r.runMu.Unlock()
-	if r.cancel == nil {
-		return
+	if r.life.Stop() {
+		_, _ = r.replayLogged(context.Background())
 	}
-	r.cancel()
-	<-r.done
-	r.cancel = nil
-	_, _ = r.replayLogged(context.Background())
 }
 
 // Close stops the loop and releases the spool file and its lock. Writes spooled and not yet

@@ -27,6 +27,7 @@ import (
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/startstop"
 )
 
 // Store is what the Notifier needs from history.
@@ -122,9 +123,7 @@ type Notifier struct {
 	lastRPO   time.Time  // guarded by passMu
 	lastPrune time.Time  // guarded by passMu
 
-	runMu  sync.Mutex
-	cancel context.CancelFunc
-	done   chan struct{}
+	life startstop.Life // restartable: a leader's notifier starts again at its next term
 }
 
 // New resolves the notify settings of cfg (environment variables through opts.LookupEnv) and
@@ -159,6 +158,7 @@ func New(cfg *policy.Config, opts Options) (*Notifier, error) {
 		opts.Jitter = backoff.NewJitter(nil)
 	}
 	n := &Notifier{opts: opts, store: opts.Store, clock: opts.Clock, log: opts.Log, client: opts.Client, retry: DefaultRetry}
+	n.life.Restartable = true
 	if opts.Retry != nil {
 		n.retry = *opts.Retry
 	}
@@ -244,32 +244,21 @@ func (n *Notifier) Pending(ctx context.Context) (int64, error) {
 
 // Start begins passes every Poll until ctx ends or Stop is called. The first pass runs at once.
 func (n *Notifier) Start(ctx context.Context) error {
-	n.runMu.Lock()
-	defer n.runMu.Unlock()
-	if n.done != nil {
-		return errors.New("notify: already started")
+	ctx, err := n.life.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("notify: %w", err)
 	}
-	ctx, n.cancel = context.WithCancel(ctx)
-	n.done = make(chan struct{})
-	go n.loop(ctx, n.done)
+	n.life.Go(func() { n.loop(ctx) })
 	return nil
 }
 
 // Stop ends the passes and waits for the current one (its requests are cancelled). It is safe to
 // call more than once, and Start may be called again afterwards.
 func (n *Notifier) Stop() {
-	n.runMu.Lock()
-	defer n.runMu.Unlock()
-	if n.done == nil {
-		return
-	}
-	n.cancel()
-	<-n.done
-	n.done, n.cancel = nil, nil
+	n.life.Stop()
 }
 
-func (n *Notifier) loop(ctx context.Context, done chan struct{}) {
-	defer close(done)
+func (n *Notifier) loop(ctx context.Context) {
 	for {
 		pctx, cancel := context.WithTimeout(ctx, passTimeout)
 		err := n.Pass(pctx)
