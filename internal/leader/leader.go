@@ -12,6 +12,7 @@ package leader
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/startstop"
 )
 
 // DefaultTTL is how long a lease lasts without renewal.
@@ -73,10 +75,9 @@ type Elector struct {
 	lastOK    time.Time
 	lastErr   error
 	leadStop  context.CancelFunc
-	started   bool
+	started   bool // for Healthy: between Start and the end of Stop
 	stopped   bool
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
+	life      startstop.Life // the renewal loop and the listener
 	stopOnce  sync.Once
 	renewedAt time.Time // monotonic instant the last successful renewal was sent
 }
@@ -145,19 +146,17 @@ func (e *Elector) Demote() {
 // then renews or polls in the background until Stop. An unreachable database at Start is not an
 // error: the elector keeps trying.
 func (e *Elector) Start(ctx context.Context) error {
-	e.mu.Lock()
-	if e.started {
-		e.mu.Unlock()
-		return errors.New("leader: already started")
+	ctx, err := e.life.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("leader: %w", err)
 	}
+	e.mu.Lock()
 	e.started = true
-	ctx, e.cancel = context.WithCancel(ctx)
 	e.mu.Unlock()
 
 	e.tryAcquire(ctx)
-	e.wg.Add(2)
-	go e.loop(ctx)
-	go e.listen(ctx)
+	e.life.Go(func() { e.loop(ctx) })
+	e.life.Go(func() { e.listen(ctx) })
 	return nil
 }
 
@@ -293,7 +292,6 @@ func (e *Elector) nextWait() time.Duration {
 }
 
 func (e *Elector) loop(ctx context.Context) {
-	defer e.wg.Done()
 	for {
 		t := e.clock.NewTimer(e.nextWait())
 		select {
@@ -319,7 +317,6 @@ func (e *Elector) loop(ctx context.Context) {
 // listen wakes a standby as soon as the leader resigns. The connection is re-made after a
 // failure; polling covers the gap.
 func (e *Elector) listen(ctx context.Context) {
-	defer e.wg.Done()
 	for {
 		poke := func() {
 			select {
@@ -350,14 +347,9 @@ func (e *Elector) listen(ctx context.Context) {
 // idempotent and safe before Start.
 func (e *Elector) Stop() {
 	e.stopOnce.Do(func() {
-		e.mu.Lock()
-		started := e.started
-		e.mu.Unlock()
-		if !started {
+		if !e.life.Stop() {
 			return
 		}
-		e.cancel()
-		e.wg.Wait()
 
 		term := e.Term()
 		if term != 0 {
