@@ -55,6 +55,7 @@ type retryOptions struct {
 	jitter   *Jitter
 	onRetry  func(try int, err error, wait time.Duration)
 	failed   int
+	failErr  error
 }
 
 // Deadline bounds Retry by a time as well: no try is planned to start after deadline (a slot's
@@ -69,18 +70,19 @@ func WithJitter(j *Jitter) Option {
 }
 
 // OnRetry is told of every failed try that Retry follows with another, before the wait: the try's
-// number, its error (without Permanent's or After's mark; nil for a try the caller made, see
-// AlreadyFailed) and the wait. Callers log with it; each try's own record (history's attempts) is
+// number, its error (without Permanent's or After's mark; AlreadyFailed's for a try the caller
+// made) and the wait. Callers log with it; each try's own record (history's attempts) is
 // fn's to write, since fn knows the call.
 func OnRetry(f func(try int, err error, wait time.Duration)) Option {
 	return func(o *retryOptions) { o.onRetry = f }
 }
 
 // AlreadyFailed resumes a retry the caller began: n tries already failed (the caller made
-// them), so Retry waits the policy's delay after the n-th failure before its first call of fn,
-// whose try number is then n+1. Elapsed time (MaxElapsed) counts from Retry's start.
-func AlreadyFailed(n int) Option {
-	return func(o *retryOptions) { o.failed = max(n, 0) }
+// them), the last with err, so Retry waits the policy's delay after the n-th failure before its
+// first call of fn, whose try number is then n+1. Should the policy stop before that call, Retry
+// returns err. Elapsed time (MaxElapsed) counts from Retry's start.
+func AlreadyFailed(n int, err error) Option {
+	return func(o *retryOptions) { o.failed, o.failErr = max(n, 0), err }
 }
 
 // Retry calls fn(try), try counting from 1, until it returns nil, and returns nil. Between tries
@@ -100,7 +102,7 @@ func Retry(ctx context.Context, clock clockwork.Clock, p Policy, fn func(try int
 		opt(&o)
 	}
 	first := clock.Now()
-	var last error
+	last := o.failErr
 	for try := o.failed + 1; ; try++ {
 		if try > 1 {
 			n := try - 1 // failures so far

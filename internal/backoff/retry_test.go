@@ -151,11 +151,17 @@ func TestRetryResumesAfterTheCallersFailures(t *testing.T) {
 	clk := clockwork.NewFakeClock()
 	start := clk.Now()
 	r := runRetry(t, context.Background(), clk, Policy{Initial: time.Second, Attempts: 4},
-		func(int) error { return errFlaky }, AlreadyFailed(2))
+		func(int) error { return errFlaky }, AlreadyFailed(2, errAuth))
 	require.Equal(t, errFlaky, r.err)
 	require.Equal(t, []int{3, 4}, r.tries, "the caller made tries 1 and 2")
 	require.Equal(t, start.Add(1500*time.Millisecond), r.at[0], "waits the delay after the 2nd failure first")
 	require.Equal(t, []time.Duration{1500 * time.Millisecond, 3 * time.Second}, r.waits)
+
+	// A policy that stops before Retry's first try returns the caller's error.
+	err := Retry(context.Background(), clk, Policy{Attempts: 2}, func(int) error { return nil }, AlreadyFailed(2, errAuth))
+	require.Equal(t, errAuth, err)
+	err = Retry(context.Background(), clk, Policy{}, func(int) error { return nil }, AlreadyFailed(1, errAuth), Deadline(clk.Now()))
+	require.Equal(t, errAuth, err, "the deadline has come")
 }
 
 func TestRetryEndsWithTheContext(t *testing.T) {

@@ -321,50 +321,40 @@ func (r *Resolver) pages(ctx context.Context, region string, filters []cvm.Filte
 }
 
 // describe makes one paced DescribeInstances call, retrying transient and throttled errors a few
-// times with a short backoff (internal/backoff). An error the client did not classify is
-// transient (cvm.ClassifyError).
+// times with a short backoff (backoff.Retry). An error the client did not classify is transient
+// (cvm.ClassifyError).
 func (r *Resolver) describe(ctx context.Context, region string, in cvm.DescribeInstancesInput) (cvm.DescribeInstancesOutput, error) {
-	for attempt := 1; ; attempt++ {
+	var out cvm.DescribeInstancesOutput
+	err := backoff.Retry(ctx, r.clock, retryBackoff, func(int) error {
 		if err := r.pace.Wait(ctx); err != nil {
-			return cvm.DescribeInstancesOutput{}, fmt.Errorf("wait for the DescribeInstances pace: %w", err)
+			return backoff.Permanent(fmt.Errorf("wait for the DescribeInstances pace: %w", err))
 		}
 		start := r.clock.Now()
-		out, err := r.cvm.DescribeInstances(ctx, region, in)
+		var err error
+		out, err = r.cvm.DescribeInstances(ctx, region, in)
 		if o, ok := r.pace.(interface{ Observe(time.Duration) }); ok {
 			o.Observe(r.clock.Since(start))
 		}
 		if err == nil {
-			return out, nil
+			return nil
 		}
 		ae := cvm.ClassifyError(cvm.ActionDescribeInstances, err)
 		if t, ok := r.pace.(interface{ Throttle() }); ok && ae.Class == cvm.ClassThrottled {
 			t.Throttle() // a shared pace (the scheduler's) slows down for everyone
 		}
-		if ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled || ctx.Err() != nil {
-			return cvm.DescribeInstancesOutput{}, err
+		if ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled {
+			return backoff.Permanent(err)
 		}
-		delay, ok := retryBackoff.Next(attempt, 0, r.jitter)
-		if !ok {
-			return cvm.DescribeInstancesOutput{}, err
-		}
+		return err
+	}, backoff.WithJitter(r.jitter), backoff.OnRetry(func(attempt int, err error, delay time.Duration) {
+		ae := cvm.ClassifyError(cvm.ActionDescribeInstances, err)
 		r.log.Warn().Err(err).Str("region", region).Str("error_code", ae.Code).Str("request_id", ae.RequestID).
 			Int("attempt", attempt).Int64("retry_in_ms", delay.Milliseconds()).Msg("DescribeInstances failed; retrying")
-		if err := sleep(ctx, r.clock, delay); err != nil {
-			return cvm.DescribeInstancesOutput{}, fmt.Errorf("retry DescribeInstances: %w", err)
-		}
+	}))
+	if err != nil {
+		return cvm.DescribeInstancesOutput{}, err
 	}
-}
-
-// sleep waits d on clock, or until ctx is done.
-func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration) error {
-	t := clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.Chan():
-		return nil
-	}
+	return out, nil
 }
 
 // matches reports whether in carries every tag of sel and, when sel names zones, is in one.
