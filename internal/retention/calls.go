@@ -241,10 +241,10 @@ func retryable(ae *cvm.APIError, try int) bool {
 	return try < maxAttempts && (ae.Class == cvm.ClassTransient || ae.Class == cvm.ClassThrottled)
 }
 
-// throttled slows pace after a RequestLimitExceeded, when pace can be slowed (the scheduler's
-// PaceLimiter can: every caller sharing it then slows down).
+// throttled slows pace after a RequestLimitExceeded, when pace can be slowed (a *pace.Limiter
+// can: every caller sharing it then slows down).
 func throttled(ae *cvm.APIError, pace Pace) {
-	if t, ok := pace.(interface{ Throttle() }); ok && ae.Class == cvm.ClassThrottled {
+	if t, ok := pace.(throttler); ok && ae.Class == cvm.ClassThrottled {
 		t.Throttle()
 	}
 }
@@ -279,7 +279,7 @@ func apiError(action string, err error) *cvm.APIError {
 
 // observe feeds a call's round trip to pace when it measures jitter (*pace.Limiter).
 func observe(pace Pace, rtt time.Duration) {
-	if o, ok := pace.(interface{ Observe(time.Duration) }); ok {
+	if o, ok := pace.(observer); ok {
 		o.Observe(rtt)
 	}
 }

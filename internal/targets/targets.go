@@ -14,15 +14,17 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
 // DefaultRate is the pace of DescribeInstances calls when Options.Pace is nil: half the API's
-// limit of 40 per second, leaving the rest to other tools of the account.
+// limit of 40 per second, leaving the rest to other tools of the account. That pace is one of
+// the Resolver's own (*pace.Limiter) on the real clock, as the API counts its limit in real
+// seconds; Options.Clock times the backoff.
 const DefaultRate = 20
 
 // ReasonGone is the skip reason of a listed instance that DescribeInstances no longer knows.
@@ -49,16 +51,24 @@ type CVM interface {
 
 var _ CVM = (*cvm.Client)(nil)
 
-// Pace spaces the DescribeInstances calls. Wait blocks until one call may be sent.
+// Pace spaces the DescribeInstances calls (*pace.Limiter). Wait blocks until one call may be
+// sent. When the Pace also has Throttle() and Observe(time.Duration) methods (a *pace.Limiter
+// has both), they are told of RequestLimitExceeded answers and of each call's round trip.
 type Pace interface {
 	Wait(ctx context.Context) error
 }
+
+// throttler and observer are the optional parts of a Pace.
+type (
+	throttler interface{ Throttle() }
+	observer  interface{ Observe(time.Duration) }
+)
 
 // Options configures a Resolver. CVM is required.
 type Options struct {
 	CVM CVM
 	// Pace spaces the DescribeInstances calls; nil means a pace of its own at DefaultRate per
-	// second (burst 1).
+	// second.
 	Pace Pace
 	// Clock times the backoff between retries; nil means the real clock.
 	Clock clockwork.Clock
@@ -101,7 +111,7 @@ func NewResolver(opts Options) *Resolver {
 		primed: map[instanceKey]primedAnswer{},
 	}
 	if r.pace == nil {
-		r.pace = rate.NewLimiter(rate.Limit(DefaultRate), 1)
+		r.pace = pace.New(nil, DefaultRate, pace.Options{})
 	}
 	if r.clock == nil {
 		r.clock = clockwork.NewRealClock()
@@ -332,14 +342,14 @@ func (r *Resolver) describe(ctx context.Context, region string, in cvm.DescribeI
 		start := r.clock.Now()
 		var err error
 		out, err = r.cvm.DescribeInstances(ctx, region, in)
-		if o, ok := r.pace.(interface{ Observe(time.Duration) }); ok {
+		if o, ok := r.pace.(observer); ok {
 			o.Observe(r.clock.Since(start))
 		}
 		if err == nil {
 			return nil
 		}
 		ae := cvm.ClassifyError(cvm.ActionDescribeInstances, err)
-		if t, ok := r.pace.(interface{ Throttle() }); ok && ae.Class == cvm.ClassThrottled {
+		if t, ok := r.pace.(throttler); ok && ae.Class == cvm.ClassThrottled {
 			t.Throttle() // a shared pace (the scheduler's) slows down for everyone
 		}
 		if ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled {
