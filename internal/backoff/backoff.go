@@ -4,6 +4,10 @@
 // stops after Attempts tries, after MaxElapsed, or at a deadline (a slot's start window),
 // whichever comes first. Randomness is injected so tests are deterministic; time is passed in
 // from the caller's injected clock.
+//
+// Retry is the one loop that waits between tries, on the injected clock; the scheduler's
+// CreateImage retries instead go back into its paced queue (Policy.Until gives their wait), and
+// a Budget shortens that wait while the API fails rarely.
 package backoff
 
 import (

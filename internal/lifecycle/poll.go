@@ -7,9 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
 
+	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
@@ -17,6 +17,10 @@ import (
 
 // actionDescribeImages is the action recorded in image_attempts.
 const actionDescribeImages = cvm.ActionDescribeImages
+
+// errCutOff ends describe's retries when a call was cut off or never sent because the
+// tracker is stopping.
+var errCutOff = errors.New("DescribeImages cut off: the tracker is stopping")
 
 // maxLookupPages bounds the pages read to find one image by name (the filter is fuzzy).
 const maxLookupPages = 10
@@ -317,27 +321,38 @@ func (t *Tracker) foundByName(ctx context.Context, r *history.Run, img *cvm.Imag
 }
 
 // describe asks DescribeImages one question, paced, retrying a failed call on its own with the
-// tracker's backoff (internal/backoff; bounded by attempts and by half a poll interval) so that
+// tracker's backoff (backoff.Retry; bounded by attempts and by half a poll interval) so that
 // one InternalError does not leave its runs unpolled until the next poll. Every failed call is
 // recorded on every run it was made for. It reports ok false with the last call when the
 // question still failed (nil when ctx ended); an unknown image id is not retried.
 func (t *Tracker) describe(ctx context.Context, region string, in cvm.DescribeImagesInput, runs []*history.Run, res *pollResult) (cvm.DescribeImagesOutput, *call, bool) {
 	res.lookups++
-	first := t.clock.Now()
-	for n := 1; ; n++ {
-		out, c, ok := t.describeOnce(ctx, region, in, runs, res)
-		if ok || c == nil || unknownImageID(c.err) {
-			return out, c, ok
+	var (
+		out  cvm.DescribeImagesOutput
+		last *call
+	)
+	err := backoff.Retry(ctx, t.clock, t.retry, func(int) error {
+		var ok bool
+		out, last, ok = t.describeOnce(ctx, region, in, runs, res)
+		switch {
+		case ok:
+			return nil
+		case last == nil:
+			return backoff.Permanent(errCutOff)
+		case unknownImageID(last.err) || last.err.Class != cvm.ClassTransient && last.err.Class != cvm.ClassThrottled:
+			return backoff.Permanent(last.err)
 		}
-		d, retry := t.retry.Next(n, t.clock.Since(first), t.jitter)
-		if !retry || c.err.Class != cvm.ClassTransient && c.err.Class != cvm.ClassThrottled {
-			res.gaveUp++
-			return out, c, false
-		}
-		if err := sleep(ctx, t.clock, d); err != nil {
-			return out, nil, false
-		}
+		return last.err
+	}, backoff.WithJitter(t.jitter))
+	switch {
+	case err == nil:
+		return out, last, true
+	case last == nil || errors.Is(err, backoff.ErrInterrupted):
+		return out, nil, false
+	case !unknownImageID(last.err):
+		res.gaveUp++
 	}
+	return out, last, false
 }
 
 // describeOnce makes one paced DescribeImages call. On a failure it records the call on every
@@ -377,18 +392,6 @@ func (t *Tracker) describeOnce(ctx context.Context, region string, in cvm.Descri
 		t.recordCall(ctx, r, c)
 	}
 	return out, c, false
-}
-
-// sleep waits d on clock, or until ctx is done.
-func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration) error {
-	timer := clock.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.Chan():
-		return nil
-	}
 }
 
 // observe acts on the state of r's image. c is the call that reported it, recorded when the

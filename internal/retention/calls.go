@@ -8,8 +8,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/jonboulle/clockwork"
-
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
@@ -65,30 +63,38 @@ func (p *Pruner) describeImages(ctx context.Context, runs []history.Run) (map[st
 // describeBatch makes one DescribeImages call by ids, retrying transient and throttled errors.
 // Failed calls are recorded as attempts made for no run or deletion.
 func (p *Pruner) describeBatch(ctx context.Context, region string, ids []string) (cvm.DescribeImagesOutput, error) {
-	for try := 1; ; try++ {
+	var out cvm.DescribeImagesOutput
+	err := backoff.Retry(ctx, p.clock, backoff.Policy{Attempts: maxAttempts}, func(try int) error {
 		if err := p.describePace.Wait(ctx); err != nil {
-			return cvm.DescribeImagesOutput{}, fmt.Errorf("wait for the DescribeImages pace: %w", err)
+			return backoff.Permanent(fmt.Errorf("wait for the DescribeImages pace: %w", err))
 		}
 		start := p.clock.Now()
-		out, err := p.cvm.DescribeImages(ctx, region, cvm.DescribeImagesInput{ImageIDs: ids, Limit: cvm.MaxLimit})
+		var err error
+		out, err = p.cvm.DescribeImages(ctx, region, cvm.DescribeImagesInput{ImageIDs: ids, Limit: cvm.MaxLimit})
 		observe(p.describePace, p.clock.Since(start))
 		if err == nil {
-			return out, nil
+			return nil
 		}
 		ae := apiError(cvm.ActionDescribeImages, err)
 		p.recordAttempt(ctx, history.Attempt{Attempt: try, Action: cvm.ActionDescribeImages, StartedAt: start,
 			Duration: p.clock.Since(start), RequestID: ae.RequestID, ErrorCode: ae.Code, ErrorMessage: ae.Message})
 		throttled(ae, p.describePace)
 		if !retryable(ae, try) {
-			return cvm.DescribeImagesOutput{}, err
+			return backoff.Permanent(err)
 		}
-		delay := p.backoff(ae, try)
+		return backoff.After(err, p.backoff(ae, try))
+	}, backoff.OnRetry(func(try int, err error, delay time.Duration) {
+		ae := apiError(cvm.ActionDescribeImages, err)
 		p.log.Warn().Err(err).Str("region", region).Str("error_code", ae.Code).Str("request_id", ae.RequestID).
 			Int("attempt", try).Int64("retry_in_ms", delay.Milliseconds()).Msg("DescribeImages failed; retrying")
-		if err := sleep(ctx, p.clock, delay); err != nil {
-			return cvm.DescribeImagesOutput{}, fmt.Errorf("retry DescribeImages: %w", err)
-		}
+	}))
+	switch {
+	case errors.Is(err, backoff.ErrInterrupted):
+		return cvm.DescribeImagesOutput{}, fmt.Errorf("retry DescribeImages: %w", ctx.Err())
+	case err != nil:
+		return cvm.DescribeImagesOutput{}, err
 	}
+	return out, nil
 }
 
 // execute carries out ds in order and returns how many images DeleteImages deleted (an image
@@ -151,15 +157,21 @@ func (p *Pruner) deleteImage(ctx context.Context, d Decision) (deleted bool, err
 		}
 	}
 
-	for try := 1; ; try++ {
+	var (
+		requestID string
+		callErr   error
+		ae        *cvm.APIError
+		paceErr   error
+	)
+	err = backoff.Retry(ctx, p.clock, backoff.Policy{Attempts: maxAttempts}, func(try int) error {
 		if err := p.deletePace.Wait(ctx); err != nil {
-			// Nothing sent for this try: the row stays as it is and the next pass retries it.
-			return false, fmt.Errorf("%s: wait for the DeleteImages pace: %w", what, err)
+			paceErr = err
+			return backoff.Permanent(err)
 		}
 		start := p.clock.Now()
-		requestID, callErr := p.cvm.DeleteImages(ctx, d.Region, []string{d.ImageID}, d.DeleteSnapshots)
+		requestID, callErr = p.cvm.DeleteImages(ctx, d.Region, []string{d.ImageID}, d.DeleteSnapshots)
 		observe(p.deletePace, p.clock.Since(start))
-		var ae *cvm.APIError
+		ae = nil
 		if callErr != nil {
 			ae = apiError(cvm.ActionDeleteImages, callErr)
 			requestID = ae.RequestID
@@ -170,33 +182,39 @@ func (p *Pruner) deleteImage(ctx context.Context, d Decision) (deleted bool, err
 			a.ErrorCode, a.ErrorMessage = ae.Code, ae.Message
 		}
 		p.recordAttempt(ctx, a)
-		if ae != nil {
-			throttled(ae, p.deletePace)
-		}
-
 		switch {
-		case ae == nil:
-			log.Info().Str("request_id", requestID).Bool("delete_snapshots", d.DeleteSnapshots).Msg("image deleted")
-			return true, p.finish(hctx, what, id, history.DeletionDeleted, requestID, "", "")
-		case ae.Code == codeImageNotFound:
-			log.Info().Str("request_id", requestID).Msg("image already gone")
-			return false, p.finish(hctx, what, id, history.DeletionDeleted, requestID, "",
-				"image already gone ("+codeImageNotFound+")")
+		case ae == nil || ae.Code == codeImageNotFound:
+			return nil // the outcome is recorded below
 		case retryable(ae, try):
-			delay := p.backoff(ae, try)
-			log.Warn().Err(callErr).Str("error_code", ae.Code).Str("request_id", requestID).Int("attempt", try).
-				Dur("retry_in", delay).Msg("DeleteImages failed; retrying")
-			if err := sleep(ctx, p.clock, delay); err == nil {
-				continue
-			}
+			throttled(ae, p.deletePace)
+			return backoff.After(callErr, p.backoff(ae, try))
+		default:
+			throttled(ae, p.deletePace)
+			return backoff.Permanent(callErr)
 		}
-		log.Warn().Err(callErr).Str("error_code", ae.Code).Str("request_id", requestID).
-			Msg("deletion failed; retried at the next pass")
-		if err := p.finish(hctx, what, id, history.DeletionFailed, requestID, ae.Code, ae.Message); err != nil {
-			return false, errors.Join(fmt.Errorf("%s: %w", what, callErr), err)
-		}
-		return false, fmt.Errorf("%s (retried at the next pass): %w", what, callErr)
+	}, backoff.OnRetry(func(try int, err error, delay time.Duration) {
+		log.Warn().Err(err).Str("error_code", ae.Code).Str("request_id", requestID).Int("attempt", try).
+			Int64("retry_in_ms", delay.Milliseconds()).Msg("DeleteImages failed; retrying")
+	}))
+
+	switch {
+	case paceErr != nil:
+		// Nothing sent for this try: the row stays as it is and the next pass retries it.
+		return false, fmt.Errorf("%s: wait for the DeleteImages pace: %w", what, paceErr)
+	case err == nil && ae == nil:
+		log.Info().Str("request_id", requestID).Bool("delete_snapshots", d.DeleteSnapshots).Msg("image deleted")
+		return true, p.finish(hctx, what, id, history.DeletionDeleted, requestID, "", "")
+	case err == nil:
+		log.Info().Str("request_id", requestID).Msg("image already gone")
+		return false, p.finish(hctx, what, id, history.DeletionDeleted, requestID, "",
+			"image already gone ("+codeImageNotFound+")")
 	}
+	log.Warn().Err(callErr).Str("error_code", ae.Code).Str("request_id", requestID).
+		Msg("deletion failed; retried at the next pass")
+	if err := p.finish(hctx, what, id, history.DeletionFailed, requestID, ae.Code, ae.Message); err != nil {
+		return false, errors.Join(fmt.Errorf("%s: %w", what, callErr), err)
+	}
+	return false, fmt.Errorf("%s (retried at the next pass): %w", what, callErr)
 }
 
 // finish records a deletion's outcome.
@@ -223,10 +241,10 @@ func retryable(ae *cvm.APIError, try int) bool {
 	return try < maxAttempts && (ae.Class == cvm.ClassTransient || ae.Class == cvm.ClassThrottled)
 }
 
-// throttled slows pace after a RequestLimitExceeded, when pace can be slowed (the scheduler's
-// PaceLimiter can: every caller sharing it then slows down).
+// throttled slows pace after a RequestLimitExceeded, when pace can be slowed (a *pace.Limiter
+// can: every caller sharing it then slows down).
 func throttled(ae *cvm.APIError, pace Pace) {
-	if t, ok := pace.(interface{ Throttle() }); ok && ae.Class == cvm.ClassThrottled {
+	if t, ok := pace.(throttler); ok && ae.Class == cvm.ClassThrottled {
 		t.Throttle()
 	}
 }
@@ -261,19 +279,7 @@ func apiError(action string, err error) *cvm.APIError {
 
 // observe feeds a call's round trip to pace when it measures jitter (*pace.Limiter).
 func observe(pace Pace, rtt time.Duration) {
-	if o, ok := pace.(interface{ Observe(time.Duration) }); ok {
+	if o, ok := pace.(observer); ok {
 		o.Observe(rtt)
-	}
-}
-
-// sleep waits d on clock, or until ctx is done.
-func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration) error {
-	t := clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.Chan():
-		return nil
 	}
 }

@@ -25,16 +25,18 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
 // Default paces when Options leaves them nil: DeleteImages at its API limit of 10 calls per
 // second; DescribeImages at api.describe_images_rate (policy.DefaultDescribeImagesRate if unset).
+// They are paces of their own (*pace.Limiter) on the real clock, as the API counts its limit in
+// real seconds; Options.Clock times backoffs and ages.
 const DefaultDeleteRate = 10
 
 // Sentinel errors of Plan and PrunePolicy.
@@ -73,11 +75,18 @@ var (
 	_ History = (*history.Store)(nil)
 )
 
-// Pace spaces the calls of one API action. Wait blocks until one call may be sent. A pace that
-// also has a Throttle() method (the scheduler's PaceLimiter) is slowed on RequestLimitExceeded.
+// Pace spaces the calls of one API action (*pace.Limiter). Wait blocks until one call may be
+// sent. When the Pace also has Throttle() and Observe(time.Duration) methods (a *pace.Limiter
+// has both), they are told of RequestLimitExceeded answers and of each call's round trip.
 type Pace interface {
 	Wait(ctx context.Context) error
 }
+
+// throttler and observer are the optional parts of a Pace.
+type (
+	throttler interface{ Throttle() }
+	observer  interface{ Observe(time.Duration) }
+)
 
 // Options configures a Pruner. CVM, History and Config are required.
 type Options struct {
@@ -151,10 +160,10 @@ func NewPruner(opts Options) *Pruner {
 		if cfg := p.cfg(); cfg != nil && cfg.API.DescribeImagesRate > 0 {
 			n = cfg.API.DescribeImagesRate
 		}
-		p.describePace = rate.NewLimiter(rate.Limit(n), 1)
+		p.describePace = pace.New(nil, n, pace.Options{})
 	}
 	if p.deletePace == nil {
-		p.deletePace = rate.NewLimiter(rate.Limit(DefaultDeleteRate), 1)
+		p.deletePace = pace.New(nil, DefaultDeleteRate, pace.Options{})
 	}
 	return p
 }

@@ -236,6 +236,7 @@ func (s *Scheduler) createImage(j *job, in cvm.CreateImageInput) {
 	j.sent = true
 	s.pace.Observe(elapsed) // the round trip's spread widens the pace's spacing
 	ae, ambiguous := asAPIError("CreateImage", err)
+	s.budget.Record(ae != nil && ae.Class == cvm.ClassTransient)
 	requestID := out.RequestID
 	if ae != nil {
 		requestID = ae.RequestID

@@ -75,6 +75,14 @@ func (s *Scheduler) decide(j *job, ae *cvm.APIError) {
 // retryOrFail queues j again after the class's backoff, or fails it once the backoff gives up:
 // after its attempts or elapsed time, or when the next try would start after deadline (the slot's
 // start window; zero: none).
+//
+// A transient failure is retried sooner while the scheduler's retry budget says the API fails
+// rarely (backoff.Budget: under half of the last 10 s of CreateImage calls failed transiently,
+// and the run has not used up its quick retries): after a short delay instead of its backoff,
+// back into the paced queue, where it keeps its place. The pace still bounds the rate, and the
+// backoff's stop rules (attempts, elapsed time, the start window) still decide whether there is
+// another try. A fire with a share of random InternalErrors then keeps the pace busy to its end
+// instead of finishing with calls that wait out seconds of backoff while nothing else is sent.
 func (s *Scheduler) retryOrFail(j *job, ae *cvm.APIError, b policy.Backoff, deadline time.Time) {
 	j.failures[ae.Class]++
 	now := s.clock.Now()
@@ -87,9 +95,15 @@ func (s *Scheduler) retryOrFail(j *job, ae *cvm.APIError, b policy.Backoff, dead
 		s.fail(j, ae.Code, msg)
 		return
 	}
+	quick := false
+	if ae.Class == cvm.ClassTransient {
+		if q, ok := s.budget.Quick(j.failures[ae.Class]); ok && q < d {
+			d, quick = q, true
+		}
+	}
 	s.jobLog(j).Info().Str("error_code", ae.Code).Str("class", ae.Class.String()).
 		Str("request_id", ae.RequestID).Int("failures", j.failures[ae.Class]).Int64("retry_in_ms", d.Milliseconds()).
-		Msg("CreateImage will be retried")
+		Bool("quick_retry", quick).Msg("CreateImage will be retried")
 	s.enqueue(j, now.Add(d))
 }
 

@@ -117,6 +117,7 @@ type Scheduler struct {
 	describePace *pace.Limiter // DescribeImages
 
 	jitter *backoff.Jitter
+	budget *backoff.Budget // transient CreateImage failures, across every run (retryOrFail)
 
 	fencedOnce sync.Once
 	fenced     atomic.Bool
@@ -184,6 +185,7 @@ func New(opts Options) (*Scheduler, error) {
 		pace:         pace.New(opts.Clock, api.CreateImageRate, opts.Pace),
 		describePace: opts.DescribePace,
 		jitter:       backoff.NewJitter(opts.Rand),
+		budget:       backoff.NewBudget(opts.Clock, backoff.BudgetOptions{}),
 		baseCtx:      context.Background(),
 		wake:         make(chan struct{}, 1),
 		reload:       make(chan struct{}, 1),

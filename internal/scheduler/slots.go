@@ -101,29 +101,27 @@ func (s *Scheduler) finishQuietly(j *job, o Outcome, quiet bool) {
 func (s *Scheduler) claimUntilWindow(ctx context.Context, jobs []*job) error {
 	deadline := jobs[0].deadline
 	p := jobs[0].policy
-	lastErr := errors.New("claim not written")
 	bo := asPolicy(s.retry().Transient)
 	bo.Attempts, bo.MaxElapsed = 0, 0 // a claim is retried until the window closes, whatever the count
-	for n := 1; ; n++ {
-		now := s.clock.Now()
-		d, ok := bo.Until(n, 0, now, deadline, s.jitter)
-		if !ok {
-			break
-		}
-		if err := s.sleep(ctx, d); err != nil {
-			s.unwritten(jobs, err)
-			return err
-		}
+	failures := 1                     // the caller's claim failed
+	lastErr := backoff.Retry(ctx, s.clock, bo, func(try int) error {
+		failures = try - 1
 		err := s.claimJobs(jobs, true)
-		switch {
-		case err == nil:
-			s.log.Info().Str("policy", p.Name).Time("slot", jobs[0].slot).Int("failures", n).Msg("slot claimed after retrying")
-			return nil
-		case errors.Is(err, history.ErrFenced):
-			s.abandon(jobs, err)
-			return err
+		if errors.Is(err, history.ErrFenced) {
+			return backoff.Permanent(err)
 		}
-		lastErr = err
+		return err
+	}, backoff.AlreadyFailed(1, errors.New("claim not written")), backoff.Deadline(deadline), backoff.WithJitter(s.jitter))
+	switch {
+	case lastErr == nil:
+		s.log.Info().Str("policy", p.Name).Time("slot", jobs[0].slot).Int("failures", failures).Msg("slot claimed after retrying")
+		return nil
+	case errors.Is(lastErr, history.ErrFenced):
+		s.abandon(jobs, lastErr)
+		return lastErr
+	case ctx.Err() != nil:
+		s.unwritten(jobs, ctx.Err())
+		return ctx.Err()
 	}
 	reason := fmt.Sprintf("%s and stayed so until the start window closed (%v)", msgMissedDBDown, lastErr)
 	for _, j := range jobs {
@@ -140,37 +138,28 @@ func (s *Scheduler) claimUntilWindow(ctx context.Context, jobs []*job) error {
 // writeMissed writes jobs planned missed, retrying until the database takes them, leadership is
 // lost or ctx ends.
 func (s *Scheduler) writeMissed(ctx context.Context, jobs []*job) error {
-	for n := 1; ; n++ {
+	err := backoff.Retry(ctx, s.clock, missedWrite, func(int) error {
 		err := s.claimJobs(jobs, true)
-		switch {
-		case err == nil:
-			return nil
-		case errors.Is(err, history.ErrFenced):
-			s.abandon(jobs, err)
-			return err
+		if errors.Is(err, history.ErrFenced) {
+			return backoff.Permanent(err)
 		}
-		d, _ := missedWrite.Next(n, 0, s.jitter)
-		if n == 1 {
+		return err
+	}, backoff.WithJitter(s.jitter), backoff.OnRetry(func(try int, err error, _ time.Duration) {
+		if try == 1 {
 			s.log.Warn().Err(err).Str("policy", jobs[0].policy.Name).Time("slot", jobs[0].slot).
 				Msg("cannot record missed slots yet; retrying until the database is back")
 		}
-		if err := s.sleep(ctx, d); err != nil {
-			s.unwritten(jobs, err)
-			return err
-		}
-	}
-}
-
-// sleep waits d on the clock, or until ctx ends.
-func (s *Scheduler) sleep(ctx context.Context, d time.Duration) error {
-	t := s.clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.Chan():
+	}))
+	switch {
+	case err == nil:
 		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	case errors.Is(err, history.ErrFenced):
+		s.abandon(jobs, err)
+		return err
 	}
+	// Only ctx ends the retries otherwise (missedWrite has no bound).
+	s.unwritten(jobs, ctx.Err())
+	return ctx.Err()
 }
 
 // unwritten finishes the jobs of a fire whose rows could not be written before shutdown. The

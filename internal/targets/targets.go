@@ -14,15 +14,17 @@ import (
 
 	"github.com/jonboulle/clockwork"
 	"github.com/rs/zerolog"
-	"golang.org/x/time/rate"
 
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/cvm"
+	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
 // DefaultRate is the pace of DescribeInstances calls when Options.Pace is nil: half the API's
-// limit of 40 per second, leaving the rest to other tools of the account.
+// limit of 40 per second, leaving the rest to other tools of the account. That pace is one of
+// the Resolver's own (*pace.Limiter) on the real clock, as the API counts its limit in real
+// seconds; Options.Clock times the backoff.
 const DefaultRate = 20
 
 // ReasonGone is the skip reason of a listed instance that DescribeInstances no longer knows.
@@ -49,16 +51,24 @@ type CVM interface {
 
 var _ CVM = (*cvm.Client)(nil)
 
-// Pace spaces the DescribeInstances calls. Wait blocks until one call may be sent.
+// Pace spaces the DescribeInstances calls (*pace.Limiter). Wait blocks until one call may be
+// sent. When the Pace also has Throttle() and Observe(time.Duration) methods (a *pace.Limiter
+// has both), they are told of RequestLimitExceeded answers and of each call's round trip.
 type Pace interface {
 	Wait(ctx context.Context) error
 }
+
+// throttler and observer are the optional parts of a Pace.
+type (
+	throttler interface{ Throttle() }
+	observer  interface{ Observe(time.Duration) }
+)
 
 // Options configures a Resolver. CVM is required.
 type Options struct {
 	CVM CVM
 	// Pace spaces the DescribeInstances calls; nil means a pace of its own at DefaultRate per
-	// second (burst 1).
+	// second.
 	Pace Pace
 	// Clock times the backoff between retries; nil means the real clock.
 	Clock clockwork.Clock
@@ -101,7 +111,7 @@ func NewResolver(opts Options) *Resolver {
 		primed: map[instanceKey]primedAnswer{},
 	}
 	if r.pace == nil {
-		r.pace = rate.NewLimiter(rate.Limit(DefaultRate), 1)
+		r.pace = pace.New(nil, DefaultRate, pace.Options{})
 	}
 	if r.clock == nil {
 		r.clock = clockwork.NewRealClock()
@@ -321,50 +331,40 @@ func (r *Resolver) pages(ctx context.Context, region string, filters []cvm.Filte
 }
 
 // describe makes one paced DescribeInstances call, retrying transient and throttled errors a few
-// times with a short backoff (internal/backoff). An error the client did not classify is
-// transient (cvm.ClassifyError).
+// times with a short backoff (backoff.Retry). An error the client did not classify is transient
+// (cvm.ClassifyError).
 func (r *Resolver) describe(ctx context.Context, region string, in cvm.DescribeInstancesInput) (cvm.DescribeInstancesOutput, error) {
-	for attempt := 1; ; attempt++ {
+	var out cvm.DescribeInstancesOutput
+	err := backoff.Retry(ctx, r.clock, retryBackoff, func(int) error {
 		if err := r.pace.Wait(ctx); err != nil {
-			return cvm.DescribeInstancesOutput{}, fmt.Errorf("wait for the DescribeInstances pace: %w", err)
+			return backoff.Permanent(fmt.Errorf("wait for the DescribeInstances pace: %w", err))
 		}
 		start := r.clock.Now()
-		out, err := r.cvm.DescribeInstances(ctx, region, in)
-		if o, ok := r.pace.(interface{ Observe(time.Duration) }); ok {
+		var err error
+		out, err = r.cvm.DescribeInstances(ctx, region, in)
+		if o, ok := r.pace.(observer); ok {
 			o.Observe(r.clock.Since(start))
 		}
 		if err == nil {
-			return out, nil
+			return nil
 		}
 		ae := cvm.ClassifyError(cvm.ActionDescribeInstances, err)
-		if t, ok := r.pace.(interface{ Throttle() }); ok && ae.Class == cvm.ClassThrottled {
+		if t, ok := r.pace.(throttler); ok && ae.Class == cvm.ClassThrottled {
 			t.Throttle() // a shared pace (the scheduler's) slows down for everyone
 		}
-		if ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled || ctx.Err() != nil {
-			return cvm.DescribeInstancesOutput{}, err
+		if ae.Class != cvm.ClassTransient && ae.Class != cvm.ClassThrottled {
+			return backoff.Permanent(err)
 		}
-		delay, ok := retryBackoff.Next(attempt, 0, r.jitter)
-		if !ok {
-			return cvm.DescribeInstancesOutput{}, err
-		}
+		return err
+	}, backoff.WithJitter(r.jitter), backoff.OnRetry(func(attempt int, err error, delay time.Duration) {
+		ae := cvm.ClassifyError(cvm.ActionDescribeInstances, err)
 		r.log.Warn().Err(err).Str("region", region).Str("error_code", ae.Code).Str("request_id", ae.RequestID).
 			Int("attempt", attempt).Int64("retry_in_ms", delay.Milliseconds()).Msg("DescribeInstances failed; retrying")
-		if err := sleep(ctx, r.clock, delay); err != nil {
-			return cvm.DescribeInstancesOutput{}, fmt.Errorf("retry DescribeInstances: %w", err)
-		}
+	}))
+	if err != nil {
+		return cvm.DescribeInstancesOutput{}, err
 	}
-}
-
-// sleep waits d on clock, or until ctx is done.
-func sleep(ctx context.Context, clock clockwork.Clock, d time.Duration) error {
-	t := clock.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.Chan():
-		return nil
-	}
+	return out, nil
 }
 
 // matches reports whether in carries every tag of sel and, when sel names zones, is in one.
