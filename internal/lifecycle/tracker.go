@@ -3,6 +3,7 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/startstop"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
@@ -131,12 +133,7 @@ type Tracker struct {
 	missing  map[int64]int  // consecutive polls that did not find the run's image
 	attempts map[int64]int  // last attempt number this Tracker used per run
 
-	life     sync.Mutex // serialises Start and Stop
-	started  bool
-	stopped  bool
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	life startstop.Life // the poll loop
 
 	// afterPoll, when set (tests), is called after every poll with its result and the delay
 	// before the next one.
@@ -175,21 +172,17 @@ func NewTracker(opts TrackerOptions) *Tracker {
 // Start starts the poll loop; the first poll runs at once. Cancelling ctx ends the loop as Stop
 // does; call Stop in every case to wait for it.
 func (t *Tracker) Start(ctx context.Context) error {
-	t.life.Lock()
-	defer t.life.Unlock()
-	if t.started || t.stopped {
-		return errors.New("completion tracker: already started or stopped")
-	}
 	if t.hist == nil || t.cvm == nil {
 		return errors.New("completion tracker: history and CVM client are required")
 	}
-	t.started = true
-	ctx, t.cancel = context.WithCancel(ctx)
+	ctx, err := t.life.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("completion tracker: %w", err)
+	}
 	t.mu.Lock()
 	t.running = true
 	t.mu.Unlock()
-	t.wg.Add(1)
-	go t.loop(ctx)
+	t.life.Go(func() { t.loop(ctx) })
 	t.log.Info().Int64("poll_interval_ms", t.interval.Milliseconds()).Msg("completion tracker started")
 	return nil
 }
@@ -197,17 +190,9 @@ func (t *Tracker) Start(ctx context.Context) error {
 // Stop ends the poll loop (cancelling a poll in progress) and waits for it; callers of
 // WaitTerminal get ErrStopped. It is idempotent and safe to call before Start.
 func (t *Tracker) Stop() {
-	t.stopOnce.Do(func() {
-		t.life.Lock()
-		defer t.life.Unlock()
-		t.stopped = true
-		if !t.started {
-			return
-		}
-		t.cancel()
-		t.wg.Wait()
+	if t.life.Stop() {
 		t.log.Info().Msg("completion tracker stopped")
-	})
+	}
 }
 
 // Kick asks for a poll now instead of at the end of the current delay. Kicks that arrive while
@@ -221,7 +206,6 @@ func (t *Tracker) Kick() {
 
 // loop polls until ctx ends.
 func (t *Tracker) loop(ctx context.Context) {
-	defer t.wg.Done()
 	defer t.closeWaiters(ErrStopped)
 	failures := 0
 	for {

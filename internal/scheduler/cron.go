@@ -25,7 +25,6 @@ type nextFire struct {
 // slot (catchUp). Slots are computed from the last instant already handled, so a reload never
 // skips a slot that came due while it was applied.
 func (s *Scheduler) cronLoop() {
-	defer s.wg.Done()
 	handled := s.clock.Now()
 	s.catchUp(handled)
 	fires := s.nextFires(handled)
@@ -191,13 +190,11 @@ func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
 	}
 	s.log.Warn().Err(err).Str("policy", p.Name).Time("slot", slot.UTC()).Time("window_closes", jobs[0].deadline.UTC()).
 		Msg("cannot claim the slot; retrying until its start window closes")
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
+	s.run.Go(func() {
 		if s.claimUntilWindow(s.stopCtx, jobs) == nil {
 			s.enqueueAll(jobs, false)
 		}
-	}()
+	})
 }
 
 // withSkipped returns targets followed by the skipped instances not among them, sorted: the

@@ -100,7 +100,6 @@ func (s *Scheduler) signal(ch chan struct{}) {
 // takes a job, so a job is only removed from the queue when a worker can run it at once; jobs that
 // wait for a retry stay queued and a clock timer wakes the dispatcher when the first is due.
 func (s *Scheduler) dispatch() {
-	defer s.wg.Done()
 	for {
 		select {
 		case <-s.idle:
@@ -146,7 +145,6 @@ func (s *Scheduler) nextReady() *job {
 
 // worker runs jobs from the dispatcher until the scheduler stops.
 func (s *Scheduler) worker() {
-	defer s.wg.Done()
 	for {
 		select {
 		case <-s.stopCtx.Done():

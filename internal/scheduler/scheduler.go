@@ -21,6 +21,7 @@ import (
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/startstop"
 )
 
 // DefaultShutdownGrace is how long Stop lets in-flight calls finish.
@@ -136,13 +137,12 @@ type Scheduler struct {
 	work   chan *job     // dispatcher → workers
 
 	baseCtx    context.Context // Start's context without its cancellation: history writes
-	stopCtx    context.Context // cancelled when stopping: no new fires, dispatches or calls
-	stopCancel context.CancelFunc
+	stopCtx    context.Context // cancelled when stopping (run.Cancel): no new fires, dispatches or calls
 	callCtx    context.Context // cancelled at the end of the shutdown grace: in-flight calls
 	callCancel context.CancelFunc
 
-	life     sync.Mutex // serialises Start and the beginning of Stop
-	wg       sync.WaitGroup
+	life     sync.Mutex     // serialises Start and the beginning of Stop
+	run      startstop.Life // the workers, the dispatcher, the cron loop and the claims they start
 	stopOnce sync.Once
 }
 
@@ -192,6 +192,8 @@ func New(opts Options) (*Scheduler, error) {
 		idle:         make(chan struct{}, api.Workers),
 		work:         make(chan *job, api.Workers),
 	}
+	// A Start whose recovery failed may be tried again; started and stopping keep it to one run.
+	s.run.Restartable = true
 	if s.describePace == nil {
 		dp := opts.Pace
 		dp.OnGrant = nil // OnGrant audits the CreateImage pace only
@@ -235,11 +237,15 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	s.mu.Unlock()
 
 	s.baseCtx = context.WithoutCancel(ctx)
-	s.stopCtx, s.stopCancel = context.WithCancel(ctx)
+	runCtx, err := s.run.Start(ctx)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	s.stopCtx = runCtx
 	s.callCtx, s.callCancel = context.WithCancel(s.baseCtx)
 
 	if err := s.recoverRuns(ctx); err != nil {
-		s.stopCancel()
+		s.run.Stop()
 		s.callCancel()
 		s.mu.Lock()
 		s.started = false
@@ -249,14 +255,11 @@ func (s *Scheduler) Start(ctx context.Context) error {
 
 	for range s.workers {
 		s.idle <- struct{}{}
-		s.wg.Add(1)
-		go s.worker()
+		s.run.Go(s.worker)
 	}
-	s.wg.Add(1)
-	go s.dispatch()
+	s.run.Go(s.dispatch)
 	if !s.opts.DisableCron {
-		s.wg.Add(1)
-		go s.cronLoop()
+		s.run.Go(s.cronLoop)
 	}
 	s.log.Info().Int("workers", s.workers).Int("create_image_rate", s.cfg.Load().API.CreateImageRate).
 		Int("policies", len(s.cfg.Load().Policies)).Str("daemon_id", s.daemonID).Msg("scheduler started")
@@ -349,13 +352,8 @@ func (s *Scheduler) Stop() {
 		if !started {
 			return
 		}
-		s.stopCancel()
-
-		done := make(chan struct{})
-		go func() {
-			s.wg.Wait()
-			close(done)
-		}()
+		s.run.Cancel()
+		done := s.run.Done()
 		grace := s.clock.NewTimer(s.opts.ShutdownGrace)
 		select {
 		case <-done:
@@ -365,6 +363,7 @@ func (s *Scheduler) Stop() {
 			<-done
 		}
 		grace.Stop()
+		s.run.Stop() // every goroutine has returned: this only marks the scheduler stopped
 		s.callCancel()
 		s.recordLeftovers()
 		s.log.Info().Msg("scheduler stopped")

@@ -199,9 +199,7 @@ func (s *Scheduler) onFenced(err error) {
 	s.fencedOnce.Do(func() {
 		s.fenced.Store(true)
 		s.log.Error().Err(err).Msg("leadership term is no longer current: stopping sending at once")
-		if s.stopCancel != nil {
-			s.stopCancel()
-		}
+		s.run.Cancel()
 		if s.opts.OnFenced != nil {
 			s.opts.OnFenced()
 		}
@@ -364,11 +362,7 @@ func (s *Scheduler) recordMissed(m missedSlots) {
 	case errors.Is(err, history.ErrFenced):
 		s.abandon(jobs, err)
 	default:
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			_ = s.writeMissed(s.stopCtx, jobs)
-		}()
+		s.run.Go(func() { _ = s.writeMissed(s.stopCtx, jobs) })
 	}
 }
 

@@ -83,10 +83,12 @@ func (l *Life) Done() <-chan struct{} {
 }
 
 // Stop cancels the goroutines, waits for them and reports whether the Life was running. It is
-// idempotent and safe before Start; Stops at once wait for the same goroutines.
+// idempotent and safe before Start (a Life that is not Restartable cannot start after it);
+// Stops at once wait for the same goroutines.
 func (l *Life) Stop() bool {
 	l.mu.Lock()
 	if !l.running {
+		l.stopped = l.stopped || !l.Restartable
 		l.mu.Unlock()
 		return false
 	}

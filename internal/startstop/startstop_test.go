@@ -15,7 +15,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func TestStopCancelsAndWaits(t *testing.T) {
 	var l startstop.Life
-	require.False(t, l.Stop(), "stop before start is a no-op")
+	require.False(t, l.Running())
 	ctx, err := l.Start(context.Background())
 	require.NoError(t, err)
 	require.True(t, l.Running())
@@ -110,4 +110,17 @@ func TestConcurrentStopsWaitForTheSameGoroutines(t *testing.T) {
 	}
 	require.Equal(t, 1, n, "one Stop did the stopping")
 	ended.Wait()
+}
+
+func TestStopBeforeStart(t *testing.T) {
+	var once startstop.Life
+	require.False(t, once.Stop())
+	_, err := once.Start(context.Background())
+	require.ErrorIs(t, err, startstop.ErrStarted, "a stopped component does not start")
+
+	again := startstop.Life{Restartable: true}
+	require.False(t, again.Stop())
+	_, err = again.Start(context.Background())
+	require.NoError(t, err)
+	require.True(t, again.Stop())
 }
