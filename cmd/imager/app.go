@@ -49,7 +49,7 @@ type daemon struct {
 	elector  *leader.Elector
 	metrics  *metrics.Server // nil without --listen
 	daemonID string
-	cfg      atomic.Pointer[policy.Config]
+	cfg      policy.Live // the one config pointer: the scheduler, retention and the status page read it
 	// describePace is the one DescribeImages pace of this process, across terms.
 	describePace *pace.Limiter
 	// notifier delivers webhooks and pings from the outbox; it runs only on the leader.
@@ -306,7 +306,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 	w := &leaderWork{term: term, recorder: rec, notifier: d.notifier}
 	cfg := d.cfg.Load()
 	var sched *scheduler.Scheduler
-	liveConfig := func() *policy.Config { return sched.Config() }
+	liveConfig := d.cfg.Load
 
 	w.pruner = retention.NewPruner(retention.Options{
 		CVM: d.client, History: store, DescribePace: d.describePace, Config: liveConfig,
@@ -322,6 +322,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 	})
 	sched, err = scheduler.New(scheduler.Options{
 		Config:           cfg,
+		Live:             &d.cfg,
 		CVM:              d.client,
 		History:          rec,
 		Clock:            d.clock,
@@ -522,27 +523,32 @@ func (d *daemon) fireRequest(ctx context.Context, store *history.Store, w *leade
 	}
 }
 
-// reload swaps in new policies: kept for the next term, and given to a running scheduler.
+// reload swaps in new policies, all or nothing: everything that can fail (the scheduler's check,
+// the notify settings resolved from the environment) is done first, and only then is the one
+// config pointer swapped and what derives from it applied. A failed reload leaves every component
+// on the old config.
 func (d *daemon) reload(cfg *policy.Config) (err error) {
 	defer func() {
 		if d.met != nil {
 			d.met.SetConfigReload(err == nil, d.clock.Now())
 		}
 	}()
-	// The notifier resolves url_env and checks the webhooks first: a failure keeps everything.
-	if err := d.notifier.Reload(cfg); err != nil {
+	if err := scheduler.CheckConfig(cfg); err != nil {
+		return err
+	}
+	notify, err := d.notifier.Resolve(cfg)
+	if err != nil {
 		return fmt.Errorf("notify: %w", err)
 	}
-	w := d.leading()
-	if w != nil {
-		if err := w.sched.Reload(cfg); err != nil {
-			return err
-		}
-	}
+
 	d.cfg.Store(cfg)
+	d.notifier.Apply(notify)
 	now := d.clock.Now()
 	d.loadedAt.Store(&now)
-	if w != nil {
+	if w := d.leading(); w != nil {
+		if err := w.sched.Reload(cfg); err != nil { // checked above: it only applies
+			return err
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		d.syncPolicies(ctx, cfg)
 		cancel()

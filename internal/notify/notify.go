@@ -174,20 +174,44 @@ func New(cfg *policy.Config, opts Options) (*Notifier, error) {
 	return n, nil
 }
 
-// Reload resolves the notify settings of cfg and swaps them in; on error the old ones stay.
-// Deliveries already fanned out to a target that is no longer configured fail at their next
-// attempt with "target no longer configured".
-func (n *Notifier) Reload(cfg *policy.Config) error {
+// Settings are a config's notify settings resolved (webhook URLs read from the environment,
+// duplicates refused): what Apply swaps in.
+type Settings struct {
+	targets *targets
+	keep    time.Duration
+}
+
+// Resolve resolves the notify settings of cfg without changing anything: a reload resolves
+// first and applies only when every part of it succeeded.
+func (n *Notifier) Resolve(cfg *policy.Config) (*Settings, error) {
 	t, err := resolve(cfg, n.opts.LookupEnv)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n.targets.Store(t)
 	keep := cfg.Notify.Keep
 	if keep <= 0 {
 		keep = policy.DefaultNotifyKeep
 	}
-	n.keep.Store(int64(keep))
+	return &Settings{targets: t, keep: keep}, nil
+}
+
+// Apply swaps in settings from Resolve. Deliveries already fanned out to a target that is no
+// longer configured fail at their next attempt with "target no longer configured".
+func (n *Notifier) Apply(st *Settings) {
+	n.targets.Store(st.targets)
+	n.keep.Store(int64(st.keep))
+}
+
+// Keep is the notify.keep in effect: how long ended notifications are kept.
+func (n *Notifier) Keep() time.Duration { return time.Duration(n.keep.Load()) }
+
+// Reload resolves the notify settings of cfg and applies them; on error the old ones stay.
+func (n *Notifier) Reload(cfg *policy.Config) error {
+	st, err := n.Resolve(cfg)
+	if err != nil {
+		return err
+	}
+	n.Apply(st)
 	return nil
 }
 

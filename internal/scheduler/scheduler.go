@@ -40,7 +40,10 @@ const maxMissedSlots = 100
 
 // Options configures a Scheduler. Config, CVM and History are required.
 type Options struct {
+	// Config is the policy config to start with. Live, when set, is the one config pointer the
+	// daemon shares with the scheduler (New stores Config in it); nil makes one.
 	Config  *policy.Config
+	Live    *policy.Live
 	CVM     CVM
 	History History
 	// Clock decides every wait, fire and backoff; nil means the real clock.
@@ -113,7 +116,7 @@ type Scheduler struct {
 	log          zerolog.Logger
 	daemonID     string
 	workers      int
-	cfg          atomic.Pointer[policy.Config]
+	cfg          *policy.Live
 	pace         *pace.Limiter // CreateImage
 	describePace *pace.Limiter // DescribeImages
 
@@ -154,7 +157,7 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.CVM == nil || opts.History == nil {
 		return nil, errors.New("scheduler: CVM client and history store are required")
 	}
-	if err := checkAPI(opts.Config.API); err != nil {
+	if err := CheckConfig(opts.Config); err != nil {
 		return nil, err
 	}
 	if opts.Clock == nil {
@@ -200,6 +203,10 @@ func New(opts Options) (*Scheduler, error) {
 		s.describePace = pace.New(opts.Clock, describeRate(api), dp)
 	} else {
 		s.describePace.SetRate(describeRate(api))
+	}
+	s.cfg = opts.Live
+	if s.cfg == nil {
+		s.cfg = &policy.Live{}
 	}
 	s.cfg.Store(opts.Config)
 	return s, nil
@@ -412,14 +419,21 @@ func (s *Scheduler) recordLeftovers() {
 	}
 }
 
-// Reload swaps in a new policy config: schedules are recomputed, the paces take the new rates.
-// The number of workers is fixed at Start; a change takes effect at the next start. A nil or
-// invalid config is refused and the running one stays.
-func (s *Scheduler) Reload(cfg *policy.Config) error {
+// CheckConfig refuses a config the scheduler cannot run (none, or API settings out of range):
+// what a reload checks before it swaps anything in.
+func CheckConfig(cfg *policy.Config) error {
 	if cfg == nil {
-		return errors.New("scheduler: reload: no policy config")
+		return errors.New("scheduler: no policy config")
 	}
-	if err := checkAPI(cfg.API); err != nil {
+	return checkAPI(cfg.API)
+}
+
+// Reload swaps in a new policy config (in the Live it shares, if any): schedules are recomputed,
+// the paces take the new rates. The number of workers is fixed at Start; a change takes effect at
+// the next start. A config CheckConfig refuses is refused and the running one stays; a daemon
+// checks first and then swaps its Live, so this cannot fail for it.
+func (s *Scheduler) Reload(cfg *policy.Config) error {
+	if err := CheckConfig(cfg); err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
 	s.cfg.Store(cfg)
