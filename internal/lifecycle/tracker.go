@@ -12,8 +12,8 @@ import (
 
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/history"
-	"github.com/imager-dev/imager/internal/startstop"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/startstop"
 )
 
 // Tracker defaults and limits.
