@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io/fs"
 	"testing"
-	"testing/fstest"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -295,17 +293,7 @@ func TestMigrationEndsMarkFires(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	pool := mustPool(t, pgtest.NewDatabase(t))
-	before := fstest.MapFS{}
-	entries, err := fs.ReadDir(migrations.FS, ".")
-	require.NoError(t, err)
-	for _, e := range entries {
-		if e.Name() < "0011" {
-			data, err := fs.ReadFile(migrations.FS, e.Name())
-			require.NoError(t, err)
-			before[e.Name()] = &fstest.MapFile{Data: data}
-		}
-	}
-	_, err = migrate.ApplyFS(ctx, pool, before)
+	_, err := migrate.ApplyFS(ctx, pool, migrationsBefore(t, "0011"))
 	require.NoError(t, err)
 	// A mark (no run) and a real fire (a run, then policy_slots), as the earlier scheduler wrote them.
 	_, err = pool.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot) VALUES ('mark', $1)`, slot)

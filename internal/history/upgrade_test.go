@@ -43,17 +43,7 @@ func TestUpgradeFrom0011AgreesWithAFreshBuild(t *testing.T) {
 
 	upURL := pgtest.NewDatabase(t)
 	upgraded := mustPool(t, upURL)
-	before := fstest.MapFS{}
-	entries, err := fs.ReadDir(migrations.FS, ".")
-	require.NoError(t, err)
-	for _, e := range entries {
-		if e.Name() < "0012" {
-			data, err := fs.ReadFile(migrations.FS, e.Name())
-			require.NoError(t, err)
-			before[e.Name()] = &fstest.MapFile{Data: data}
-		}
-	}
-	_, err = migrate.ApplyFS(ctx, upgraded, before)
+	_, err := migrate.ApplyFS(ctx, upgraded, migrationsBefore(t, "0012"))
 	require.NoError(t, err)
 	fresh := newStore(t)
 
@@ -240,5 +230,22 @@ func dump(t *testing.T, pool *pgxpool.Pool, q string) []string {
 		out = append(out, fmt.Sprint(vals))
 	}
 	require.NoError(t, rows.Err())
+	return out
+}
+
+// migrationsBefore is the shipped migrations numbered before version: the schema an earlier
+// release left.
+func migrationsBefore(t *testing.T, version string) fstest.MapFS {
+	t.Helper()
+	out := fstest.MapFS{}
+	names, err := fs.Glob(migrations.FS, "*.sql")
+	require.NoError(t, err)
+	for _, name := range names {
+		if name < version {
+			data, err := fs.ReadFile(migrations.FS, name)
+			require.NoError(t, err)
+			out[name] = &fstest.MapFile{Data: data}
+		}
+	}
 	return out
 }
