@@ -19,7 +19,7 @@ import (
 	"github.com/imager-dev/imager/internal/history"
 )
 
-// Query is one audit query of the README's cookbook.
+// Query is one audit query of docs/audit.md's cookbook.
 type Query struct {
 	Title string
 	SQL   string
@@ -274,7 +274,7 @@ func generateHistory(ctx context.Context, pool *pgxpool.Pool, runs, instances in
 			}
 		}
 	}
-	// The coverage views (README "Audit cookbook") read the policies a daemon would have loaded:
+	// The coverage views (docs/audit.md "Coverage and RPO") read the policies a daemon would have loaded:
 	// one row per generated policy, daily like its slots.
 	if _, err := pool.Exec(ctx, `DO $$ BEGIN IF to_regclass('policies') IS NOT NULL THEN
 	INSERT INTO policies (name, schedule, timezone, interval_seconds, enabled, source_file, source_line, loaded_at)
