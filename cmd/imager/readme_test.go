@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
 )
 
 // docFiles are the README and every page of docs/, relative to this package.
@@ -204,4 +205,24 @@ func TestDocCLINamesEveryFlag(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDocPolicyFilesValidate: every complete policy file shown in the docs (a ```yaml block that
+// starts with "version: 1" after its comments) loads and validates as imager loads it.
+func TestDocPolicyFilesValidate(t *testing.T) {
+	t.Parallel()
+	block := regexp.MustCompile("(?s)```yaml\n(.*?)```")
+	found := 0
+	for _, file := range docFiles(t) {
+		for _, b := range block.FindAllStringSubmatch(readDoc(t, file), -1) {
+			body := strings.TrimLeft(regexp.MustCompile(`(?m)^#.*\n`).ReplaceAllString(b[1], ""), "\n")
+			if !strings.HasPrefix(body, "version: 1\n") {
+				continue // a fragment (notify:, a web config)
+			}
+			_, err := policy.LoadBytes(file, []byte(b[1]))
+			require.NoErrorf(t, err, "%s: a policy file of the docs does not validate:\n%s", file, b[1])
+			found++
+		}
+	}
+	require.GreaterOrEqual(t, found, 2, "the README's minimal policy and docs/policies.md's file are checked")
 }
