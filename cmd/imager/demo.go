@@ -368,7 +368,7 @@ func waitUsable(ctx context.Context, w *leaderWork, out io.Writer, outs []schedu
 	return err
 }
 
-// printAudit runs the README's audit cookbook against the demo database.
+// printAudit runs the audit cookbook (docs/audit.md) against the demo database.
 func printAudit(ctx context.Context, out io.Writer, dbURL string) error {
 	pool, err := pgxpool.New(ctx, dbURL)
 	if err != nil {

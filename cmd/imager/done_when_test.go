@@ -152,7 +152,7 @@ next:
 	return 0, false
 }
 
-// TestDoneWhen is the operator's check end to end (README "Notifications", "Metrics and health"): the real `imager run` against an
+// TestDoneWhen is the operator's check end to end (docs/notifications.md; docs/operations.md "Metrics and health"): the real `imager run` against an
 // independent CVM endpoint (the simulator, via --cvm-endpoint), a PostgreSQL server of the test's
 // own (so the test can stop it), a local webhook receiver and a ping receiver. The daemon runs a
 // minute-schedule policy over two instances, one of which the endpoint refuses

@@ -323,24 +323,39 @@ func TestMissingCredentialsIsOneLine(t *testing.T) {
 	require.Empty(t, e.sim.Calls())
 }
 
-// TestReadmeSQLRuns executes every SQL block of the README against a migrated database, so the
-// documented queries always match the shipped schema.
-func TestReadmeSQLRuns(t *testing.T) {
+// TestDocsSQLRuns executes every SQL block of README.md and docs/*.md against a migrated
+// database, so the documented queries always match the shipped schema; docs/audit.md's audit
+// cookbook must be among them.
+func TestDocsSQLRuns(t *testing.T) {
 	e := newE2E(t)
 	code, _, stderr := e.imager(t, "migrate", "--database-url", e.dbURL)
 	require.Equal(t, 0, code, stderr)
-	readme, err := os.ReadFile("../../README.md")
-	require.NoError(t, err)
-	blocks := regexp.MustCompile("(?s)```sql\n(.*?)```").FindAllStringSubmatch(string(readme), -1)
-	require.GreaterOrEqual(t, len(blocks), 4)
 	conn := connect(t, e.dbURL)
-	for _, b := range blocks {
-		sql := strings.ReplaceAll(b[1], "$1", "1")
-		rows, err := conn.Query(context.Background(), sql)
-		require.NoErrorf(t, err, "README query fails:\n%s", sql)
+	run := func(sql string) error {
+		rows, err := conn.Query(context.Background(), strings.ReplaceAll(sql, "$1", "1"))
+		if err != nil {
+			return err
+		}
 		rows.Close()
-		require.NoErrorf(t, rows.Err(), "README query fails:\n%s", sql)
+		return rows.Err()
 	}
+	// The check can fail: a query the schema does not answer is an error.
+	require.Error(t, run("SELECT no_such_column FROM image_runs;"))
+
+	block := regexp.MustCompile("(?s)```sql\n(.*?)```")
+	pages, err := filepath.Glob("../../docs/*.md")
+	require.NoError(t, err)
+	perFile := map[string]int{}
+	for _, file := range append([]string{"../../README.md"}, pages...) {
+		doc, err := os.ReadFile(file)
+		require.NoError(t, err)
+		for _, b := range block.FindAllStringSubmatch(string(doc), -1) {
+			require.NoErrorf(t, run(b[1]), "%s: query fails:\n%s", file, b[1])
+			perFile[filepath.Base(file)]++
+		}
+	}
+	require.GreaterOrEqual(t, perFile["audit.md"], 13, "docs/audit.md's audit cookbook is run")
+	require.GreaterOrEqual(t, perFile["notifications.md"], 4, "docs/notifications.md's delivery queries are run")
 }
 
 func connect(t *testing.T, url string) *pgx.Conn {

@@ -12,7 +12,7 @@ import (
 	"github.com/imager-dev/imager/internal/pgcluster"
 )
 
-// The rest of the fault suite (README, "Fault suite"): PostgreSQL outages, a daemon down across
+// The rest of the fault suite (docs/testing.md, "Fault suite"): PostgreSQL outages, a daemon down across
 // slots, and API faults. They use the cluster of replicas_test.go; the outage tests run on a
 // PostgreSQL server of their own, which they halt and resume.
 

@@ -11,7 +11,7 @@ import (
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
 )
 
-// TestOnceWithSelectorRetentionAndQuota is the image lifecycle (README "Image lifecycle") run through the binary: a tag
+// TestOnceWithSelectorRetentionAndQuota is the image lifecycle (docs/policies.md, docs/design.md "Completion tracking") run through the binary: a tag
 // selector images exactly the tagged instances; keep_last 2 over four fires leaves the two newest
 // images per instance with every deletion and its RequestId in history; someone else's image is
 // never deleted; a small quota makes imager prune first and proceed.

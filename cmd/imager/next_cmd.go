@@ -23,7 +23,7 @@ type nextFire struct {
 }
 
 // cmdNext prints each policy's upcoming fires from now, or from --from, with the number of targets
-// each would have now. Fire times follow the DST rules of README "Missed slots and outages".
+// each would have now. Fire times follow the DST rules of docs/design.md "Daylight saving".
 func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("next", flag.ContinueOnError)

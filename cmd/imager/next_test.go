@@ -43,7 +43,7 @@ func runNext(t *testing.T, args ...string) (int, string, string) {
 }
 
 // TestNextFromShowsTheDSTRules: `imager next --from` previews fires offline, without credentials,
-// and shows the README's DST rules for New York and Berlin.
+// and shows the DST rules of docs/design.md for New York and Berlin.
 func TestNextFromShowsTheDSTRules(t *testing.T) {
 	t.Setenv("TENCENTCLOUD_SECRET_ID", "")
 	t.Setenv("TENCENTCLOUD_SECRET_KEY", "")

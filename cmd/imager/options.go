@@ -46,7 +46,7 @@ func (o *options) policyFlags(fs *flag.FlagSet) {
 }
 
 // quietCommands print their results on stdout; by default they log only warnings and errors, so
-// the results are not buried under progress lines (README, "Logs").
+// the results are not buried under progress lines (docs/cli.md, "Logs").
 var quietCommands = map[string]bool{
 	"history": true, "next": true, "validate": true, "prune": true, "migrate": true,
 	"status": true, "latest": true, "demo": true, "prune-history": true,

@@ -5,7 +5,7 @@
 //     second, through imager and through a naive client on the same SDK;
 //   - fire latency: many policies due in the same minute, from the slot to each first call;
 //   - scale: a daemon with 1,000 policies × 10 instances (validate, start-up, memory, idle CPU);
-//   - history: the daemon's write path and the README's audit queries over 1,000,000 runs;
+//   - history: the daemon's write path and docs/audit.md's audit queries over 1,000,000 runs;
 //   - hot pieces: name generation, the pace limiter and policy loading as Go benchmarks.
 //
 // Run executes the chosen benchmarks several times and returns a Report; Report.Markdown renders

@@ -20,7 +20,7 @@ import (
 	"github.com/imager-dev/imager/internal/history"
 )
 
-// Query is one audit query of the README's cookbook.
+// Query is one audit query of docs/audit.md's cookbook.
 type Query struct {
 	Title string
 	SQL   string
@@ -256,8 +256,8 @@ func generateHistory(ctx context.Context, pool *pgxpool.Pool, runs, instances in
 			return ds, fmt.Errorf("%s: %w", step.what, err)
 		}
 	}
-	// The coverage views read the policies a daemon would have loaded: one row per generated
-	// policy, daily like its slots (overdue after 1.5 days, history.OverdueAfter).
+	// The coverage views (docs/audit.md "Coverage and RPO") read the policies a daemon would have
+	// loaded: one row per generated policy, daily like its slots (overdue after 1.5 days, history.OverdueAfter).
 	var migrated bool
 	if err := pool.QueryRow(ctx, `SELECT to_regclass('coverage_state') IS NOT NULL`).Scan(&migrated); err != nil {
 		return ds, err

@@ -163,7 +163,7 @@ const pacingOverLimit = "**More than L calls in one sliding second (RequestLimit
 	"allows: 30 ms); the lasting fix is to run imager where its calls are not starved."
 
 // slowReadmeNotes say why a README-only audit query is slow and what would fix it; they appear
-// when its median p95 is over 50 ms. Keyed by the README's title.
+// when its median p95 is over 50 ms. Keyed by the query's title in docs/audit.md.
 var slowReadmeNotes = map[string]string{
 	"Instances with no accepted image within the last 26 hours (for a nightly policy)": "it weighs every " +
 		"(policy, instance) pair the history ever held (every run, with an anti-join per pair), so it grows with " +

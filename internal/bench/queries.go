@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// CookbookQueries returns the queries of README.md's "### Audit cookbook" section: every ```sql
+// CookbookQueries returns the queries of a document's "### Audit cookbook" section (docs/audit.md): every ```sql
 // block, titled by the line before it (its trailing colon removed). The section ends at the next
 // heading.
 func CookbookQueries(readme []byte) []Query {

@@ -112,7 +112,7 @@ func TestProcReaders(t *testing.T) {
 
 func TestHistorySmoke(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/audit.md")
 	require.NoError(t, err)
 	queries := CookbookQueries(readme)
 	require.NotEmpty(t, queries)

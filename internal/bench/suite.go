@@ -53,9 +53,9 @@ type Config struct {
 	// Binary is the imager executable the scale benchmark runs; empty builds cmd/imager
 	// (BuildImager) into a temporary directory when the scale benchmark is chosen.
 	Binary string
-	// AuditQueries are the README's audit queries as imager demo prints them (history.Cookbook, internal/history/cookbook.go).
+	// AuditQueries are docs/audit.md's audit queries as imager demo prints them (history.Cookbook, internal/history/cookbook.go).
 	AuditQueries []Query
-	// Cookbook are the queries of README.md's audit cookbook (CookbookQueries); those that are not
+	// Cookbook are the queries of docs/audit.md's audit cookbook (CookbookQueries); those that are not
 	// among AuditQueries are measured too.
 	Cookbook []Query
 	// NewDatabase gives each benchmark a fresh database; nil starts a throwaway cluster for the run.

@@ -25,7 +25,7 @@ const (
 	sdkClientPrefix   = "ClientError."
 )
 
-// Classify maps an API or client-side error code to what the caller should do (the README's "What imager does with each API error").
+// Classify maps an API or client-side error code to what the caller should do (docs/design.md "What imager does with each API error").
 // Unknown codes are permanent: failing loudly beats retrying something nobody understood.
 func Classify(code string) Class {
 	switch {

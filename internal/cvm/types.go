@@ -17,7 +17,7 @@ const APIVersion = "2017-03-12"
 // Class says what the caller should do about a failed call.
 type Class int
 
-// The error classes of the README's "What imager does with each API error".
+// The error classes of docs/design.md "What imager does with each API error".
 const (
 	// ClassPermanent: fail now, keep code and message (InvalidInstanceId.NotFound, AuthFailure.*, ...).
 	ClassPermanent Class = iota

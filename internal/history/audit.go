@@ -10,7 +10,7 @@ import (
 
 // LastAvailablePerInstance returns, for every instance with an available image, the run of its
 // most recently finished one (across policies), ordered by instance id. It answers "last good
-// image per instance" of the README's audit cookbook.
+// image per instance" of docs/audit.md's audit cookbook.
 func (s *Store) LastAvailablePerInstance(ctx context.Context) ([]Run, error) {
 	// The plain form is SELECT DISTINCT ON (instance_id) ... ORDER BY instance_id, finished_at DESC;
 	// it reads every available run. This walks image_runs_available_idx instead, one probe per

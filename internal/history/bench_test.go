@@ -56,7 +56,7 @@ func BenchmarkAttemptInsert(b *testing.B) {
 	}
 }
 
-// BenchmarkAudit measures the README's audit queries over a generated history of
+// BenchmarkAudit measures docs/audit.md's audit queries over a generated history of
 // IMAGER_BENCH_RUNS runs (default 100000; BENCHMARKS.md's history section uses 1000000) across 1,000 policies and
 // 10,000 instances imaged daily, one attempt per run, one run in twenty failed.
 func BenchmarkAudit(b *testing.B) {

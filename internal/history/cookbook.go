@@ -1,14 +1,14 @@
 package history
 
-// CookbookQuery is one query of the README's SQL audit cookbook.
+// CookbookQuery is one query of the SQL audit cookbook (docs/audit.md).
 type CookbookQuery struct {
 	Title string
 	SQL   string
 }
 
 // Cookbook holds the audit queries `imager demo` prints and `imager bench` times. A test in
-// cmd/imager checks that each appears verbatim in README.md, and another runs every SQL block of
-// the README against the migrated schema, so the cookbook cannot drift from the schema.
+// cmd/imager checks that each appears verbatim in docs/audit.md, and another runs every SQL block of
+// the docs against the migrated schema, so the cookbook cannot drift from the schema.
 var Cookbook = []CookbookQuery{
 	{"Runs per policy and status in the last 24 hours", `SELECT policy, status, count(*) AS runs, sum(attempts) AS api_calls
 FROM image_runs

@@ -21,7 +21,7 @@ const (
 )
 
 // Recorder is the Store as the scheduler uses it, with the promise that no outcome is lost
-// (README "Reliability"): a write that fails because the database is unavailable (RunRename,
+// (docs/design.md "Reliability"): a write that fails because the database is unavailable (RunRename,
 // RunRequested, RunFinish, RunAvailable, RunSetImageID, AttemptInsert) is appended to a local
 // spool file, synced to disk, and the call returns nil. The spool is replayed in order, and
 // idempotently, at Start and then every replay interval until it is empty. While anything is

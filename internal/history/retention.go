@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Queries of retention passes (package retention) and of the README's retention cookbook.
+// Queries of retention passes (package retention) and of docs/audit.md's audit cookbook.
 
 // RunsRetainable lists the runs a retention pass weighs for one policy: available, with an image
 // id, and whose image imager has not deleted (no image_deletions row in status deleted). Images
@@ -47,7 +47,7 @@ WHERE requested_at >= $1 ORDER BY requested_at DESC, id DESC`, since)
 }
 
 // LastFailedPerInstance returns, for every (policy, instance) whose latest image run with a slot
-// at or after since failed, that run, ordered by policy and instance (the README's "instances whose
+// at or after since failed, that run, ordered by policy and instance (docs/audit.md's "instances whose
 // last image failed"; bounding the slots keeps it from reading the whole history). Runs that made
 // no image attempt (skipped, missed) and runs still pending are passed over: the latest of
 // requested, available and failed decides.

@@ -3,6 +3,7 @@ package history_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"testing"
 	"time"
 
@@ -194,7 +195,7 @@ func TestLastFailedPerInstance(t *testing.T) {
 	require.Empty(t, got)
 }
 
-// The retention queries of the README's audit cookbook, verbatim.
+// The retention queries of docs/audit.md's audit cookbook, verbatim (TestCookbookRetentionSQL checks).
 const (
 	readmeImagesPruned = `SELECT d.finished_at, d.policy, d.instance_id, d.image_id, d.image_name, d.reason, d.request_id
 FROM image_deletions d
@@ -215,8 +216,13 @@ WHERE status = 'failed'
 ORDER BY policy, instance_id;`
 )
 
-func TestReadmeRetentionSQL(t *testing.T) {
+func TestCookbookRetentionSQL(t *testing.T) {
 	t.Parallel()
+	doc, err := os.ReadFile("../../docs/audit.md")
+	require.NoError(t, err)
+	for _, q := range []string{readmeImagesPruned, readmeDeletionsOpen, readmeLastImageFailed} {
+		require.Containsf(t, string(doc), "```sql\n"+q+"\n```", "docs/audit.md lacks the query:\n%s", q)
+	}
 	ctx := context.Background()
 	s := newStore(t)
 	// These queries compare with now(): the fixture is placed around the real time.

@@ -6,7 +6,7 @@ package history
 
 import "time"
 
-// Status is the state of one image run (README "History (PostgreSQL)").
+// Status is the state of one image run (docs/audit.md "Runs, attempts and deletions").
 type Status string
 
 // Run statuses.

@@ -1,5 +1,5 @@
 // Package leader elects one leader among the imager processes that share a database: one row
-// of leader_lease (README "Running several replicas"). The holder renews it every TTL/3; others
+// of leader_lease (docs/design.md "Leadership and fencing"). The holder renews it every TTL/3; others
 // poll at the same pace and LISTEN for the holder's resignation. Every change of holder raises
 // the term, which fences the writes of a holder that lost the lease without knowing it.
 //

@@ -13,7 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// WebConfig is what a --web-config file turns on (README, "Metrics").
+// WebConfig is what a --web-config file turns on (docs/operations.md, "Securing the endpoints").
 type WebConfig struct {
 	TLS       bool // the endpoints answer HTTPS only
 	BasicAuth bool // every path, /healthz included, needs a user and password

@@ -49,7 +49,7 @@ type migration struct {
 // schema_migrations with the sha256 of its file. Several processes may migrate at once: each
 // file is applied exactly once. It returns the versions this call applied.
 //
-// It refuses (README, "Migrations"), with one line each: embedded files whose numbers are not
+// It refuses (docs/audit.md, "Migrations"), with one line each: embedded files whose numbers are not
 // 0001..N without gaps; an applied file whose content changed since it was applied; and a
 // database with a migration this binary does not embed (a newer schema than the binary).
 // Rows recorded before checksums existed get the checksum of the embedded file (trust on first

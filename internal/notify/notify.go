@@ -1,4 +1,4 @@
-// Package notify delivers imager's notifications (README "Notifications"): webhooks for failed,
+// Package notify delivers imager's notifications (docs/notifications.md): webhooks for failed,
 // missed, recovered and rpo_breach events, and a healthchecks-style ping per policy.
 //
 // Events are written to the notifications outbox by the database itself, in the transaction of

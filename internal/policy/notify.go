@@ -11,7 +11,7 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// Notify is the top-level `notify:` block: where events are sent (README "Notifications").
+// Notify is the top-level `notify:` block: where events are sent (docs/notifications.md).
 type Notify struct {
 	Webhooks []Webhook
 	// Keep is how long an event and its deliveries stay in the notifications tables once every
@@ -54,7 +54,7 @@ const (
 // DefaultWebhookTimeout bounds each webhook request when `timeout` is not set.
 const DefaultWebhookTimeout = 10 * time.Second
 
-// WebhookEvents are the events a webhook may subscribe to, in the order the README lists them.
+// WebhookEvents are the events a webhook may subscribe to, in the order docs/notifications.md lists them.
 var WebhookEvents = []string{"failed", "missed", "rpo_breach", "recovered"}
 
 var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)

@@ -10,7 +10,7 @@ import (
 // DefaultNameTemplate is the image name template of a policy without `image.name`.
 const DefaultNameTemplate = "{policy}-{instance}-{time}"
 
-// Limits of the CreateImage API and of imager's naming scheme (README "Image names").
+// Limits of the CreateImage API and of imager's naming scheme (docs/policies.md "Image names").
 const (
 	MaxImageNameLen        = 60  // ImageName limit of CreateImage
 	MaxImageDescriptionLen = 256 // ImageDescription limit of CreateImage

@@ -1,4 +1,4 @@
-// Package policy loads, validates and renders imager's YAML policy files (README "Policies"):
+// Package policy loads, validates and renders imager's YAML policy files (docs/policies.md):
 // which instances to image, when, and how the images are named, tagged and retained.
 package policy
 

@@ -67,7 +67,7 @@ type Options struct {
 	CountCacheFor time.Duration
 }
 
-// Gate keeps fires inside the region's custom image quota (README "Image quota"). Its Check is
+// Gate keeps fires inside the region's custom image quota (docs/policies.md "Image quota"). Its Check is
 // the scheduler's BeforeFire hook and its OnQuotaExceeded the scheduler's hook of that name.
 //
 // Check compares the region's quota (DescribeImageQuota, cached for QuotaCacheFor) with the

@@ -1,5 +1,5 @@
 // Package retention prunes the images imager made, per policy and instance, by the policy's
-// `retention:` rules (README "Retention"), and records every deletion in history.
+// `retention:` rules (docs/policies.md "Retention"), and records every deletion in history.
 //
 // A retention pass for (policy, instance) weighs the runs of that policy and instance that are
 // available and have an image imager has not deleted yet. Every one is cross-checked with

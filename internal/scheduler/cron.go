@@ -214,7 +214,7 @@ func withSkipped(targets []string, skipped map[string]string) []string {
 // recordFireWithoutRuns records the fire of p's slot that has no target: a success with nothing
 // to image, or, when the targets could not be resolved (unresolved), a failure with
 // CodeTargetsUnresolved. Either way policy_slots moves to the slot, and a ping gets /start and
-// its verdict (README "Notifications").
+// its verdict (docs/notifications.md "Pings").
 func (s *Scheduler) recordFireWithoutRuns(p *policy.Policy, slot time.Time, unresolved error) {
 	var code, msg string
 	if unresolved != nil {

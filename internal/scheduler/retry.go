@@ -26,7 +26,7 @@ const (
 	CodeMissed = "Missed"
 	// CodeTargetsUnresolved fails a fire whose targets could not be resolved and that knows of
 	// no instance to fall back on (no listed instance, no earlier fire): it has no run, so the
-	// code is on its fire_failed event (README "Notifications").
+	// code is on its fire_failed event (docs/notifications.md "Pings").
 	CodeTargetsUnresolved = "TargetsUnresolved"
 	// CodePreviousImageInProgress marks a slot skipped by `concurrency: forbid`.
 	CodePreviousImageInProgress = "PreviousImageInProgress"
@@ -38,7 +38,7 @@ const (
 	msgPolicyDisabled = "policy disabled"
 )
 
-// Retry defaults (README "Scheduling, pacing and retries"), used for a Backoff left entirely zero
+// Retry defaults (docs/design.md "Pacing and retries"), used for a Backoff left entirely zero
 // in the config. Transient and throttled retries also stop when the slot's start window closes.
 var (
 	defaultTransient = policy.Backoff{Initial: 200 * time.Millisecond, Max: 30 * time.Second}

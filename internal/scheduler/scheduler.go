@@ -35,7 +35,7 @@ const historyTimeout = 10 * time.Second
 const maxSkippedSlots = 100000
 
 // maxMissedSlots is how many passed slots of one policy get missed rows at one walk; beyond it one
-// summary line is logged (README "Missed slots and outages").
+// summary line is logged (docs/design.md "Missed slots and outages").
 const maxMissedSlots = 100
 
 // Options configures a Scheduler. Config, CVM and History are required.

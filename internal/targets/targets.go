@@ -1,4 +1,4 @@
-// Package targets resolves which instances a policy images at a fire (README "Tag-selected targets and whole-machine images"):
+// Package targets resolves which instances a policy images at a fire (docs/policies.md "Tag-selected targets and whole-machine images"):
 // the listed instances that still exist, plus every instance its `select:` matches by tag and
 // zone, asked of DescribeInstances at every fire so new instances are picked up and deleted ones
 // drop out. It also resolves `image.data_disks: all` to an instance's data disk ids.

@@ -191,7 +191,7 @@ FROM generate_series(1, 250) i, LATERAL (SELECT CASE WHEN i % 7 = 0 THEN 'failed
 
 // BenchmarkPage10kInstances times the whole page (queries and rendering) for one policy of
 // 10,000 instances with 30 days of daily slots (300,000 runs), the scale the page must stay
-// fast at. README "Status page" quotes the figure.
+// fast at. docs/operations.md "Status page" describes the page (the figure is not in BENCHMARKS.md, so no doc quotes it).
 func BenchmarkPage10kInstances(b *testing.B) {
 	ctx := context.Background()
 	s := newStore(b)

@@ -1,4 +1,4 @@
-// Package web serves imager's read-only status page (GET / on --listen, README "Status page"):
+// Package web serves imager's read-only status page (GET / on --listen, docs/operations.md "Status page"):
 // the daemon's state, each policy's schedule and last fire, a 30-day coverage grid per policy and
 // the recent failures. It is rendered on the server with html/template and embedded CSS; the page
 // needs no JavaScript.
