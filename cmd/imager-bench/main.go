@@ -71,11 +71,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	for i, q := range history.Cookbook {
 		queries[i] = bench.Query{Title: q.Title, SQL: q.SQL, Source: "cookbook.go"}
 	}
-	// The README's other audit queries are measured too when the README is at hand (make bench
-	// runs from the repository's root).
+	// The other queries of docs/audit.md's cookbook are measured too when the file is at hand
+	// (make bench runs from the repository's root).
 	var cookbook []bench.Query
-	if readme, err := os.ReadFile("README.md"); err == nil {
-		cookbook = bench.CookbookQueries(readme)
+	if doc, err := os.ReadFile(filepath.Join("docs", "audit.md")); err == nil {
+		cookbook = bench.CookbookQueries(doc)
 	}
 
 	var newDB func(context.Context) (string, error)

@@ -192,9 +192,6 @@ func TestDocCLINamesEveryFlag(t *testing.T) {
 	cli := readDoc(t, "../../docs/cli.md")
 	flagLine := regexp.MustCompile(`^  -([a-z][a-z-]*)`)
 	for _, c := range commands() {
-		if c.name == "bench" {
-			continue // the bench suite is leaving the binary for cmd/imager-bench (docs/testing.md, "Benchmarks")
-		}
 		doc := section(cli, "### imager "+c.name)
 		require.NotEmptyf(t, doc, "docs/cli.md has no section \"### imager %s\"", c.name)
 		var stdout, stderr bytes.Buffer

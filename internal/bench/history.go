@@ -24,8 +24,8 @@ import (
 type Query struct {
 	Title string
 	SQL   string
-	// Source says where the query is kept: "cookbook.go" (history.Cookbook: printed by imager demo, and kept equal to
-	// the README by a test) or "README" (the README alone).
+	// Source says where the query is kept: "cookbook.go" (history.Cookbook: printed by imager
+	// demo, and kept equal to docs/audit.md by a test) or "docs" (docs/audit.md alone).
 	Source string
 }
 

@@ -74,10 +74,10 @@ schema's rebuild functions, as a bulk import would), then ` + "`VACUUM ANALYZE`"
 
 Each run first records %s new runs through the daemon's own write path (` + "`history.Store`" + `:
 RunClaim, AttemptInsert, RunRequested, as a worker does for an accepted call) from %d goroutines
-at once over the store's default pool, then times every query of the README's audit cookbook:
+at once over the store's default pool, then times every query of the audit cookbook of docs/audit.md:
 %d executions (fewer, at least 5, once a query has used %s), each with every row read by the
 client, after an untimed one. The p95 < 50 ms target is for the queries ` + "`imager demo`" + `
-prints (` + "`internal/history/cookbook.go`" + `, kept equal to the README by a test); the README's other
+prints (` + "`internal/history/cookbook.go`" + `, kept equal to docs/audit.md by a test); the cookbook's other
 queries are measured too. "Images pruned" covers 24 hours: over 7 days its answer was the week's
 32,000 deletions here (5,000 instances under a 30-day retention prune an image a day each), 35 to
 50 ms at p95 however indexed, since reading and sending the rows is the cost.
@@ -107,10 +107,10 @@ runs the same bodies (` + "`-count 10`" + ` output feeds benchstat).
 var missNotes = map[string]string{
 	"pacing.lost": "**Runs lost (pacing).** A transient error is retried until the slot's start window closes (1 h " +
 		"by default), so a run is lost only when the API keeps failing it that long, or when a permanent error " +
-		"(see the README's table of API errors) fails it at once. The simulator's log of the run names the code.",
+		"(see the table of API errors in docs/design.md) fails it at once. The simulator's log of the run names the code.",
 	"pacing.fault.lost": "**Runs lost (pacing, 20 % InternalError).** A transient error is retried until the slot's start " +
 		"window closes; with a window of a minute or more no run of this burst should run out of retries. A loss " +
-		"here means a run was failed by a code imager does not treat as transient: see the README's table.",
+		"here means a run was failed by a code imager does not treat as transient: see the table in docs/design.md.",
 	"pacing.rate": "**Rate below 0.97 L.** The pace runs at least 2 % under L, and up to 5 % under when it observes " +
 		"jitter (round-trip spread, late wake-ups); less than that means calls were held back: a RequestLimitExceeded " +
 		"slows the pace (10 % for 2 s, harder when repeated), or the workers were all busy elsewhere (a slow " +
@@ -162,7 +162,7 @@ const pacingOverLimit = "**More than L calls in one sliding second (RequestLimit
 	"`pace.Options.Margin` buys jitter room at the cost of rate (3 % is the most the 0.97 L target " +
 	"allows: 30 ms); the lasting fix is to run imager where its calls are not starved."
 
-// slowReadmeNotes say why a README-only audit query is slow and what would fix it; they appear
+// slowReadmeNotes say why an audit query of docs/audit.md alone is slow and what would fix it; they appear
 // when its median p95 is over 50 ms. Keyed by the query's title in docs/audit.md.
 var slowReadmeNotes = map[string]string{
 	"Instances with no accepted image within the last 26 hours (for a nightly policy)": "it weighs every " +

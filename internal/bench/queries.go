@@ -9,9 +9,9 @@ import (
 // CookbookQueries returns the queries of a document's "### Audit cookbook" section (docs/audit.md): every ```sql
 // block, titled by the line before it (its trailing colon removed). The section ends at the next
 // heading.
-func CookbookQueries(readme []byte) []Query {
+func CookbookQueries(doc []byte) []Query {
 	var out []Query
-	sc := bufio.NewScanner(bytes.NewReader(readme))
+	sc := bufio.NewScanner(bytes.NewReader(doc))
 	in, inSQL := false, false
 	var title string
 	var sql []string
@@ -19,7 +19,7 @@ func CookbookQueries(readme []byte) []Query {
 		line := sc.Text()
 		switch {
 		case inSQL && strings.HasPrefix(line, "```"):
-			out = append(out, Query{Title: title, SQL: strings.Join(sql, "\n"), Source: "README"})
+			out = append(out, Query{Title: title, SQL: strings.Join(sql, "\n"), Source: "docs"})
 			inSQL, sql = false, nil
 		case inSQL:
 			sql = append(sql, line)

@@ -579,7 +579,7 @@ func (r *Report) writeHistory(w io.Writer) []metric {
 			}
 		}
 		var tgt *target
-		if q.Source != "README" {
+		if q.Source != "docs" {
 			tgt = ptarget("<", 50)
 		}
 		name := fmt.Sprintf("%s [%s, %d rows]", q.Title, q.Source, rowsOf[q.Title])
@@ -599,7 +599,7 @@ func (r *Report) writeHistory(w io.Writer) []metric {
 			if note == "" {
 				note = "its plan is below."
 			}
-			fmt.Fprintf(w, "- README query \"%s\": p95 %.0f ms (no target: `imager demo` does not print it); %s\n", title, s.Median, note)
+			fmt.Fprintf(w, "- docs/audit.md query \"%s\": p95 %.0f ms (no target: `imager demo` does not print it); %s\n", title, s.Median, note)
 		}
 	}
 	fmt.Fprintln(w)

@@ -92,8 +92,8 @@ func TestCookbookQueries(t *testing.T) {
 		"Second (with a remark):\n\n```sql\nSELECT 2;\n```\n\n## Next\n\nOther:\n\n```sql\nSELECT 3;\n```\n")
 	qs := CookbookQueries(readme)
 	require.Equal(t, []Query{
-		{Title: "First query", SQL: "SELECT 1\nFROM a;", Source: "README"},
-		{Title: "Second (with a remark)", SQL: "SELECT 2;", Source: "README"},
+		{Title: "First query", SQL: "SELECT 1\nFROM a;", Source: "docs"},
+		{Title: "Second (with a remark)", SQL: "SELECT 2;", Source: "docs"},
 	}, qs)
 
 	merged := mergeQueries([]Query{{Title: "one", SQL: "SELECT 2;", Source: "audit.go"}}, qs)
@@ -127,7 +127,7 @@ func sampleReport() *Report {
 		Scale: &ScaleBench{Params: ScaleParams{Policies: 1000, Instances: 10, Idle: time.Minute}, Runs: []ScaleRun{{Validate: 70 * time.Millisecond, Startup: 60 * time.Millisecond, PeakRSS: 26 << 20, IdleCPU: 0.0002}}},
 		History: &HistoryBench{
 			Params: HistoryParams{Runs: 1000, Instances: 100, WriteRuns: 10, Writers: 2, Samples: 5,
-				Queries: []Query{{Title: "Fast", SQL: "SELECT 1;", Source: "audit.go"}, {Title: "Other", SQL: "SELECT 2;", Source: "README"}}},
+				Queries: []Query{{Title: "Fast", SQL: "SELECT 1;", Source: "audit.go"}, {Title: "Other", SQL: "SELECT 2;", Source: "docs"}}},
 			Result: HistoryResult{
 				Dataset: Dataset{Runs: 1000, Attempts: 1100, Instances: 100, Policies: 10, Slots: 10, ByStatus: map[string]int{"available": 1000}},
 				Runs:    []HistoryRun{{WriteRate: 2000, Queries: []QueryTiming{{Title: "Fast", P50: time.Millisecond, P95: 2 * time.Millisecond, Rows: 1, Samples: 5}, {Title: "Other", P50: time.Second, P95: time.Second, Rows: 1, Samples: 5}}}},

@@ -105,6 +105,7 @@ type Limiter struct {
 
 	// sent holds the send times of the latest perSecond grants, by grant number (seq modulo
 	// perSecond): the reserved time, moved later when Wait woke up late for it (see reserveSeq).
+	// Empty above maxTrackedRate (sentRing).
 	sent      []time.Time
 	seq       uint64 // grants made so far
 	sentSince uint64 // the first grant number in sent (it starts over when the rate changes)
@@ -140,8 +141,23 @@ func New(clock clockwork.Clock, perSecond int, opts Options) *Limiter {
 		perSecond: perSecond,
 		factor:    1,
 		onGrant:   opts.OnGrant,
-		sent:      make([]time.Time, perSecond),
+		sent:      sentRing(perSecond),
 	}
+}
+
+// maxTrackedRate is the highest rate whose send times the pace keeps to guard against a late
+// call. No CVM action allows more than a few dozen calls per second; a pace above this (a
+// benchmark of the limiter's own cost) keeps the spacing alone rather than a ring as long as its
+// rate.
+const maxTrackedRate = 10_000
+
+// sentRing is the send-time ring of a pace of perSecond: one slot per grant of the last second,
+// none above maxTrackedRate.
+func sentRing(perSecond int) []time.Time {
+	if perSecond > maxTrackedRate {
+		return nil
+	}
+	return make([]time.Time, perSecond)
 }
 
 // Wait blocks until the caller may send one call, or until ctx is done. A reservation given up
@@ -187,7 +203,7 @@ func (p *Limiter) Observe(rtt time.Duration) {
 func (p *Limiter) observeSent(seq uint64, at, sentAt time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n := uint64(len(p.sent)); seq >= p.sentSince && p.seq-seq <= n && sentAt.After(p.sent[seq%n]) {
+	if n := uint64(len(p.sent)); n > 0 && seq >= p.sentSince && p.seq-seq <= n && sentAt.After(p.sent[seq%n]) {
 		p.sent[seq%n] = sentAt // the slot still holds this grant
 	}
 	p.lates, p.lateNext = pushRing(p.lates, p.lateNext, max(sentAt.Sub(at), 0))
@@ -219,15 +235,17 @@ func (p *Limiter) reserveSeq(now time.Time) (time.Time, uint64) {
 	}
 	n := uint64(len(p.sent))
 	seq := p.seq
-	if prev := p.sent[seq%n]; !prev.IsZero() {
-		// Half of the room the spacing leaves beyond one second is for lateness: a call that
-		// left later than that pushes the grant a second after it.
-		span := time.Duration(n) * p.baseIntervalLocked()
-		if floor := prev.Add((time.Second + span) / 2); at.Before(floor) {
-			at = floor
+	if n > 0 {
+		if prev := p.sent[seq%n]; !prev.IsZero() {
+			// Half of the room the spacing leaves beyond one second is for lateness: a call that
+			// left later than that pushes the grant a second after it.
+			span := time.Duration(n) * p.baseIntervalLocked()
+			if floor := prev.Add((time.Second + span) / 2); at.Before(floor) {
+				at = floor
+			}
 		}
+		p.sent[seq%n] = at
 	}
-	p.sent[seq%n] = at
 	p.seq++
 	p.lastGrant, p.granted = at, true
 	if p.onGrant != nil {
@@ -289,9 +307,9 @@ func (p *Limiter) SetRate(perSecond int) {
 	defer p.mu.Unlock()
 	p.restoreLocked(p.clock.Now())
 	p.perSecond = max(perSecond, 1)
-	if len(p.sent) != p.perSecond {
+	if ring := sentRing(p.perSecond); len(ring) != len(p.sent) {
 		// The spacing alone keeps any second within the new rate; the send times start over.
-		p.sent, p.sentSince = make([]time.Time, p.perSecond), p.seq
+		p.sent, p.sentSince = ring, p.seq
 	}
 }
 

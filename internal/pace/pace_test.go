@@ -309,3 +309,17 @@ func TestLimiterSmallLatenessKeepsTheSpacing(t *testing.T) {
 		require.LessOrEqual(t, planned[i].Sub(planned[i-1]), time.Second*10/98+time.Microsecond, "grant %d", i)
 	}
 }
+
+// TestHighRateKeepsNoRing: a pace far above any API limit (a benchmark of the limiter's own cost)
+// allocates no send-time ring as long as its rate, and still grants.
+func TestHighRateKeepsNoRing(t *testing.T) {
+	lim := New(clockwork.NewRealClock(), 1_000_000_000, Options{})
+	require.Empty(t, lim.sent)
+	for range 1000 {
+		require.NoError(t, lim.Wait(context.Background()))
+	}
+	lim.SetRate(10)
+	require.Len(t, lim.sent, 10)
+	lim.SetRate(1_000_000_000)
+	require.Empty(t, lim.sent)
+}
