@@ -2,6 +2,9 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -35,4 +38,35 @@ func TestFlags(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWriteFileAtomic: a report replaces a regular file whole, leaving no temporary file, and
+// --out naming a device writes to the device instead of renaming a file over it. The device is
+// reached through a symbolic link in a temporary directory, so a regression replaces the link,
+// never /dev/null itself.
+func TestWriteFileAtomic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	report := func(w io.Writer) { _, _ = io.WriteString(w, "# imager benchmarks\n") }
+
+	file := filepath.Join(dir, "BENCHMARKS.md")
+	require.NoError(t, os.WriteFile(file, []byte("old report, longer than the new one\n"), 0o600))
+	require.NoError(t, writeFileAtomic(file, report))
+	got, err := os.ReadFile(file)
+	require.NoError(t, err)
+	require.Equal(t, "# imager benchmarks\n", string(got))
+	fi, err := os.Stat(file)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o644), fi.Mode().Perm())
+
+	device := filepath.Join(dir, "null")
+	require.NoError(t, os.Symlink(os.DevNull, device))
+	require.NoError(t, writeFileAtomic(device, report))
+	li, err := os.Lstat(device)
+	require.NoError(t, err)
+	require.Equal(t, os.ModeSymlink, li.Mode().Type(), "the link was written through, not replaced")
+
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 2, "no temporary file left behind: %v", entries)
 }
