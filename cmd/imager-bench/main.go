@@ -132,8 +132,17 @@ func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) (ok b
 }
 
 // writeFileAtomic writes path through a temporary file in the same directory, so an interrupted
-// run never leaves half a report.
+// run never leaves half a report. A path that exists and is not a regular file (/dev/null, a pipe)
+// is written in place: renaming over it would replace the device itself.
 func writeFileAtomic(path string, write func(io.Writer)) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		write(f)
+		return f.Close()
+	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
 	if err != nil {
 		return err

@@ -51,8 +51,8 @@ const scaleIntro = `## 3. Scale
 
 %s policies × %d instances (%s instances; daily schedules spread over the day in four time zones,
 none due within two hours). The binary is cmd/imager built with ` + "`go build`" + ` by ` + "`imager-bench`" + `
-(or the one given with ` + "`--binary`" + `), started as a subprocess: ` + "`imager validate --policies FILE`" + ` (wall time), then %d daemons
-` + "`imager run`" + `, each against its own migrated PostgreSQL database and simulator
+(or the one given with ` + "`--binary`" + `), started as a subprocess:
+` + "`imager validate --policies FILE`" + ` (wall time), then %d daemons ` + "`imager run`" + `, each against its own migrated PostgreSQL database and simulator
 (` + "`IMAGER_CVM_ENDPOINT`" + ` and ` + "`TENCENTCLOUD_SECRET_ID/KEY`" + ` in the environment, JSON logs).
 Start-up runs from exec to the ` + "`\"imager running\"`" + ` log line (elected, and the leader's work
 started: scheduler, tracker, the policies table, notifier); each daemon starts alone.
