@@ -6,7 +6,7 @@ type CookbookQuery struct {
 	SQL   string
 }
 
-// Cookbook holds the audit queries `imager demo` prints and `imager bench` times. A test in
+// Cookbook holds the audit queries `imager demo` prints and `make bench` (cmd/imager-bench) times. A test in
 // cmd/imager checks that each appears verbatim in docs/audit.md, and another runs every SQL block of
 // the docs against the migrated schema, so the cookbook cannot drift from the schema.
 var Cookbook = []CookbookQuery{
