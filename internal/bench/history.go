@@ -85,6 +85,20 @@ type HistoryResult struct {
 	Plans   []QueryPlan
 }
 
+// docPlaceholders are the names the docs' queries use for "your instance" and "your policy", and
+// the generated dataset's names that stand for them, so those queries read rows when timed.
+var docPlaceholders = strings.NewReplacer("'ins-xxxxxxxx'", "'ins-00000001'", "'web-nightly'", "'policy-0000'")
+
+// onDataset returns qs with the docs' placeholder names replaced by the dataset's.
+func onDataset(qs []Query) []Query {
+	out := make([]Query, len(qs))
+	for i, q := range qs {
+		q.SQL = docPlaceholders.Replace(q.SQL)
+		out[i] = q
+	}
+	return out
+}
+
 // RunHistory generates the history once on a fresh, migrated database, then measures runs times:
 // the write path's throughput, then every query's p50 and p95. The plans are read at the end.
 func RunHistory(ctx context.Context, env Env, p HistoryParams, runs int) (HistoryResult, error) {
@@ -102,6 +116,7 @@ func RunHistory(ctx context.Context, env Env, p HistoryParams, runs int) (Histor
 	if res.Dataset, err = generateHistory(ctx, store.Pool(), p.Runs, p.Instances); err != nil {
 		return res, fmt.Errorf("generate history: %w", err)
 	}
+	p.Queries = onDataset(p.Queries)
 	for run := range runs {
 		var hr HistoryRun
 		if hr.WriteRate, err = measureWrites(ctx, store, p, run); err != nil {

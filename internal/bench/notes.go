@@ -78,7 +78,8 @@ at once over the store's default pool, then times every query of the audit cookb
 %d executions (fewer, at least 5, once a query has used %s), each with every row read by the
 client, after an untimed one. The p95 < 50 ms target is for the queries ` + "`imager demo`" + `
 prints (` + "`internal/history/cookbook.go`" + `, kept equal to docs/audit.md by a test); the cookbook's other
-queries are measured too. "Images pruned" covers 24 hours: over 7 days its answer was the week's
+queries are measured too, with the docs' placeholder names (` + "`'ins-xxxxxxxx'`, `'web-nightly'`" + `)
+replaced by a generated instance and policy (` + "`'ins-00000001'`, `'policy-0000'`" + `) so they read rows. "Images pruned" covers 24 hours: over 7 days its answer was the week's
 32,000 deletions here (5,000 instances under a 30-day retention prune an image a day each), 35 to
 50 ms at p95 however indexed, since reading and sending the rows is the cost.
 
