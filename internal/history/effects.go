@@ -279,7 +279,7 @@ FROM coverage_state WHERE policy = $1 AND instance_id = $2 FOR UPDATE`, r.Policy
 	}
 	isLast := lastRunID == r.ID
 	takesAvailable := r.Status == StatusAvailable && (p.lastAvailableRunID == 0 || p.lastAvailableRunID == r.ID ||
-		r.ScheduledAt.After(p.lastAvailableSlot) || (r.ScheduledAt.Equal(p.lastAvailableSlot) && r.ID > p.lastAvailableRunID))
+		newerRun(r, Run{ID: p.lastAvailableRunID, ScheduledAt: p.lastAvailableSlot}))
 	if !isLast && !takesAvailable {
 		return p, true, nil
 	}
@@ -740,8 +740,18 @@ type fireRow struct {
 	firstCode, firstText string
 }
 
-const fireReturning = `runs, available, unfinished, failed, missed, skipped, errored, expected_runs,
-	COALESCE(first_error_code, ''), COALESCE(first_error_message, '')`
+// fireReturning is the RETURNING list scanFire reads, its columns qualified by alias when given.
+func fireReturning(alias string) string {
+	q := ""
+	if alias != "" {
+		q = alias + "."
+	}
+	cols := []string{"runs", "available", "unfinished", "failed", "missed", "skipped", "errored", "expected_runs"}
+	for i, c := range cols {
+		cols[i] = q + c
+	}
+	return strings.Join(cols, ", ") + fmt.Sprintf(`, COALESCE(%[1]sfirst_error_code, ''), COALESCE(%[1]sfirst_error_message, '')`, q)
+}
 
 // scanFire reads fireReturning, after the leading columns given in first.
 func scanFire(row pgx.Row, first ...any) (fireRow, error) {
@@ -767,7 +777,7 @@ func fireAdd(ctx context.Context, tx pgx.Tx, d *fireDelta) error {
 	first_error_code = CASE WHEN errored = 0 AND $9 > 0 THEN NULLIF($10, '') ELSE first_error_code END,
 	first_error_message = CASE WHEN errored = 0 AND $9 > 0 THEN NULLIF($11, '') ELSE first_error_message END
 WHERE policy = $1 AND slot = $2
-RETURNING outcome IS NOT NULL, `+fireReturning, d.policy, d.slot, c.Runs, c.Available, c.Unfinished, c.Failed, c.Missed, c.Skipped, c.Errored, code, text), &ended)
+RETURNING outcome IS NOT NULL, `+fireReturning(""), d.policy, d.slot, c.Runs, c.Available, c.Unfinished, c.Failed, c.Missed, c.Skipped, c.Errored, code, text), &ended)
 	if err == pgx.ErrNoRows {
 		return nil
 	}
@@ -839,7 +849,7 @@ UPDATE notification_fires f SET start_notification_id = $3, runs = c.runs, avail
 	unfinished = c.unfinished, failed = c.failed, missed = c.missed, skipped = c.skipped, errored = c.errored,
 	first_error_code = (SELECT error_code FROM e), first_error_message = (SELECT error_message FROM e)
 FROM c WHERE f.policy = $1 AND f.slot = $2
-RETURNING `+fireReturningAliased("f"), policy, slot, id))
+RETURNING `+fireReturning("f"), policy, slot, id))
 	if err != nil {
 		return false, err
 	}
@@ -847,13 +857,4 @@ RETURNING `+fireReturningAliased("f"), policy, slot, id))
 		f.counts.Errored, f.firstCode, f.firstText = 1, failCode, cutBytes(failMessage, 1000)
 	}
 	return true, fireDecide(ctx, tx, policy, slot, f, nil)
-}
-
-// fireReturningAliased is fireReturning with its columns qualified by alias.
-func fireReturningAliased(alias string) string {
-	cols := []string{"runs", "available", "unfinished", "failed", "missed", "skipped", "errored", "expected_runs"}
-	for i, c := range cols {
-		cols[i] = alias + "." + c
-	}
-	return strings.Join(cols, ", ") + fmt.Sprintf(`, COALESCE(%[1]s.first_error_code, ''), COALESCE(%[1]s.first_error_message, '')`, alias)
 }

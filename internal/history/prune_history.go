@@ -112,8 +112,8 @@ func (s *Store) HistoryPrune(ctx context.Context, p HistoryPruneParams) (History
 		return s.historyPruneCount(ctx, cutoff, cutoffDay, processCutoff, p.DaemonID)
 	}
 	var err error
-	// Days first: with the coverage triggers of migrations/0005_coverage.sql still in place, a run
-	// deleted afterwards recomputes its day and may write it again; the next prune removes it.
+	// Days, runs, then deletions: no trigger recomputes anything when a run goes (effects.go
+	// keeps coverage as runs are written), so each table is pruned by its own rule.
 	if out.CoverageDays, err = s.pruneCoverageDays(ctx, cutoffDay); err != nil {
 		return out, err
 	}

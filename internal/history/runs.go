@@ -104,12 +104,13 @@ func (s *Store) RunRename(ctx context.Context, runID int64, imageName string) er
 	if err := checkRename(runID, imageName); err != nil {
 		return err
 	}
-	changed, err := s.runWrite(ctx, runID, `UPDATE image_runs SET image_name = $2, updated_at = now()
+	// A pending run's name is in none of the answers effects.go keeps: one fenced UPDATE.
+	tag, err := s.pool.Exec(ctx, `UPDATE image_runs SET image_name = $2, updated_at = now()
 WHERE id = $1 AND (status = 'pending' OR image_name = $2) AND `+fenceOutcome(3), runID, imageName, s.term)
 	if err != nil {
 		return fmt.Errorf("rename run %d: %w", runID, s.translate(err))
 	}
-	if !changed {
+	if tag.RowsAffected() == 0 {
 		return s.unchanged(ctx, runID, "rename run")
 	}
 	return nil

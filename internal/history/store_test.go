@@ -3,9 +3,7 @@ package history_test
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"net/url"
-	"sort"
 	"strings"
 	"testing"
 
@@ -15,7 +13,6 @@ import (
 
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
-	"github.com/imager-dev/imager/migrations"
 )
 
 func TestOpenWithoutURL(t *testing.T) {
@@ -93,46 +90,6 @@ func TestOpenErrorsNeverShowThePassword(t *testing.T) {
 			require.Equal(t, tc.unavailable, errors.Is(err, history.ErrUnavailable), msg)
 		})
 	}
-}
-
-func TestMigrateIsIdempotent(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	s, err := history.Open(ctx, pgtest.NewDatabase(t), zerolog.Nop())
-	require.NoError(t, err)
-	defer s.Close()
-
-	applied, err := s.Migrate(ctx)
-	require.NoError(t, err)
-	require.Equal(t, shippedMigrations(t), applied)
-
-	applied, err = s.Migrate(ctx)
-	require.NoError(t, err)
-	require.Empty(t, applied)
-
-	var versions []string
-	rows, err := s.Pool().Query(ctx, "SELECT version FROM schema_migrations ORDER BY version")
-	require.NoError(t, err)
-	for rows.Next() {
-		var v string
-		require.NoError(t, rows.Scan(&v))
-		versions = append(versions, v)
-	}
-	require.NoError(t, rows.Err())
-	require.Equal(t, shippedMigrations(t), versions)
-}
-
-// shippedMigrations lists the versions of the embedded migration files, in order.
-func shippedMigrations(t *testing.T) []string {
-	t.Helper()
-	files, err := fs.Glob(migrations.FS, "*.sql")
-	require.NoError(t, err)
-	require.NotEmpty(t, files)
-	sort.Strings(files)
-	for i, f := range files {
-		files[i] = strings.TrimSuffix(f, ".sql")
-	}
-	return files
 }
 
 func TestSchemaIsDocumented(t *testing.T) {

@@ -343,3 +343,29 @@ func shippedMigrations(t *testing.T) []string {
 	}
 	return files
 }
+
+func TestMigrateIsIdempotent(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	pool := mustPool(t, pgtest.NewDatabase(t))
+
+	applied, err := migrate.Apply(ctx, pool)
+	require.NoError(t, err)
+	require.Equal(t, shippedMigrations(t), applied)
+
+	applied, err = migrate.Apply(ctx, pool)
+	require.NoError(t, err)
+	require.Empty(t, applied)
+
+	var versions []string
+	rows, err := pool.Query(ctx, "SELECT version FROM schema_migrations ORDER BY version")
+	require.NoError(t, err)
+	for rows.Next() {
+		var v string
+		require.NoError(t, rows.Scan(&v))
+		versions = append(versions, v)
+	}
+	require.NoError(t, rows.Err())
+	require.Equal(t, shippedMigrations(t), versions)
+}
+
