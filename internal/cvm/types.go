@@ -194,3 +194,28 @@ type DescribeInstancesOutput struct {
 	TotalCount int
 	RequestID  string
 }
+
+// ImageStateSyncing is the state of a copy in its destination region while SyncImages copies it.
+const ImageStateSyncing = "SYNCING"
+
+// SyncImagesInput copies one NORMAL image to other regions. The client always sends
+// ImageSetRequired=true, so the answer names each copy's id.
+type SyncImagesInput struct {
+	ImageID            string   // the source image, in the region the call is sent to
+	DestinationRegions []string // never the source region
+	ImageName          string   // the copies' name; imager sends the source image's name
+	DryRun             bool     // sent as JSON true only when set
+}
+
+// ImageCopy is one copy SyncImages started: its id in its destination region.
+type ImageCopy struct {
+	ImageID string
+	Region  string
+}
+
+// SyncImagesOutput is an accepted SyncImages. Copies may be empty when the API answered without an
+// ImageSet: find each copy by exact name in its destination then.
+type SyncImagesOutput struct {
+	Copies    []ImageCopy
+	RequestID string
+}

@@ -8,11 +8,12 @@ import (
 
 // Config is the validated result of loading one policy file or a directory of them.
 type Config struct {
-	API      API
-	Notify   Notify    // the top-level notify: block (notify.go)
-	History  History   // the top-level history: block (history.go)
-	Policies []*Policy // in file order (files sorted by name)
-	Sources  []string  // the files read
+	API      API        // the top-level api: block; the defaults of every account's api:
+	Accounts []*Account // the accounts: block, or the one DefaultAccount when it is absent (accounts.go)
+	Notify   Notify     // the top-level notify: block (notify.go)
+	History  History    // the top-level history: block (history.go)
+	Policies []*Policy  // in file order (files sorted by name)
+	Sources  []string   // the files read
 
 	byName map[string]*Policy
 }
@@ -51,13 +52,16 @@ type Policy struct {
 	ScheduleSpec string
 	Schedule     Schedule
 	Region       string
-	Location     *time.Location // the policy's time zone (CRON_TZ= in the schedule wins for firing)
-	Instances    []string       // explicit targets (ins-xxxxxxxx)
-	Select       *Selector      // tag-selected targets, nil when not set
-	Image        ImageSpec
-	Retention    *Retention   // nil when not set: images are never pruned
-	Notify       PolicyNotify // the policy's notify: block (notify.go)
-	Enabled      bool
+	Account      string // the name of the account the policy's calls are made with (accounts.go)
+	// CopyTo lists the other regions each available image is copied to (`copy_to`), empty for none.
+	CopyTo    []CopyTarget
+	Location  *time.Location // the policy's time zone (CRON_TZ= in the schedule wins for firing)
+	Instances []string       // explicit targets (ins-xxxxxxxx)
+	Select    *Selector      // tag-selected targets, nil when not set
+	Image     ImageSpec
+	Retention *Retention   // nil when not set: images are never pruned
+	Notify    PolicyNotify // the policy's notify: block (notify.go)
+	Enabled   bool
 	// StartWindow is how long after its nominal time a slot may still start (`start_window`,
 	// default the smaller of 1h and the schedule's shortest interval). A slot found later is
 	// recorded missed; transient retries of a slot stop when its window closes.
@@ -120,6 +124,41 @@ type Retention struct {
 	MinKeep         int           // default 1; never keep fewer available images
 	DeleteSnapshots bool
 }
+
+// CopyTarget is one `copy_to` entry: a region each available image of the policy is copied to,
+// and how many copies are kept there.
+type CopyTarget struct {
+	Region    string
+	Retention *Retention // the entry's retention:, else the policy's (nil: copies never pruned)
+}
+
+// Account is one entry of the `accounts:` block: whose credentials sign a policy's calls, with
+// that account's own API limits. Exactly one of the credential sources is set; none of them is a
+// secret itself (a secret is only ever read from the environment or the profile file when used).
+type Account struct {
+	Name string
+	File string
+	Line int
+	// SecretIDEnv and SecretKeyEnv name the environment variables holding the key pair.
+	SecretIDEnv, SecretKeyEnv string
+	// Profile names a section of the tccli credentials file (~/.tencentcloud/credentials).
+	Profile string
+	// Role, when set, is assumed through STS on top of the SDK's default credential chain.
+	Role *Role
+	// API is the account's api: block, with the top-level api: block as its defaults.
+	API API
+}
+
+// Role is an account's `role:` (STS AssumeRole).
+type Role struct {
+	ARN         string
+	SessionName string
+	Duration    time.Duration
+}
+
+// DefaultAccount is the name of the one account used when the file has no `accounts:` block: the
+// SDK's default credential chain, with the top-level api: block.
+const DefaultAccount = "default"
 
 // Schedule yields a policy's slots: nominal fire times.
 type Schedule interface {
