@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // runChange is one write of a run in a transaction: its status before (none for a run the
@@ -26,25 +27,34 @@ type runChange struct {
 // effects (nor an effect without its run). Fires begun by this transaction are counted by
 // fireBegin instead: call applyEffects before beginning them.
 func (s *Store) applyEffects(ctx context.Context, tx pgx.Tx, changes []runChange) error {
+	var q pipeline
+	if err := queueEffects(ctx, tx, &q, changes); err != nil {
+		return err
+	}
+	return q.flush(ctx, tx)
+}
+
+// queueEffects is applyEffects with the writes that read nothing back (the inserts of new runs'
+// coverage, the fires' counts) queued on q, to be sent with the caller's own statements; what
+// must read rows first runs now on tx. The effects are written when q is flushed.
+func queueEffects(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runChange) error {
 	if len(changes) == 0 {
 		return nil
 	}
 	if err := latestApply(ctx, tx, changes); err != nil {
 		return fmt.Errorf("latest images: %w", err)
 	}
-	prior, err := coverageApply(ctx, tx, changes)
+	prior, err := coverageApply(ctx, tx, q, changes)
 	if err != nil {
 		return fmt.Errorf("coverage: %w", err)
 	}
-	if err := daysApply(ctx, tx, changes); err != nil {
+	if err := daysApply(ctx, tx, q, changes); err != nil {
 		return fmt.Errorf("daily coverage: %w", err)
 	}
 	if err := outboxApply(ctx, tx, changes, prior); err != nil {
 		return fmt.Errorf("notifications: %w", err)
 	}
-	if err := firesApply(ctx, tx, changes); err != nil {
-		return fmt.Errorf("fires: %w", err)
-	}
+	firesApply(q, changes)
 	return nil
 }
 
@@ -151,7 +161,7 @@ type pairAgg struct {
 	avail       *Run
 }
 
-func coverageApply(ctx context.Context, tx pgx.Tx, changes []runChange) (map[int64]coveragePrior, error) {
+func coverageApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runChange) (map[int64]coveragePrior, error) {
 	prior := map[int64]coveragePrior{}
 	var inserts []Run
 	for _, c := range changes {
@@ -168,13 +178,14 @@ func coverageApply(ctx context.Context, tx pgx.Tx, changes []runChange) (map[int
 		}
 		prior[c.run.ID] = p
 	}
-	return prior, coverageInsert(ctx, tx, inserts)
+	coverageInsert(q, inserts)
+	return prior, nil
 }
 
-// coverageInsert adds new runs to coverage_state, one upsert for the batch.
-func coverageInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
+// coverageInsert queues the upsert of new runs into coverage_state, one statement for the batch.
+func coverageInsert(q *pipeline, runs []Run) {
 	if len(runs) == 0 {
-		return nil
+		return
 	}
 	aggs := map[pairKey]*pairAgg{}
 	var keys []pairKey
@@ -221,10 +232,15 @@ func coverageInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
 			availImgs[i], availNames[i] = a.avail.ImageID, a.avail.ImageName
 		}
 	}
+	q.exec(sqlCoverageInsert, pols, insts, firsts, lasts, lastIDs, lastStatus, lastCode, availIDs, availImgs, availNames, availSlots, availAts)
+}
+
+// sqlCoverageInsert upserts new runs' pairs into coverage_state (coverageInsert's columns).
+var sqlCoverageInsert = func() string {
 	newer := `EXCLUDED.last_slot > c.last_slot`
 	avail := `EXCLUDED.last_available_run_id IS NOT NULL AND (c.last_available_run_id IS NULL
 		OR (EXCLUDED.last_available_slot, EXCLUDED.last_available_run_id) > (c.last_available_slot, c.last_available_run_id))`
-	_, err := tx.Exec(ctx, `
+	return `
 INSERT INTO coverage_state AS c (policy, instance_id, first_slot, last_slot, last_run_id, last_status, last_error_code,
 	last_available_run_id, last_available_image_id, last_available_image_name, last_available_slot, last_available_at)
 SELECT u.policy, u.instance_id, u.first_slot, u.last_slot, u.last_run_id, u.last_status, NULLIF(u.last_error_code, ''),
@@ -236,12 +252,10 @@ FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::bi
 ON CONFLICT (policy, instance_id) DO UPDATE
 SET first_slot = LEAST(c.first_slot, EXCLUDED.first_slot),
 	last_slot = GREATEST(c.last_slot, EXCLUDED.last_slot),
-	`+pickColumns(newer, "last_run_id", "last_status", "last_error_code")+`,
-	`+pickColumns(avail, "last_available_run_id", "last_available_image_id", "last_available_image_name",
-		"last_available_slot", "last_available_at"),
-		pols, insts, firsts, lasts, lastIDs, lastStatus, lastCode, availIDs, availImgs, availNames, availSlots, availAts)
-	return err
-}
+	` + pickColumns(newer, "last_run_id", "last_status", "last_error_code") + `,
+	` + pickColumns(avail, "last_available_run_id", "last_available_image_id", "last_available_image_name",
+		"last_available_slot", "last_available_at")
+}()
 
 // pickColumns is the SET list of an upsert that takes the new row's value of each column when
 // cond holds, and keeps the existing row's otherwise (the existing row is aliased c).
@@ -298,7 +312,7 @@ WHERE policy = $1 AND instance_id = $2`, r.Policy, r.InstanceID, isLast, takesAv
 
 // ---- coverage_days: per (policy, instance, day), the day's best run ----
 
-func daysApply(ctx context.Context, tx pgx.Tx, changes []runChange) error {
+func daysApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runChange) error {
 	var inserts []Run
 	for _, c := range changes {
 		if c.before == "" {
@@ -313,7 +327,8 @@ func daysApply(ctx context.Context, tx pgx.Tx, changes []runChange) error {
 			inserts = append(inserts, c.run)
 		}
 	}
-	return daysInsert(ctx, tx, inserts)
+	daysInsert(q, inserts)
+	return nil
 }
 
 // dayOf is the SQL expression of the day (in the time zone of policy polExpr) of slot slotExpr.
@@ -321,11 +336,11 @@ func dayOf(polExpr, slotExpr string) string {
 	return fmt.Sprintf(`(%s AT TIME ZONE COALESCE((SELECT timezone FROM policies WHERE name = %s), 'UTC'))::date`, slotExpr, polExpr)
 }
 
-// daysInsert adds new runs to coverage_days: per (policy, instance, day) of the batch, its count
-// and its best run, merged with the day's row.
-func daysInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
+// daysInsert queues the merge of new runs into coverage_days: per (policy, instance, day) of the
+// batch, its count and its best run, merged with the day's row.
+func daysInsert(q *pipeline, runs []Run) {
 	if len(runs) == 0 {
-		return nil
+		return
 	}
 	n := len(runs)
 	pols, insts, statuses, imgs, codes := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
@@ -334,9 +349,6 @@ func daysInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
 		pols[i], insts[i], statuses[i], imgs[i], codes[i] = r.Policy, r.InstanceID, string(r.Status), r.ImageID, r.ErrorCode
 		slots[i], ids[i] = r.ScheduledAt, r.ID
 	}
-	beats := fmt.Sprintf(`(%[1]s < %[2]s OR (%[1]s = %[2]s
-		AND (SELECT r.scheduled_at FROM image_runs r WHERE r.id = EXCLUDED.run_id) > (SELECT r.scheduled_at FROM image_runs r WHERE r.id = c.run_id)))`,
-		dayRankSQL("EXCLUDED.status"), dayRankSQL("c.status"))
 	// A fire writes one run per pair: each run is its day's only new run, and the batch needs no
 	// ranking of its own (a walk of missed slots writes several runs of a pair, some on one day).
 	onePerPair := true
@@ -349,6 +361,21 @@ func daysInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
 		}
 		seen[k] = true
 	}
+	sql := sqlDaysInsertRanked
+	if onePerPair {
+		sql = sqlDaysInsertOne
+	}
+	q.exec(sql, pols, insts, slots, ids, statuses, imgs, codes)
+}
+
+// sqlDaysInsertOne and sqlDaysInsertRanked merge new runs into coverage_days (daysInsert's
+// columns); the first for a batch of one run per pair, which needs no ranking of its own.
+var sqlDaysInsertOne, sqlDaysInsertRanked = daysInsertSQL(true), daysInsertSQL(false)
+
+func daysInsertSQL(onePerPair bool) string {
+	beats := fmt.Sprintf(`(%[1]s < %[2]s OR (%[1]s = %[2]s
+		AND (SELECT r.scheduled_at FROM image_runs r WHERE r.id = EXCLUDED.run_id) > (SELECT r.scheduled_at FROM image_runs r WHERE r.id = c.run_id)))`,
+		dayRankSQL("EXCLUDED.status"), dayRankSQL("c.status"))
 	g := `
 	SELECT policy, instance_id, day, status, run_id, image_id, error_code, 1 AS runs FROM u`
 	if !onePerPair {
@@ -357,21 +384,19 @@ func daysInsert(ctx context.Context, tx pgx.Tx, runs []Run) error {
 		count(*) OVER (PARTITION BY policy, instance_id, day) AS runs
 	FROM u ORDER BY policy, instance_id, day, ` + dayRankSQL("status") + `, slot DESC`
 	}
-	_, err := tx.Exec(ctx, `
+	return `
 WITH u AS (
 	SELECT u.*, (u.slot AT TIME ZONE COALESCE(p.timezone, 'UTC'))::date AS day
 	FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bigint[], $5::text[], $6::text[], $7::text[])
 		AS u(policy, instance_id, slot, run_id, status, image_id, error_code)
 	LEFT JOIN policies p ON p.name = u.policy),
-g AS (`+g+`)
+g AS (` + g + `)
 INSERT INTO coverage_days AS c (policy, instance_id, day, status, run_id, image_id, error_code, runs)
 SELECT policy, instance_id, day, status, run_id, NULLIF(image_id, ''), NULLIF(error_code, ''), runs FROM g
 ORDER BY policy, day, instance_id
 ON CONFLICT (policy, day, instance_id) DO UPDATE
 SET runs = c.runs + EXCLUDED.runs,
-	`+pickColumns(beats, "status", "run_id", "image_id", "error_code"),
-		pols, insts, slots, ids, statuses, imgs, codes)
-	return err
+	` + pickColumns(beats, "status", "run_id", "image_id", "error_code")
 }
 
 // dayUpdate applies a change of an existing run to its day's row under the row's lock. found is
@@ -449,13 +474,24 @@ func payloadTimeSQL(expr string) string {
 // insertEvent writes e and its payload (the JSON body every webhook receives: the detail and the
 // row's columns, with the event's id so receivers can drop repeats) and returns its id.
 func insertEvent(ctx context.Context, tx pgx.Tx, e event) (int64, error) {
+	args, err := eventArgs(e)
+	if err != nil {
+		return 0, err
+	}
+	var id int64
+	err = tx.QueryRow(ctx, sqlInsertEvent, args...).Scan(&id)
+	return id, err
+}
+
+// eventArgs are the parameters $1–$12 of eventCTE for e.
+func eventArgs(e event) ([]any, error) {
 	detail := e.Detail
 	if detail == nil {
 		detail = map[string]any{}
 	}
 	d, err := json.Marshal(detail)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	var runID *int64
 	if e.RunID != 0 {
@@ -465,21 +501,26 @@ func insertEvent(ctx context.Context, tx pgx.Tx, e event) (int64, error) {
 	if !e.Slot.IsZero() {
 		slot = &e.Slot
 	}
-	var id int64
-	err = tx.QueryRow(ctx, `
-WITH v AS (SELECT nextval(pg_get_serial_sequence('notifications', 'id')) AS id, COALESCE($11::timestamptz, now()) AS at)
-INSERT INTO notifications (id, event, policy, instance_id, run_id, slot, status, error_code, error_message,
-	image_id, image_name, at, detail, payload)
-SELECT v.id, $1, $2, NULLIF($3::text, ''), $4, $5, NULLIF($6::text, ''), NULLIF($7::text, ''), NULLIF($8::text, ''),
-	NULLIF($9::text, ''), NULLIF($10::text, ''), v.at, $12::jsonb,
-	$12::jsonb || jsonb_build_object('event_id', v.id, 'event', $1::text, 'policy', $2::text,
-		'instance_id', NULLIF($3::text, ''), 'run_id', $4::bigint, 'slot', `+payloadTimeSQL("$5::timestamptz")+`,
-		'status', NULLIF($6::text, ''), 'error_code', NULLIF($7::text, ''), 'error_message', NULLIF($8::text, ''),
-		'image_id', NULLIF($9::text, ''), 'image_name', NULLIF($10::text, ''), 'at', `+payloadTimeSQL("v.at")+`)
-FROM v RETURNING id`, e.Event, e.Policy, e.InstanceID, runID, slot, e.Status, e.ErrorCode, cutBytes(e.ErrorMessage, 1000),
-		e.ImageID, e.ImageName, e.At, d).Scan(&id)
-	return id, err
+	return []any{e.Event, e.Policy, e.InstanceID, runID, slot, e.Status, e.ErrorCode, cutBytes(e.ErrorMessage, 1000),
+		e.ImageID, e.ImageName, e.At, d}, nil
 }
+
+// eventCTE inserts one outbox row with its payload (eventArgs' parameters $1–$12) as the common
+// table expression ev, which yields its id. The id is taken only when the row is written.
+var eventCTE = `v AS (SELECT nextval(pg_get_serial_sequence('notifications', 'id')) AS id, COALESCE($11::timestamptz, now()) AS at),
+ev AS (
+	INSERT INTO notifications (id, event, policy, instance_id, run_id, slot, status, error_code, error_message,
+		image_id, image_name, at, detail, payload)
+	SELECT v.id, $1, $2, NULLIF($3::text, ''), $4, $5, NULLIF($6::text, ''), NULLIF($7::text, ''), NULLIF($8::text, ''),
+		NULLIF($9::text, ''), NULLIF($10::text, ''), v.at, $12::jsonb,
+		$12::jsonb || jsonb_build_object('event_id', v.id, 'event', $1::text, 'policy', $2::text,
+			'instance_id', NULLIF($3::text, ''), 'run_id', $4::bigint, 'slot', ` + payloadTimeSQL("$5::timestamptz") + `,
+			'status', NULLIF($6::text, ''), 'error_code', NULLIF($7::text, ''), 'error_message', NULLIF($8::text, ''),
+			'image_id', NULLIF($9::text, ''), 'image_name', NULLIF($10::text, ''), 'at', ` + payloadTimeSQL("v.at") + `)
+	FROM v RETURNING id)`
+
+// sqlInsertEvent inserts one outbox row and returns its id.
+var sqlInsertEvent = "WITH " + eventCTE + "\nSELECT id FROM ev"
 
 // digestGroup is the runs of one transaction that join one missed or failed event.
 type digestGroup struct {
@@ -686,7 +727,9 @@ type fireDelta struct {
 	at         *time.Time
 }
 
-func firesApply(ctx context.Context, tx pgx.Tx, changes []runChange) error {
+// firesApply queues the changes' deltas to their fires' counts; a fire the counts decide ends
+// once q is flushed.
+func firesApply(q *pipeline, changes []runChange) {
 	deltas := map[fireKey]*fireDelta{}
 	var keys []fireKey
 	for _, c := range changes {
@@ -727,11 +770,8 @@ func firesApply(ctx context.Context, tx pgx.Tx, changes []runChange) error {
 		if deltas[k].counts == (fireCounts{}) {
 			continue // pending to requested: nothing to count
 		}
-		if err := fireAdd(ctx, tx, deltas[k]); err != nil {
-			return err
-		}
+		fireAdd(q, deltas[k])
 	}
-	return nil
 }
 
 // fireRow is the state of an open fire after an update of its counts.
@@ -762,30 +802,36 @@ func scanFire(row pgx.Row, first ...any) (fireRow, error) {
 	return f, err
 }
 
-// fireAdd adds d to its fire's counts and, while the fire is open, ends it when the counts decide
-// it (an ended fire keeps counting: its row says how its runs ended). A run of no fire (imager
-// once) changes nothing.
-func fireAdd(ctx context.Context, tx pgx.Tx, d *fireDelta) error {
+// fireAdd queues d's addition to its fire's counts and, while the fire is open, ends it when the
+// counts decide it (an ended fire keeps counting: its row says how its runs ended). A run of no
+// fire (imager once) changes nothing.
+func fireAdd(q *pipeline, d *fireDelta) {
 	var code, text string
 	if d.firstError != nil {
 		code, text = d.firstError.ErrorCode, cutBytes(d.firstError.ErrorMessage, 1000)
 	}
 	c := d.counts
-	var ended bool
-	f, err := scanFire(tx.QueryRow(ctx, `UPDATE notification_fires SET runs = runs + $3, available = available + $4,
+	q.queryRow(func(row pgx.Row) error {
+		var ended bool
+		f, err := scanFire(row, &ended)
+		if err == pgx.ErrNoRows || (err == nil && ended) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		q.then(func(ctx context.Context, tx pgx.Tx) error { return fireDecide(ctx, tx, d.policy, d.slot, f, d.at) })
+		return nil
+	}, sqlFireAdd, d.policy, d.slot, c.Runs, c.Available, c.Unfinished, c.Failed, c.Missed, c.Skipped, c.Errored, code, text)
+}
+
+// sqlFireAdd adds a delta to an open or ended fire's counts (fireAdd's parameters).
+var sqlFireAdd = `UPDATE notification_fires SET runs = runs + $3, available = available + $4,
 	unfinished = unfinished + $5, failed = failed + $6, missed = missed + $7, skipped = skipped + $8, errored = errored + $9,
 	first_error_code = CASE WHEN errored = 0 AND $9 > 0 THEN NULLIF($10, '') ELSE first_error_code END,
 	first_error_message = CASE WHEN errored = 0 AND $9 > 0 THEN NULLIF($11, '') ELSE first_error_message END
 WHERE policy = $1 AND slot = $2
-RETURNING outcome IS NOT NULL, `+fireReturning(""), d.policy, d.slot, c.Runs, c.Available, c.Unfinished, c.Failed, c.Missed, c.Skipped, c.Errored, code, text), &ended)
-	if err == pgx.ErrNoRows {
-		return nil
-	}
-	if err != nil || ended {
-		return err
-	}
-	return fireDecide(ctx, tx, d.policy, d.slot, f, d.at)
-}
+RETURNING outcome IS NOT NULL, ` + fireReturning("")
 
 // fireDecide ends the fire when its counts decide it: its fire_succeeded or fire_failed event
 // (the ping's verdict), and the row's outcome.
@@ -811,28 +857,15 @@ WHERE policy = $1 AND slot = $2`, policy, slot, outcome, at, id)
 	return err
 }
 
-// fireBegin records the fire of policy at slot, once: its row, counted from the slot's runs
-// (which the caller wrote first, in this transaction), and its fire_started event; then the
-// counts may already decide it (a fire whose runs were all missed). expectNone marks a fire
-// that wrote no run: it succeeds at once when failCode is empty (nothing to image), and fails
-// with failCode and failMessage otherwise. It reports whether this call began the fire.
-func fireBegin(ctx context.Context, tx pgx.Tx, policy string, slot time.Time, expectNone bool, failCode, failMessage string) (bool, error) {
-	var expected *int
-	if expectNone {
-		zero := 0
-		expected = &zero
-	}
-	tag, err := tx.Exec(ctx, `INSERT INTO notification_fires (policy, slot, expected_runs) VALUES ($1, $2, $3)
-ON CONFLICT (policy, slot) DO NOTHING`, policy, slot, expected)
-	if err != nil || tag.RowsAffected() == 0 {
-		return false, err
-	}
-	id, err := insertEvent(ctx, tx, event{Event: EventFireStarted, Policy: policy, Slot: slot})
-	if err != nil {
-		return false, err
-	}
-	f, err := scanFire(tx.QueryRow(ctx, `
-WITH c AS (
+// sqlFireInsert adds a fire's row once.
+const sqlFireInsert = `INSERT INTO notification_fires (policy, slot, expected_runs) VALUES ($1, $2, $3)
+ON CONFLICT (policy, slot) DO NOTHING`
+
+// sqlFireStart writes a fire's fire_started event (eventArgs' parameters: $2 is the policy, $5
+// the slot) and, in the same statement, counts the slot's runs into the fire's row and links the
+// event to it.
+var sqlFireStart = "WITH " + eventCTE + `,
+c AS (
 	SELECT count(*) AS runs,
 		count(*) FILTER (WHERE status = 'available') AS available,
 		count(*) FILTER (WHERE status IN ('pending', 'requested')) AS unfinished,
@@ -840,21 +873,47 @@ WITH c AS (
 		count(*) FILTER (WHERE status = 'missed') AS missed,
 		count(*) FILTER (WHERE status = 'skipped') AS skipped,
 		count(*) FILTER (WHERE status IN ('failed', 'missed') OR (status = 'skipped' AND error_code IS NOT NULL)) AS errored
-	FROM image_runs WHERE policy = $1 AND scheduled_at = $2),
+	FROM image_runs WHERE policy = $2 AND scheduled_at = $5),
 e AS (
 	SELECT error_code, error_message FROM image_runs
-	WHERE policy = $1 AND scheduled_at = $2 AND (status IN ('failed', 'missed') OR (status = 'skipped' AND error_code IS NOT NULL))
+	WHERE policy = $2 AND scheduled_at = $5 AND (status IN ('failed', 'missed') OR (status = 'skipped' AND error_code IS NOT NULL))
 	ORDER BY finished_at, id LIMIT 1)
-UPDATE notification_fires f SET start_notification_id = $3, runs = c.runs, available = c.available,
+UPDATE notification_fires f SET start_notification_id = (SELECT id FROM ev), runs = c.runs, available = c.available,
 	unfinished = c.unfinished, failed = c.failed, missed = c.missed, skipped = c.skipped, errored = c.errored,
 	first_error_code = (SELECT error_code FROM e), first_error_message = (SELECT error_message FROM e)
-FROM c WHERE f.policy = $1 AND f.slot = $2
-RETURNING `+fireReturning("f"), policy, slot, id))
-	if err != nil {
-		return false, err
+FROM c WHERE f.policy = $2 AND f.slot = $5
+RETURNING ` + fireReturning("f")
+
+// fireBegin records the fire of policy at slot, once: its row, counted from the slot's runs
+// (which the caller wrote first, in this transaction), and its fire_started event; then the
+// counts may already decide it (a fire whose runs were all missed). expectNone marks a fire
+// that wrote no run: it succeeds at once when failCode is empty (nothing to image), and fails
+// with failCode and failMessage otherwise. The fire's row is queued on q; the rest runs once q is
+// flushed, and only when the row was new.
+func fireBegin(q *pipeline, policy string, slot time.Time, expectNone bool, failCode, failMessage string) {
+	var expected *int
+	if expectNone {
+		zero := 0
+		expected = &zero
 	}
-	if expectNone && failCode != "" {
-		f.counts.Errored, f.firstCode, f.firstText = 1, failCode, cutBytes(failMessage, 1000)
-	}
-	return true, fireDecide(ctx, tx, policy, slot, f, nil)
+	q.b.Queue(sqlFireInsert, policy, slot, expected).Exec(func(tag pgconn.CommandTag) error {
+		if tag.RowsAffected() == 0 {
+			return nil // begun before
+		}
+		q.then(func(ctx context.Context, tx pgx.Tx) error {
+			args, err := eventArgs(event{Event: EventFireStarted, Policy: policy, Slot: slot})
+			if err != nil {
+				return err
+			}
+			f, err := scanFire(tx.QueryRow(ctx, sqlFireStart, args...))
+			if err != nil {
+				return err
+			}
+			if expectNone && failCode != "" {
+				f.counts.Errored, f.firstCode, f.firstText = 1, failCode, cutBytes(failMessage, 1000)
+			}
+			return fireDecide(ctx, tx, policy, slot, f, nil)
+		})
+		return nil
+	})
 }

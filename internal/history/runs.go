@@ -63,7 +63,9 @@ func (s *Store) RunClaim(ctx context.Context, p RunClaimParams) (Run, bool, erro
 	var r Run
 	claimed := true
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.claimFence(ctx, tx); err != nil {
+		var fence pipeline
+		s.queueFence(&fence)
+		if err := fence.flush(ctx, tx); err != nil {
 			return err
 		}
 		var err error

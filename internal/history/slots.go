@@ -10,34 +10,47 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// claimFence takes the lease row in share mode, so a replica taking the lease over waits for this
-// transaction (and then sees its rows), and checks fenceClaim for s's term. It returns ErrFenced
-// when the term is no longer the live lease's.
-func (s *Store) claimFence(ctx context.Context, tx pgx.Tx) error {
+// queueFence queues, first on q, the lock of the lease row in share mode (so a replica taking the
+// lease over waits for this transaction, and then sees its rows) and the check that s's term is
+// the lease's and the lease is live by the database clock. q's flush then fails with ErrFenced
+// when it is not, before any work that waited for the answer runs.
+func (s *Store) queueFence(q *pipeline) {
 	if s.term == 0 {
-		return nil
+		return
 	}
-	if _, err := tx.Exec(ctx, `SELECT 1 FROM leader_lease WHERE name = $1 FOR SHARE`, LeaseName); err != nil {
-		return s.translate(err)
-	}
-	var ok bool
-	if err := tx.QueryRow(ctx, `SELECT `+fenceClaim(1), s.term).Scan(&ok); err != nil {
-		return s.translate(err)
-	}
-	if !ok {
-		return ErrFenced
-	}
-	return nil
+	q.queryRow(func(row pgx.Row) error {
+		var ok bool
+		err := row.Scan(&ok)
+		if errors.Is(err, pgx.ErrNoRows) || (err == nil && !ok) {
+			q.fenced = true // no lease at all (nobody leads), or not s's
+			return nil
+		}
+		return err
+	}, sqlClaimFence, LeaseName, s.term)
 }
 
-// fencedTx runs fn in one transaction behind claimFence, and names the work (what) in its error:
-// ErrFenced stays recognisable, anything else is translated.
-func (s *Store) fencedTx(ctx context.Context, what string, fn func(tx pgx.Tx) error) error {
+// sqlClaimFence locks the lease row in share mode and says whether term $2 holds it, live.
+const sqlClaimFence = `SELECT term = $2::bigint AND expires_at > now() FROM leader_lease WHERE name = $1 FOR SHARE`
+
+// claimFenceSQL is the condition, in a statement sent after sqlClaimFence, that the term
+// (parameter $n, NULL when unfenced) still holds the live lease: a claim queued behind the fence
+// writes nothing, and takes no id, when it is fenced.
+func claimFenceSQL(n int) string {
+	return fmt.Sprintf(`($%[1]d::bigint IS NULL OR EXISTS (SELECT 1 FROM leader_lease
+	WHERE name = '%[2]s' AND term = $%[1]d::bigint AND expires_at > now()))`, n, LeaseName)
+}
+
+// pipelinedTx runs fn in one transaction whose pipeline starts with the fence (queueFence), and
+// flushes what fn left queued. It names the work (what) in its error: ErrFenced stays
+// recognisable, anything else is translated.
+func (s *Store) pipelinedTx(ctx context.Context, what string, fn func(ctx context.Context, tx pgx.Tx, q *pipeline) error) error {
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if err := s.claimFence(ctx, tx); err != nil {
+		var q pipeline
+		s.queueFence(&q)
+		if err := fn(ctx, tx, &q); err != nil {
 			return err
 		}
-		return fn(tx)
+		return q.flush(ctx, tx)
 	})
 	switch {
 	case err == nil:
@@ -47,6 +60,17 @@ func (s *Store) fencedTx(ctx context.Context, what string, fn func(tx pgx.Tx) er
 	default:
 		return fmt.Errorf("%s: %w", what, s.translate(err))
 	}
+}
+
+// fencedTx runs fn in one transaction behind the fence, and names the work (what) in its error
+// like pipelinedTx.
+func (s *Store) fencedTx(ctx context.Context, what string, fn func(tx pgx.Tx) error) error {
+	return s.pipelinedTx(ctx, what, func(ctx context.Context, tx pgx.Tx, q *pipeline) error {
+		if err := q.flush(ctx, tx); err != nil {
+			return err
+		}
+		return fn(tx)
+	})
 }
 
 // termArg is the term stored on rows a fenced store writes: NULL when unfenced.
@@ -80,8 +104,8 @@ const claimSelect = `SELECT ` + runColumns + ` FROM image_runs
 WHERE policy = $1 AND instance_id = $2 AND scheduled_at = $3`
 
 // claimInsertMany inserts the slot rows of one fire in one statement, in the order given (their
-// ids follow it), skipping slots that already have a row.
-const claimInsertMany = `
+// ids follow it), skipping slots that already have a row, and returns each new row's id and key.
+var claimInsertMany = `
 INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
 	image_name, error_code, error_message, daemon_id, term, updated_at)
 SELECT c.policy, c.instance_id, c.region, c.scheduled_at, c.started_at, c.finished_at, c.status,
@@ -90,9 +114,23 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamp
 	$7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY
 	AS c(policy, instance_id, region, scheduled_at, started_at, finished_at, status, image_name,
 		error_code, error_message, daemon_id, ord)
+WHERE ` + claimFenceSQL(12) + `
 ORDER BY c.ord
 ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
-RETURNING ` + runColumns
+RETURNING id, policy, instance_id, scheduled_at`
+
+// claimedRun is the row claimInsertMany wrote for p with id, as the database holds it (times to
+// the microsecond, in UTC): the claim reads back only the ids of the rows it wrote.
+func claimedRun(id int64, p RunClaimParams) Run {
+	r := Run{ID: id, Policy: p.Policy, InstanceID: p.InstanceID, Region: p.Region,
+		ScheduledAt: p.ScheduledAt.Truncate(time.Microsecond).UTC(), StartedAt: p.StartedAt.Truncate(time.Microsecond).UTC(),
+		Status: p.Status, ImageName: p.ImageName, ErrorCode: p.ErrorCode, ErrorMessage: p.ErrorMessage, DaemonID: p.DaemonID}
+	if p.Status.Terminal() {
+		finished := r.StartedAt
+		r.FinishedAt = &finished
+	}
+	return r
+}
 
 // claimSelectMany reads the rows of the given slot keys.
 const claimSelectMany = `SELECT ` + runColumns + ` FROM image_runs
@@ -171,20 +209,42 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 	runs := make([]Run, len(ps))
 	claimed := make([]bool, len(ps))
 	what := fmt.Sprintf("claim %d slots of %s at %s", len(ps), ps[0].Policy, ps[0].ScheduledAt.UTC().Format(time.RFC3339))
-	err := s.fencedTx(ctx, what, func(tx pgx.Tx) error {
-		// Match the inserted rows to their params by slot key; a key given twice is claimed by its
-		// first params only. Params whose row was not inserted (claimed before) read it back.
-		byKey, err := runsByKey(tx.Query(ctx, claimInsertMany, s.claimArrays(ps)...))
-		if err != nil {
+	latest := map[string]time.Time{}
+	for _, p := range ps {
+		if p.Manual {
+			continue
+		}
+		if t, ok := latest[p.Policy]; !ok || p.ScheduledAt.After(t) {
+			latest[p.Policy] = p.ScheduledAt
+		}
+	}
+	// Three round trips: the fence, the slot rows and policy_slots; then the rows' effects and the
+	// fires begun; then each new fire's start (docs/design.md "Fire latency").
+	err := s.pipelinedTx(ctx, what, func(ctx context.Context, tx pgx.Tx, q *pipeline) error {
+		inserted := map[claimKey]int64{}
+		q.query(func(rows pgx.Rows) error {
+			var id int64
+			var pol, inst string
+			var at time.Time
+			_, err := pgx.ForEachRow(rows, []any{&id, &pol, &inst, &at}, func() error {
+				inserted[keyOf(pol, inst, at)] = id
+				return nil
+			})
+			return err
+		}, claimInsertMany, s.claimArrays(ps)...)
+		moved := s.queueUpsertSlots(q, latest)
+		if err := q.flush(ctx, tx); err != nil {
 			return err
 		}
+		// Match the inserted rows to their params by slot key; a key given twice is claimed by its
+		// first params only. Params whose row was not inserted (claimed before) read it back.
 		var pols, insts []string
 		var slots []time.Time
 		for i, p := range ps {
 			k := keyOf(p.Policy, p.InstanceID, p.ScheduledAt)
-			if r, ok := byKey[k]; ok {
-				runs[i], claimed[i] = r, true
-				delete(byKey, k)
+			if id, ok := inserted[k]; ok {
+				runs[i], claimed[i] = claimedRun(id, p), true
+				delete(inserted, k)
 				continue
 			}
 			pols, insts, slots = append(pols, p.Policy), append(insts, p.InstanceID), append(slots, p.ScheduledAt)
@@ -211,27 +271,13 @@ func (s *Store) RunsClaimFire(ctx context.Context, ps []RunClaimParams) ([]Run, 
 				changes = append(changes, runChange{run: runs[i]})
 			}
 		}
-		if err := s.applyEffects(ctx, tx, changes); err != nil {
+		if err := queueEffects(ctx, tx, q, changes); err != nil {
 			return err
 		}
-		latest := map[string]time.Time{}
-		for _, p := range ps {
-			if p.Manual {
-				continue
-			}
-			if t, ok := latest[p.Policy]; !ok || p.ScheduledAt.After(t) {
-				latest[p.Policy] = p.ScheduledAt
-			}
-		}
-		moved, err := s.upsertSlots(ctx, tx, latest)
-		if err != nil {
-			return err
-		}
-		// A policy moved to a slot it wrote runs for: that is a fire (its ping's /start).
-		for _, pol := range moved {
-			if _, err := fireBegin(ctx, tx, pol, latest[pol], false, "", ""); err != nil {
-				return fmt.Errorf("begin the fire of %s: %w", pol, err)
-			}
+		// A policy moved to a slot it wrote runs for: that is a fire (its ping's /start). The fire
+		// is begun after the runs' effects, which count only fires begun before.
+		for _, pol := range *moved {
+			fireBegin(q, pol, latest[pol], false, "", "")
 		}
 		return nil
 	})
@@ -265,16 +311,20 @@ func (s *Store) PolicySlotsSet(ctx context.Context, slots map[string]time.Time) 
 			what = "record last slot of " + p
 		}
 	}
-	return s.fencedTx(ctx, what, func(tx pgx.Tx) error {
-		_, err := s.upsertSlots(ctx, tx, slots)
-		return err
+	return s.pipelinedTx(ctx, what, func(ctx context.Context, tx pgx.Tx, q *pipeline) error {
+		s.queueUpsertSlots(q, slots)
+		return nil
 	})
 }
 
-// upsertSlots moves policy_slots forward to slots (policy → slot); a policy's last slot never
-// moves back. Rows are locked and written in policy order, so concurrent writers take them in one
-// order. It returns the policies whose last slot moved, sorted.
-func (s *Store) upsertSlots(ctx context.Context, tx pgx.Tx, slots map[string]time.Time) ([]string, error) {
+// queueUpsertSlots queues the move of policy_slots forward to slots (policy → slot); a policy's
+// last slot never moves back. Once q is flushed, the result holds the policies whose last slot
+// moved, sorted.
+func (s *Store) queueUpsertSlots(q *pipeline, slots map[string]time.Time) *[]string {
+	moved := new([]string)
+	if len(slots) == 0 {
+		return moved
+	}
 	pols := make([]string, 0, len(slots))
 	for p := range slots {
 		pols = append(pols, p)
@@ -284,37 +334,24 @@ func (s *Store) upsertSlots(ctx context.Context, tx pgx.Tx, slots map[string]tim
 	for i, p := range pols {
 		ats[i] = slots[p]
 	}
-	rows, err := tx.Query(ctx, `SELECT policy, last_slot FROM policy_slots WHERE policy = ANY($1) ORDER BY policy FOR UPDATE`, pols)
-	if err != nil {
-		return nil, err
-	}
-	before := map[string]time.Time{}
-	for rows.Next() {
-		var p string
-		var at time.Time
-		if err := rows.Scan(&p, &at); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		before[p] = at
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO policy_slots (policy, last_slot, term, updated_at)
-SELECT p, at, $3, now() FROM unnest($1::text[], $2::timestamptz[]) AS u (p, at) ORDER BY p
-ON CONFLICT (policy) DO UPDATE SET last_slot = GREATEST(policy_slots.last_slot, EXCLUDED.last_slot),
-	term = EXCLUDED.term, updated_at = now()`, pols, ats, s.termArg()); err != nil {
-		return nil, err
-	}
-	var moved []string
-	for i, p := range pols {
-		if old, ok := before[p]; !ok || ats[i].After(old) {
-			moved = append(moved, p)
-		}
-	}
-	return moved, nil
+	q.query(func(rows pgx.Rows) (err error) {
+		*moved, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		sort.Strings(*moved)
+		return err
+	}, sqlUpsertSlots, pols, ats, s.termArg())
+	return moved
 }
+
+// sqlUpsertSlots moves policy_slots forward ($1 policies, sorted; $2 their slots; $3 the term) and
+// returns the policies whose last slot moved. A row that does not move is still locked (ON
+// CONFLICT locks it), and keeps the term that recorded its slot. Rows are taken in policy order, so
+// concurrent writers take them in one order.
+const sqlUpsertSlots = `
+INSERT INTO policy_slots AS s (policy, last_slot, term, updated_at)
+SELECT p, at, $3, now() FROM unnest($1::text[], $2::timestamptz[]) AS u (p, at) ORDER BY p
+ON CONFLICT (policy) DO UPDATE SET last_slot = EXCLUDED.last_slot, term = EXCLUDED.term, updated_at = now()
+	WHERE EXCLUDED.last_slot > s.last_slot
+RETURNING policy`
 
 // FireWithoutRuns records the fire of policy at slot that wrote no run, in one fenced
 // transaction: policy_slots moves to slot, and the fire begins and ends at once
@@ -326,12 +363,10 @@ func (s *Store) FireWithoutRuns(ctx context.Context, policy string, slot time.Ti
 		return fmt.Errorf("record a fire without runs: policy and slot are required: %w", ErrInvalid)
 	}
 	what := fmt.Sprintf("record the fire of %s at %s (no runs)", policy, slot.UTC().Format(time.RFC3339))
-	return s.fencedTx(ctx, what, func(tx pgx.Tx) error {
-		if _, err := s.upsertSlots(ctx, tx, map[string]time.Time{policy: slot}); err != nil {
-			return err
-		}
-		_, err := fireBegin(ctx, tx, policy, slot, true, code, message)
-		return err
+	return s.pipelinedTx(ctx, what, func(ctx context.Context, tx pgx.Tx, q *pipeline) error {
+		s.queueUpsertSlots(q, map[string]time.Time{policy: slot})
+		fireBegin(q, policy, slot, true, code, message)
+		return nil
 	})
 }
 
@@ -384,9 +419,7 @@ func (s *Store) RunsInProgress(ctx context.Context, policy string, instances []s
 	if len(instances) == 0 {
 		return out, nil
 	}
-	runs, err := s.queryRuns(ctx, `SELECT DISTINCT ON (instance_id) `+runColumns+` FROM image_runs
-WHERE policy = $1 AND instance_id = ANY($2) AND scheduled_at < $3 AND status IN ('pending', 'requested')
-ORDER BY instance_id, scheduled_at DESC`, policy, instances, before)
+	runs, err := s.queryRuns(ctx, sqlRunsInProgress, policy, instances, before)
 	if err != nil {
 		return nil, fmt.Errorf("runs in progress of %s: %w", policy, err)
 	}
@@ -395,6 +428,11 @@ ORDER BY instance_id, scheduled_at DESC`, policy, instances, before)
 	}
 	return out, nil
 }
+
+// sqlRunsInProgress is each instance's newest unfinished run of a policy before a slot.
+const sqlRunsInProgress = `SELECT DISTINCT ON (instance_id) ` + runColumns + ` FROM image_runs
+WHERE policy = $1 AND instance_id = ANY($2) AND scheduled_at < $3 AND status IN ('pending', 'requested')
+ORDER BY instance_id, scheduled_at DESC`
 
 // RunsTakeOver records that daemonID, under s's term, now owns the unfinished runs ids (a new
 // leader reconciling what an earlier one left): image_runs.term and daemon_id are set. It is

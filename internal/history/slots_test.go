@@ -133,10 +133,32 @@ func TestClaimsAreFenced(t *testing.T) {
 	_, _, err = leader.RunClaim(ctx, claimParams("web", "ins-33333333", slot))
 	require.ErrorIs(t, err, history.ErrFenced)
 
-	// Unfenced (term 0) tools still claim.
-	_, one, err = s.RunClaim(ctx, claimParams("web", "ins-33333333", slot))
+	// Unfenced (term 0) tools still claim, with the next id: the fenced claims took none (a gap
+	// would read as a lost row to anyone following image_runs by id).
+	r3, one, err := s.RunClaim(ctx, claimParams("web", "ins-33333333", slot))
 	require.NoError(t, err)
 	require.True(t, one)
+	require.Equal(t, r.ID+1, r3.ID)
+	runs, _, err = s.RunsClaimFire(ctx, []history.RunClaimParams{claimParams("web", "ins-44444444", slot)})
+	require.NoError(t, err)
+	require.Equal(t, r3.ID+1, runs[0].ID)
+}
+
+func TestClaimedRunsAreTheRowsWritten(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	ps := []history.RunClaimParams{claimParams("web", "ins-11111111", slot), claimParams("web", "ins-22222222", slot)}
+	ps[0].StartedAt = slot.Add(1234567891 * time.Nanosecond) // below the database's microsecond
+	ps[1].Status, ps[1].ErrorCode, ps[1].ErrorMessage = history.StatusSkipped, "TargetGone", "instance is gone"
+	runs, claimed, err := s.RunsClaimFire(ctx, ps)
+	require.NoError(t, err)
+	require.Equal(t, []bool{true, true}, claimed)
+	for _, r := range runs {
+		got, err := s.RunGet(ctx, r.ID)
+		require.NoError(t, err)
+		require.Equal(t, got, r, "the claim answers with the row as the database holds it")
+	}
 }
 
 func TestRunsTakeOverAndInProgress(t *testing.T) {

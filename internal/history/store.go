@@ -55,6 +55,7 @@ func Open(ctx context.Context, dbURL string, log zerolog.Logger) (*Store, error)
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		cfg.ConnConfig.ConnectTimeout = defaultConnectTimeout
 	}
+	configurePool(cfg, dbURL)
 	where := net.JoinHostPort(cfg.ConnConfig.Host, strconv.Itoa(int(cfg.ConnConfig.Port))) + "/" + cfg.ConnConfig.Database
 
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
@@ -94,6 +95,8 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 	}
 	if len(applied) > 0 {
 		s.log.Info().Strs("versions", applied).Msg("migrations applied")
+		// Connections opened before the schema existed could not prepare their statements.
+		s.warmIdle(ctx)
 	}
 	return applied, nil
 }

@@ -368,4 +368,3 @@ func TestMigrateIsIdempotent(t *testing.T) {
 	require.NoError(t, rows.Err())
 	require.Equal(t, shippedMigrations(t), versions)
 }
-
