@@ -258,7 +258,9 @@ func TestSyncImagesValidation(t *testing.T) {
 			s.SetImageReadyAfter(-1)
 			s.AddImage(Image{ID: "img-creating", Region: testRegion, State: ImageStateCreating})
 		}, params: with(map[string]any{"ImageIds": []any{"img-creating"}}), want: "InvalidImageId.IncorrectState"},
-		{name: "failed image", setup: func(s *Server) { s.AddImage(Image{ID: "img-failed01", Region: testRegion, State: ImageStateCreateFailed}) },
+		{name: "failed image", setup: func(s *Server) {
+			s.AddImage(Image{ID: "img-failed01", Region: testRegion, State: ImageStateCreateFailed})
+		},
 			params: with(map[string]any{"ImageIds": []any{"img-failed01"}}), want: "InvalidImageId.IncorrectState"},
 		{name: "destination down", setup: func(s *Server) { s.SetRegionDown("ap-beijing", true) },
 			params: with(map[string]any{"DestinationRegions": []any{"ap-shanghai", "ap-beijing"}}), want: "InternalError"},
