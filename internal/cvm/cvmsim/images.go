@@ -66,8 +66,9 @@ type nameKey struct{ account, region, name string }
 // AddImage adds (or replaces, by ID) an image, e.g. one made by someone else without imager's
 // tags. Empty fields get defaults: the first account, a fresh ID, DefaultRegion, state NORMAL,
 // PRIVATE_IMAGE, CreatedTime now, DefaultImageSizeGiB. A CREATING image finishes like a created
-// one, a SYNCING image like a copy. The image's region becomes a region of every account. It
-// panics for an Account the simulator does not hold.
+// one; a SYNCING image finishes like a copy when it names its SourceImageID, and otherwise stays
+// SYNCING (a copy whose end the test does not simulate). The image's region becomes a region of
+// every account. It panics for an Account the simulator does not hold.
 func (s *Server) AddImage(img Image) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -159,11 +160,13 @@ func (s *Server) finish(img *simImage) {
 	delete(s.pending, img.ID)
 }
 
+// storeImage stores img. A CREATING image finishes after ImageReadyAfter; a copy made by
+// SyncImages (SYNCING, with a SourceImageID) after CopyReadyAfter.
 func (s *Server) storeImage(img *simImage) {
 	s.seq++
 	img.seq = s.seq
 	after, pending := s.readyAfter, img.State == ImageStateCreating
-	if img.State == ImageStateSyncing {
+	if img.State == ImageStateSyncing && img.SourceImageID != "" {
 		after, pending = s.copyAfter, true
 	}
 	if pending {

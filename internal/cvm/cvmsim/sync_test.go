@@ -175,13 +175,17 @@ func TestSyncImagesReadyRules(t *testing.T) {
 		s.CompleteAll()
 		require.Equal(t, ImageStateCreateFailed, describeIn(t, s, "ap-beijing", byID(ids["ap-beijing"]))[0]["ImageState"])
 	})
-	t.Run("an added SYNCING image finishes like a copy", func(t *testing.T) {
+	t.Run("an added SYNCING image finishes like a copy only with a source", func(t *testing.T) {
 		t.Parallel()
 		clock := clockwork.NewFakeClockAt(time.Now())
 		s := startSim(t, Options{Clock: clock, CopyReadyAfter: time.Minute, ImageReadyAfter: time.Hour, MaxClockSkew: -1})
-		s.AddImage(Image{ID: "img-copy0001", Name: "c", Region: "ap-beijing", State: ImageStateSyncing})
+		s.AddImage(Image{ID: "img-copy0001", Name: "c", Region: "ap-beijing", State: ImageStateSyncing,
+			SourceImageID: "img-gone0001", SourceRegion: testRegion})
+		s.AddImage(Image{ID: "img-stuck001", Name: "d", Region: "ap-beijing", State: ImageStateSyncing})
 		clock.Advance(time.Minute)
 		require.Equal(t, ImageStateNormal, describeIn(t, s, "ap-beijing", byID("img-copy0001"))[0]["ImageState"])
+		s.CompleteAll()
+		require.Equal(t, ImageStateSyncing, describeIn(t, s, "ap-beijing", byID("img-stuck001"))[0]["ImageState"])
 	})
 }
 
