@@ -163,7 +163,7 @@ func TestDeleteImagesStateError(t *testing.T) {
 	ae := requireAPIError(t, err)
 	require.Equal(t, "DeleteImages", ae.Action)
 	require.Equal(t, "InvalidImageId.IncorrectState", ae.Code)
-	require.Equal(t, ClassPermanent, ae.Class)
+	require.Equal(t, ClassBusy, ae.Class, "the image is not deletable yet: try again later")
 	require.Equal(t, "req-x", ae.RequestID)
 }
 

@@ -39,7 +39,11 @@ func Classify(code string) Class {
 	case code == "MutexOperation.TaskRunning",
 		code == "OperationDenied.InstanceOperationInProgress",
 		strings.HasPrefix(code, "ResourceInUse"),
-		code == "ResourceUnavailable.SnapshotCreating":
+		code == "ResourceUnavailable.SnapshotCreating",
+		// The image is not NORMAL yet, or another operation holds it (SyncImages, DeleteImages).
+		code == "InvalidImageId.IncorrectState",
+		code == "FailedOperation.InvalidImageState",
+		code == "InvalidParameterValue.InvalidImageState":
 		return ClassBusy
 	case code == "InvalidImageName.Duplicate":
 		return ClassDuplicateName
@@ -48,6 +52,20 @@ func Classify(code string) Class {
 	default:
 		return ClassPermanent
 	}
+}
+
+// RegionRefused reports whether code is the API refusing a region itself (unsupported, unknown,
+// unavailable, or not allowed for the operation) rather than the call: a copy to that region fails
+// while copies to other regions go on. Every such code is ClassPermanent.
+func RegionRefused(code string) bool {
+	switch {
+	case code == "UnsupportedRegion",
+		code == "InvalidRegion", strings.HasPrefix(code, "InvalidRegion."),
+		code == "InvalidParameterValue.InvalidRegion",
+		code == "UnsupportedOperation.Region":
+		return true
+	}
+	return false
 }
 
 // ClassifyError is the one classification of a failed call's error, for every caller of the

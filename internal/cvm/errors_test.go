@@ -46,6 +46,15 @@ func TestClassify(t *testing.T) {
 		{"ResourceInUse", ClassBusy},
 		{"ResourceInUse.DiskRollbacking", ClassBusy},
 		{"ResourceUnavailable.SnapshotCreating", ClassBusy},
+		{"InvalidImageId.IncorrectState", ClassBusy},
+		{"FailedOperation.InvalidImageState", ClassBusy},
+		{"InvalidParameterValue.InvalidImageState", ClassBusy},
+		{"InvalidImageId.NotFound", ClassPermanent},
+		{"UnsupportedRegion", ClassPermanent},
+		{"InvalidRegion.NotFound", ClassPermanent},
+		{"InvalidRegion.Unavailable", ClassPermanent},
+		{"InvalidParameterValue.InvalidRegion", ClassPermanent},
+		{"UnsupportedOperation.Region", ClassPermanent},
 		{"ResourceUnavailable", ClassPermanent},
 		{"MutexOperation", ClassPermanent},
 		{"InvalidImageName.Duplicate", ClassDuplicateName},
@@ -67,6 +76,20 @@ func TestClassify(t *testing.T) {
 	}
 	for _, tt := range tests {
 		require.Equal(t, tt.want, Classify(tt.code), "Classify(%q)", tt.code)
+	}
+}
+
+func TestRegionRefused(t *testing.T) {
+	t.Parallel()
+	for _, code := range []string{"UnsupportedRegion", "InvalidRegion.NotFound", "InvalidRegion.Unavailable",
+		"InvalidRegion", "InvalidRegion.Anything", "InvalidParameterValue.InvalidRegion", "UnsupportedOperation.Region"} {
+		require.True(t, RegionRefused(code), code)
+		require.Equal(t, ClassPermanent, Classify(code), code)
+	}
+	for _, code := range []string{"", "InvalidRegionX.NotFound", "UnsupportedRegionX", "InternalError",
+		"ImageQuotaLimitExceeded", "InvalidImageId.NotFound", "InvalidParameterValue.InvalidImageState",
+		"UnsupportedOperation.RegionX", "InvalidParameterValue.InvalidRegionId"} {
+		require.False(t, RegionRefused(code), code)
 	}
 }
 

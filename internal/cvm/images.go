@@ -19,6 +19,7 @@ const (
 	ActionDeleteImages       = "DeleteImages"
 	ActionDescribeImageQuota = "DescribeImageQuota"
 	ActionDescribeInstances  = "DescribeInstances"
+	ActionSyncImages         = "SyncImages"
 )
 
 // createImageRequest carries every CreateImage parameter, Reboot included, which the SDK's typed

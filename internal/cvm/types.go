@@ -25,7 +25,8 @@ const (
 	ClassThrottled
 	// ClassTransient: InternalError, network errors, timeouts, HTTP 5xx; retry with backoff.
 	ClassTransient
-	// ClassBusy: the instance is busy (MutexOperation.TaskRunning, ResourceInUse*, ...); retry much later.
+	// ClassBusy: the instance or image is busy (MutexOperation.TaskRunning, ResourceInUse*,
+	// InvalidImageId.IncorrectState, ...); retry much later.
 	ClassBusy
 	// ClassDuplicateName: InvalidImageName.Duplicate; choose a fresh name and retry.
 	ClassDuplicateName

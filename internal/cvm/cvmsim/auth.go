@@ -64,7 +64,8 @@ func parseAuthorization(h string) (authorization, bool) {
 	return a, hasHost && hasType
 }
 
-// verifySignature checks the request's TC3-HMAC-SHA256 signature, its key and its timestamp.
+// verifySignature checks the request's TC3-HMAC-SHA256 signature, its key (one of the accounts')
+// and its timestamp.
 func (s *Server) verifySignature(r *http.Request, body []byte, now time.Time) *apiError {
 	raw := r.Header.Get("Authorization")
 	if raw == "" {
@@ -75,7 +76,8 @@ func (s *Server) verifySignature(r *http.Request, body []byte, now time.Time) *a
 		return errf("AuthFailure.InvalidAuthorization",
 			"The Authorization header is not a valid TC3-HMAC-SHA256 authorization for service cvm.")
 	}
-	if a.secretID != s.secretID {
+	secretKey, known := s.keys[a.secretID]
+	if !known {
 		return errf("AuthFailure.SecretIdNotFound", "The SecretId is not found, please ensure that your SecretId is correct.")
 	}
 	rawTS := r.Header.Get("X-TC-Timestamp")
@@ -104,7 +106,7 @@ func (s *Server) verifySignature(r *http.Request, body []byte, now time.Time) *a
 		}
 		canonicalHeaders.WriteString(name + ":" + strings.ToLower(strings.TrimSpace(value)) + "\n")
 	}
-	want := tc3Signature(s.secretKey, r.Method, canonicalHeaders.String(),
+	want := tc3Signature(secretKey, r.Method, canonicalHeaders.String(),
 		strings.Join(a.signedHeaders, ";"), hashedPayload, ts)
 	if a.date != signDate(ts) || !hmac.Equal([]byte(want), []byte(a.signature)) {
 		return errf("AuthFailure.SignatureFailure",

@@ -30,8 +30,9 @@ type answer struct {
 	drop    bool
 }
 
-// actionFunc executes one action under s.mu and returns the response fields (without RequestId).
-type actionFunc func(s *Server, region string, p params, now time.Time) (map[string]any, *apiError)
+// actionFunc executes one action for account (a SecretID) under s.mu and returns the response
+// fields (without RequestId).
+type actionFunc func(s *Server, account, region string, p params, now time.Time) (map[string]any, *apiError)
 
 var actions = map[string]actionFunc{
 	ActionCreateImage:        (*Server).createImage,
@@ -39,6 +40,7 @@ var actions = map[string]actionFunc{
 	ActionDeleteImages:       (*Server).deleteImages,
 	ActionDescribeImageQuota: (*Server).describeImageQuota,
 	ActionDescribeInstances:  (*Server).describeInstances,
+	ActionSyncImages:         (*Server).syncImages,
 }
 
 // ServeHTTP answers one API request.
@@ -93,6 +95,9 @@ func (s *Server) handle(r *http.Request, body []byte) answer {
 		Region:    r.Header.Get("X-TC-Region"),
 		At:        now,
 		RequestID: newUUID(),
+	}
+	if a, ok := parseAuthorization(r.Header.Get("Authorization")); ok {
+		call.SecretID = a.secretID
 	}
 	p, perr := decodeParams(body)
 	call.Params = p
@@ -155,13 +160,19 @@ func (s *Server) process(r *http.Request, body []byte, call Call, p params, perr
 	if call.Region == "" {
 		return nil, errf("MissingParameter", "The request is missing the required header X-TC-Region.")
 	}
+	if !s.regions[call.Region] {
+		return nil, errf("UnsupportedRegion", "The region `%s` is not supported.", call.Region)
+	}
 	if perr != nil {
 		return nil, perr
 	}
-	if !s.window(call.Action).admit(now, s.limits[call.Action], time.Second) {
+	if !s.window(call.SecretID, call.Action).admit(now, s.limits[call.Action], time.Second) {
 		return nil, errf("RequestLimitExceeded",
 			"Your current request times equals to `%d` in a second, which exceeds the frequency limit `%d` for a second. Please reduce the frequency of calls.",
 			s.limits[call.Action]+1, s.limits[call.Action])
+	}
+	if s.down[call.Region] {
+		return nil, errInternal()
 	}
 	if q := s.queued[call.Action]; len(q) > 0 {
 		s.queued[call.Action] = q[1:]
@@ -175,24 +186,20 @@ func (s *Server) process(r *http.Request, body []byte, call Call, p params, perr
 			}
 		}
 		if !ans.drop && f.InternalErrorRate > 0 && s.rng.Float64() < f.InternalErrorRate {
-			return nil, errf("InternalError", "An internal error has occurred. Retry your request, but if the problem persists, contact us.")
+			return nil, errInternal()
 		}
 	}
 	s.advanceImages(now)
-	resp, aerr := run(s, call.Region, p, now)
+	resp, aerr := run(s, call.SecretID, call.Region, p, now)
 	if aerr == nil && resp == nil {
 		resp = map[string]any{}
 	}
 	return resp, aerr
 }
 
-func (s *Server) window(action string) *slidingWindow {
-	w, ok := s.windows[action]
-	if !ok {
-		w = &slidingWindow{}
-		s.windows[action] = w
-	}
-	return w
+// errInternal is the API's InternalError answer.
+func errInternal() *apiError {
+	return errf("InternalError", "An internal error has occurred. Retry your request, but if the problem persists, contact us.")
 }
 
 // decodeParams decodes the body as one JSON object; an empty body is an empty object.

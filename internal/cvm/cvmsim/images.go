@@ -27,20 +27,23 @@ const (
 	MaxImageDescriptionLen = 256
 )
 
-// Image is one image the simulator holds. InstanceID and DataDiskIDs are what it was made from;
-// the API itself never reports them.
+// Image is one image the simulator holds. InstanceID and DataDiskIDs are what it was made from,
+// SourceImageID and SourceRegion what a copy was made from; the API itself never reports them.
 type Image struct {
-	ID          string
-	Name        string
-	Description string
-	Region      string
-	InstanceID  string
-	State       string
-	Type        string
-	CreatedTime time.Time
-	SizeGiB     int64
-	Tags        map[string]string
-	DataDiskIDs []string
+	ID            string
+	Account       string // SecretID of the owning account; the first account when added without one
+	Name          string
+	Description   string
+	Region        string
+	InstanceID    string
+	SourceImageID string // the image SyncImages copied; "" for an image that is no copy
+	SourceRegion  string // the region of SourceImageID
+	State         string
+	Type          string
+	CreatedTime   time.Time
+	SizeGiB       int64
+	Tags          map[string]string
+	DataDiskIDs   []string
 }
 
 func (img Image) clone() Image {
@@ -53,26 +56,31 @@ func (img Image) clone() Image {
 type simImage struct {
 	Image
 	seq        int64     // creation order, breaks CreatedTime ties
-	readyAt    time.Time // when a CREATING image finishes
-	hold       bool      // CREATING until CompleteAll
+	readyAt    time.Time // when a CREATING or SYNCING image finishes
+	hold       bool      // CREATING or SYNCING until CompleteAll
 	failOnDone bool      // finishes CREATEFAILED instead of NORMAL
 }
 
-type nameKey struct{ region, name string }
+type nameKey struct{ account, region, name string }
 
 // AddImage adds (or replaces, by ID) an image, e.g. one made by someone else without imager's
-// tags. Empty fields get defaults: a fresh ID, DefaultRegion, state NORMAL, PRIVATE_IMAGE,
-// CreatedTime now, DefaultImageSizeGiB. A CREATING image finishes like a created one.
+// tags. Empty fields get defaults: the first account, a fresh ID, DefaultRegion, state NORMAL,
+// PRIVATE_IMAGE, CreatedTime now, DefaultImageSizeGiB. A CREATING image finishes like a created
+// one; a SYNCING image finishes like a copy when it names its SourceImageID, and otherwise stays
+// SYNCING (a copy whose end the test does not simulate). The image's region becomes a region of
+// every account. It panics for an Account the simulator does not hold.
 func (s *Server) AddImage(img Image) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	img = img.clone()
+	img.Account = s.ownerOf(img.Account, "AddImage")
 	if img.ID == "" {
 		img.ID = s.freshImageID()
 	}
 	if img.Region == "" {
 		img.Region = DefaultRegion
 	}
+	s.regions[img.Region] = true
 	if img.State == "" {
 		img.State = ImageStateNormal
 	}
@@ -98,7 +106,7 @@ func (s *Server) FailImage(imageID string) {
 	defer s.mu.Unlock()
 	if img, ok := s.images[imageID]; ok {
 		img.State = ImageStateCreateFailed
-		delete(s.creating, imageID)
+		delete(s.pending, imageID)
 	}
 }
 
@@ -110,18 +118,18 @@ func (s *Server) FailNextImages(n int) {
 	s.failNext = n
 }
 
-// CompleteAll finishes every CREATING image now: NORMAL, or CREATEFAILED for those marked by
-// FailNextImages.
+// CompleteAll finishes every CREATING or SYNCING image now: NORMAL, or CREATEFAILED for those
+// marked by FailNextImages.
 func (s *Server) CompleteAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, img := range s.creating {
+	for _, img := range s.pending {
 		s.finish(img)
 	}
 }
 
-// Images returns a snapshot of every image that exists (deleted images are gone), oldest first,
-// with states advanced to Clock.Now.
+// Images returns a snapshot of every image of every account that exists (deleted images are
+// gone), oldest first, with states advanced to Clock.Now.
 func (s *Server) Images() []Image {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -135,9 +143,9 @@ func (s *Server) Images() []Image {
 	return out
 }
 
-// advanceImages finishes every CREATING image whose time has come.
+// advanceImages finishes every CREATING or SYNCING image whose time has come.
 func (s *Server) advanceImages(now time.Time) {
-	for _, img := range s.creating {
+	for _, img := range s.pending {
 		if !img.hold && !now.Before(img.readyAt) {
 			s.finish(img)
 		}
@@ -149,25 +157,31 @@ func (s *Server) finish(img *simImage) {
 	if img.failOnDone {
 		img.State = ImageStateCreateFailed
 	}
-	delete(s.creating, img.ID)
+	delete(s.pending, img.ID)
 }
 
+// storeImage stores img. A CREATING image finishes after ImageReadyAfter; a copy made by
+// SyncImages (SYNCING, with a SourceImageID) after CopyReadyAfter.
 func (s *Server) storeImage(img *simImage) {
 	s.seq++
 	img.seq = s.seq
-	if img.State == ImageStateCreating {
-		img.readyAt = img.CreatedTime.Add(s.readyAfter)
-		img.hold = s.readyAfter < 0
-		s.creating[img.ID] = img
+	after, pending := s.readyAfter, img.State == ImageStateCreating
+	if img.State == ImageStateSyncing && img.SourceImageID != "" {
+		after, pending = s.copyAfter, true
+	}
+	if pending {
+		img.readyAt = img.CreatedTime.Add(after)
+		img.hold = after < 0
+		s.pending[img.ID] = img
 	}
 	s.images[img.ID] = img
-	s.byName[nameKey{img.Region, img.Name}]++
+	s.byName[nameKey{img.Account, img.Region, img.Name}]++
 }
 
 func (s *Server) removeImage(img *simImage) {
 	delete(s.images, img.ID)
-	delete(s.creating, img.ID)
-	k := nameKey{img.Region, img.Name}
+	delete(s.pending, img.ID)
+	k := nameKey{img.Account, img.Region, img.Name}
 	if s.byName[k] <= 1 {
 		delete(s.byName, k)
 	} else {
@@ -201,10 +215,10 @@ func (s *Server) sortedImages(keep func(*simImage) bool) []*simImage {
 	return out
 }
 
-func (s *Server) customImageCount(region string) int {
+func (s *Server) customImageCount(account, region string) int {
 	n := 0
 	for _, img := range s.images {
-		if img.Region == region && img.Type == ImageTypePrivate {
+		if img.Account == account && img.Region == region && img.Type == ImageTypePrivate {
 			n++
 		}
 	}
@@ -219,7 +233,7 @@ var unsupportedStates = map[string]string{
 	"TERMINATING": "UnsupportedOperation.InstanceStateTerminating",
 }
 
-func (s *Server) createImage(region string, p params, now time.Time) (map[string]any, *apiError) {
+func (s *Server) createImage(account, region string, p params, now time.Time) (map[string]any, *apiError) {
 	known := []string{"InstanceId", "ImageName", "ImageDescription", "ForcePoweroff", "Sysprep",
 		"DataDiskIds", "SnapshotIds", "DryRun", "TagSpecification", "ImageFamily"}
 	if !s.rejectReboot {
@@ -281,7 +295,7 @@ func (s *Server) createImage(region string, p params, now time.Time) (map[string
 		return nil, errf("InvalidParameter.ValueTooLarge", "The length of `ImageDescription` exceeds %d characters.", MaxImageDescriptionLen)
 	}
 	inst, ok := s.instances[instanceID]
-	if !ok || inst.Region != region {
+	if !ok || inst.Account != account || inst.Region != region {
 		return nil, errf("InvalidInstanceId.NotFound", "The instance `%s` is not found.", instanceID)
 	}
 	if inst.Unsupported {
@@ -299,15 +313,15 @@ func (s *Server) createImage(region string, p params, now time.Time) (map[string
 				"The data disk `%s` does not belong to instance `%s`.", d, instanceID)
 		}
 	}
-	if s.byName[nameKey{region, name}] > 0 {
+	if s.byName[nameKey{account, region, name}] > 0 {
 		return nil, errf("InvalidImageName.Duplicate", "The image name `%s` already exists.", name)
 	}
-	for _, img := range s.creating {
-		if img.Region == region && img.InstanceID == instanceID {
+	for _, img := range s.pending {
+		if img.State == ImageStateCreating && img.Account == account && img.Region == region && img.InstanceID == instanceID {
 			return nil, errf("MutexOperation.TaskRunning", "An image of instance `%s` is being created (%s).", instanceID, img.ID)
 		}
 	}
-	if s.customImageCount(region) >= s.quota {
+	if s.customImageCount(account, region) >= s.quota {
 		return nil, errf("ImageQuotaLimitExceeded", "The custom image quota of %d images in %s is used up.", s.quota, region)
 	}
 	if dryRun {
@@ -316,6 +330,7 @@ func (s *Server) createImage(region string, p params, now time.Time) (map[string
 
 	img := &simImage{Image: Image{
 		ID:          s.freshImageID(),
+		Account:     account,
 		Name:        name,
 		Description: desc,
 		Region:      region,
@@ -420,7 +435,7 @@ func imageMatches(img *simImage, filters []filter) bool {
 
 const imagePlatform = "TencentOS"
 
-func (s *Server) describeImages(region string, p params, _ time.Time) (map[string]any, *apiError) {
+func (s *Server) describeImages(account, region string, p params, now time.Time) (map[string]any, *apiError) {
 	if aerr := p.checkKnown("ImageIds", "Filters", "Offset", "Limit", "InstanceType"); aerr != nil {
 		return nil, aerr
 	}
@@ -451,7 +466,7 @@ func (s *Server) describeImages(region string, p params, _ time.Time) (map[strin
 		return nil, aerr
 	}
 	matched := s.sortedImages(func(img *simImage) bool {
-		if img.Region != region {
+		if img.Account != account || img.Region != region {
 			return false
 		}
 		if len(ids) > 0 {
@@ -462,12 +477,24 @@ func (s *Server) describeImages(region string, p params, _ time.Time) (map[strin
 	lo, hi := pageOf(len(matched), offset, limit)
 	set := make([]map[string]any, 0, hi-lo)
 	for _, img := range matched[lo:hi] {
-		set = append(set, imageJSON(img))
+		set = append(set, imageJSON(img, now))
 	}
 	return map[string]any{"ImageSet": set, "TotalCount": len(matched)}, nil
 }
 
-func imageJSON(img *simImage) map[string]any {
+// syncPercent is a SYNCING image's progress: the elapsed share of its copy time, below 100.
+func syncPercent(img *simImage, now time.Time) int {
+	if img.State != ImageStateSyncing {
+		return 100
+	}
+	total := img.readyAt.Sub(img.CreatedTime)
+	if img.hold || total <= 0 {
+		return 0
+	}
+	return min(99, max(0, int(100*now.Sub(img.CreatedTime)/total)))
+}
+
+func imageJSON(img *simImage, now time.Time) map[string]any {
 	source := "CREATE_IMAGE"
 	if img.Type == ImageTypePublic {
 		source = "OFFICIAL"
@@ -485,7 +512,7 @@ func imageJSON(img *simImage) map[string]any {
 		"OsName":             "TencentOS Server 3.1 (TK4)",
 		"Platform":           imagePlatform,
 		"Architecture":       "x86_64",
-		"SyncPercent":        100,
+		"SyncPercent":        syncPercent(img, now),
 		"IsSupportCloudinit": true,
 		"LicenseType":        "TencentCloud",
 		"ImageDeprecated":    false,
@@ -494,7 +521,7 @@ func imageJSON(img *simImage) map[string]any {
 	}
 }
 
-func (s *Server) deleteImages(region string, p params, _ time.Time) (map[string]any, *apiError) {
+func (s *Server) deleteImages(account, region string, p params, _ time.Time) (map[string]any, *apiError) {
 	if aerr := p.checkKnown("ImageIds", "DeleteBindedSnap", "DryRun"); aerr != nil {
 		return nil, aerr
 	}
@@ -521,7 +548,7 @@ func (s *Server) deleteImages(region string, p params, _ time.Time) (map[string]
 			return nil, errf("InvalidImageId.Malformed", "The image id `%s` is malformed.", id)
 		}
 		img, ok := s.images[id]
-		if !ok || img.Region != region || img.Type != ImageTypePrivate {
+		if !ok || img.Account != account || img.Region != region || img.Type != ImageTypePrivate {
 			return nil, errf("InvalidImageId.NotFound", "The image `%s` is not found.", id)
 		}
 		switch img.State {
@@ -541,7 +568,7 @@ func (s *Server) deleteImages(region string, p params, _ time.Time) (map[string]
 	return map[string]any{}, nil
 }
 
-func (s *Server) describeImageQuota(_ string, p params, _ time.Time) (map[string]any, *apiError) {
+func (s *Server) describeImageQuota(_, _ string, p params, _ time.Time) (map[string]any, *apiError) {
 	if aerr := p.checkKnown(); aerr != nil {
 		return nil, aerr
 	}

@@ -10,7 +10,8 @@ import (
 // Instance is one CVM instance the simulator holds.
 type Instance struct {
 	ID           string            // required, e.g. "ins-web00001"
-	Region       string            // DefaultRegion if empty
+	Account      string            // SecretID of the owning account; the first account if empty
+	Region       string            // DefaultRegion if empty; becomes a region of every account
 	Zone         string            // Region + "-1" if empty
 	Name         string            // ID if empty
 	State        string            // RUNNING if empty; STARTING/STOPPING/REBOOTING/TERMINATING refuse CreateImage
@@ -26,8 +27,8 @@ func (in Instance) clone() Instance {
 	return in
 }
 
-// AddInstance adds an instance, or replaces the one with the same ID. It panics when ID is empty
-// (a bug in the calling test).
+// AddInstance adds an instance, or replaces the one with the same ID (in whichever account). It
+// panics when ID is empty or Account is not one of the simulator's (bugs in the calling test).
 func (s *Server) AddInstance(in Instance) {
 	if in.ID == "" {
 		panic("cvmsim: AddInstance: Instance.ID is required")
@@ -50,6 +51,8 @@ func (s *Server) AddInstance(in Instance) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	in.Account = s.ownerOf(in.Account, "AddInstance")
+	s.regions[in.Region] = true
 	if _, ok := s.instances[in.ID]; !ok {
 		s.instOrder = append(s.instOrder, in.ID)
 	}
@@ -67,7 +70,7 @@ func (s *Server) RemoveInstance(id string) {
 	s.instOrder = slices.DeleteFunc(s.instOrder, func(x string) bool { return x == id })
 }
 
-// Instances returns a snapshot of the instances, in the order they were added.
+// Instances returns a snapshot of the instances of every account, in the order they were added.
 func (s *Server) Instances() []Instance {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -112,7 +115,7 @@ func instanceMatches(in *Instance, filters []filter) bool {
 	return true
 }
 
-func (s *Server) describeInstances(region string, p params, _ time.Time) (map[string]any, *apiError) {
+func (s *Server) describeInstances(account, region string, p params, _ time.Time) (map[string]any, *apiError) {
 	if aerr := p.checkKnown("InstanceIds", "Filters", "Offset", "Limit"); aerr != nil {
 		return nil, aerr
 	}
@@ -142,7 +145,7 @@ func (s *Server) describeInstances(region string, p params, _ time.Time) (map[st
 	var matched []*Instance
 	for _, id := range s.instOrder {
 		in := s.instances[id]
-		if in.Region != region {
+		if in.Account != account || in.Region != region {
 			continue
 		}
 		if len(ids) > 0 {

@@ -4,10 +4,22 @@
 // It speaks the real wire format (POST / with a JSON body, X-TC-* headers, TC3-HMAC-SHA256
 // signatures, HTTP 200 answers with {"Response": ...}), so the official Go SDK can be pointed at
 // it with HttpProfile.Scheme = "HTTP" and HttpProfile.Endpoint = Server.Endpoint(). It holds
-// instances and images per region, enforces per-action limits over any sliding second, answers
-// the documented error codes on their real conditions, and injects faults on demand.
+// instances and images per account and region, enforces per-action limits over any sliding second
+// for each account, answers the documented error codes on their real conditions, and injects
+// faults on demand (Faults, QueueErrors, SetRegionDown, RefuseSyncTo).
 //
-// Every request is recorded (see Calls) so tests can assert what reached the API and when.
+// Every request is recorded (see Calls) so tests can assert what reached the API, when, in which
+// region and for which account.
+//
+// Accounts: Options.Accounts lists the key pairs the simulator accepts, one account each (the
+// single SecretID/SecretKey pair when it is empty). Each account has its own instances, images,
+// image quota and limiter windows, so two accounts can each make 10 CreateImage calls in one
+// second. Instance.Account and Image.Account (a SecretID) say whose a resource is; empty means
+// the first account, so single-account tests never name one.
+//
+// Regions: a call sent to a region the account does not have answers UnsupportedRegion. The
+// regions are Options.Regions (DefaultRegions if empty), plus DefaultRegion and the region of
+// every instance or image added, so a test that adds resources in a region can always use it.
 //
 // Choices where the real API is unknown or where tests need control:
 //   - A created image starts CREATING and becomes NORMAL (or CREATEFAILED when marked by
@@ -19,6 +31,29 @@
 //   - Faults are decided after the limiter admits a call and before it is executed. A dropped
 //     call is not executed unless Faults.DropAfterExecute is set. Latency delays every answer of
 //     the affected actions and is measured with a real timer (it is network time, not API time).
+//   - UnsupportedRegion is answered before the limiter: a call to a region that does not exist
+//     never counts against a limit. A region set down (SetRegionDown) answers InternalError to
+//     every call the limiter admits, before queued errors (which wait for a call elsewhere) and
+//     Faults; SetFaults leaves regions down and refused syncs alone.
+//   - SyncImages checks, in order: its parameters; each destination (the source region answers
+//     InvalidParameterValue.InvalidRegion, the real code being undocumented; a region the account
+//     lacks InvalidRegion.NotFound; a region refused by RefuseSyncTo that code); the source image
+//     (absent from the call's region: InvalidImageId.NotFound; not NORMAL:
+//     InvalidImageId.IncorrectState); destinations set down (InternalError); an image of the
+//     same name in a destination (InvalidImageName.Duplicate, as CreateImage does, so a retry of
+//     an ambiguous call meets its own copy); each destination's quota (ImageQuotaLimitExceeded);
+//     DryRun (DryRunOperation, the common code). The first failing check answers for the whole
+//     call, naming the destination in its message; nothing is copied anywhere.
+//   - One image per call (more ImageIds: InvalidParameterValue.LimitExceeded); the same
+//     destination twice answers InvalidParameterValue; Encrypt answers
+//     UnsupportedOperation.SyncEncryptImageNotSupport (encrypted copies are not simulated).
+//   - A copy is a new private image in its destination with the source's name (or ImageName),
+//     description, size and tags (whether the real API copies tags is unknown), created now,
+//     SYNCING until CopyReadyAfter has passed (the same lazy rules as ImageReadyAfter), then
+//     NORMAL. Its SyncPercent grows with the elapsed share of CopyReadyAfter. The source stays
+//     NORMAL while it is copied (the real source state is unknown) and may be copied or deleted
+//     again at once. ImageSet is answered only when ImageSetRequired is true, as the real example
+//     without it shows RequestId only.
 package cvmsim
 
 import (
@@ -56,6 +91,7 @@ const (
 	ActionDeleteImages       = "DeleteImages"
 	ActionDescribeImageQuota = "DescribeImageQuota"
 	ActionDescribeInstances  = "DescribeInstances"
+	ActionSyncImages         = "SyncImages"
 )
 
 // DefaultLimits returns the per-action limits (calls per sliding second) of the real API.
@@ -66,13 +102,34 @@ func DefaultLimits() map[string]int {
 		ActionDeleteImages:       10,
 		ActionDescribeImageQuota: 20,
 		ActionDescribeInstances:  40,
+		ActionSyncImages:         10,
 	}
+}
+
+// DefaultRegions returns the regions a simulated account has when Options.Regions is empty.
+func DefaultRegions() []string {
+	return []string{"ap-guangzhou", "ap-shanghai", "ap-beijing", "ap-singapore", "ap-hongkong",
+		"na-siliconvalley", "eu-frankfurt", "ap-shanghai-fsi"}
+}
+
+// Account is one key pair the simulator accepts, and the account it signs for.
+type Account struct {
+	SecretID, SecretKey string
 }
 
 // Options configures a Server. The zero value is a usable simulator with the real API's limits.
 type Options struct {
-	// SecretID and SecretKey are the one accepted key pair (DefaultSecretID/DefaultSecretKey if empty).
+	// SecretID and SecretKey are the one accepted key pair (DefaultSecretID/DefaultSecretKey if
+	// empty) when Accounts is empty.
 	SecretID, SecretKey string
+	// Accounts are the accounts the simulator holds, each with its own key pair, resources and
+	// limiter windows; the first is the one resources added without an Account belong to. Empty
+	// means one account of SecretID/SecretKey. New panics when Accounts is set together with
+	// SecretID or SecretKey, or when a SecretID is empty or repeated (bugs in the calling test).
+	Accounts []Account
+	// Regions are the regions every account has (DefaultRegions if empty); DefaultRegion and the
+	// regions of added instances and images are added to them.
+	Regions []string
 	// Limits overrides DefaultLimits per action; n <= 0 means no limit for that action.
 	Limits map[string]int
 	// Clock drives limits, image progress, CreatedTime and the timestamp check (real clock if nil).
@@ -80,8 +137,11 @@ type Options struct {
 	// ImageReadyAfter is how long a created image stays CREATING. 0: NORMAL by the next call;
 	// negative: CREATING until CompleteAll (or FailImage).
 	ImageReadyAfter time.Duration
-	// ImageQuota is DescribeImageQuota's answer and CreateImage's quota per region
-	// (DefaultImageQuota if 0).
+	// CopyReadyAfter is how long a copy made by SyncImages stays SYNCING in its destination.
+	// 0: NORMAL by the next call; negative: SYNCING until CompleteAll (or FailImage).
+	CopyReadyAfter time.Duration
+	// ImageQuota is DescribeImageQuota's answer and the quota of CreateImage and SyncImages, per
+	// account and region (DefaultImageQuota if 0).
 	ImageQuota int
 	// SeedShape makes CreateImage answer with RequestId only, as the seed's example does.
 	SeedShape bool
@@ -101,15 +161,15 @@ type Options struct {
 // Server is the simulator. It is an http.Handler (httptest.NewServer(s) works) and can also
 // listen by itself with Start. All methods are safe for concurrent use.
 type Server struct {
-	secretID  string
-	secretKey string
-	clock     clockwork.Clock
-	maxSkew   time.Duration
-	log       zerolog.Logger
+	accounts []Account         // in Options order; the first owns resources added without one
+	keys     map[string]string // SecretID -> SecretKey
+	clock    clockwork.Clock
+	maxSkew  time.Duration
+	log      zerolog.Logger
 
 	mu           sync.Mutex
 	limits       map[string]int
-	windows      map[string]*slidingWindow
+	windows      map[windowKey]*slidingWindow
 	faults       Faults
 	queued       map[string][]string // action -> error codes to answer next, in order
 	rng          *mrand.Rand
@@ -117,13 +177,17 @@ type Server struct {
 	rejectReboot bool
 	quota        int
 	readyAfter   time.Duration
+	copyAfter    time.Duration
 	failNext     int
+	regions      map[string]bool   // regions every account has
+	down         map[string]bool   // regions answering InternalError
+	refuseSync   map[string]string // SyncImages destination -> error code
 	instances    map[string]*Instance
 	instOrder    []string
 	images       map[string]*simImage
-	byName       map[nameKey]int // images per (region, name)
-	creating     map[string]*simImage
-	issued       map[string]struct{} // every image id ever handed out
+	byName       map[nameKey]int      // images per (account, region, name)
+	pending      map[string]*simImage // CREATING and SYNCING images, until they finish
+	issued       map[string]struct{}  // every image id ever handed out
 	seq          int64
 	calls        []Call
 
@@ -142,30 +206,38 @@ type Server struct {
 // New returns a simulator configured by opts. It does not listen until Start is called.
 func New(opts Options) *Server {
 	s := &Server{
-		secretID:     opts.SecretID,
-		secretKey:    opts.SecretKey,
+		accounts:     accountsOf(opts),
+		keys:         map[string]string{},
 		clock:        opts.Clock,
 		maxSkew:      opts.MaxClockSkew,
 		log:          opts.Logger.With().Str("component", "cvmsim").Logger(),
 		limits:       DefaultLimits(),
-		windows:      map[string]*slidingWindow{},
+		windows:      map[windowKey]*slidingWindow{},
 		queued:       map[string][]string{},
 		seedShape:    opts.SeedShape,
 		rejectReboot: opts.RejectReboot,
 		quota:        opts.ImageQuota,
 		readyAfter:   opts.ImageReadyAfter,
+		copyAfter:    opts.CopyReadyAfter,
+		regions:      map[string]bool{DefaultRegion: true},
+		down:         map[string]bool{},
+		refuseSync:   map[string]string{},
 		instances:    map[string]*Instance{},
 		images:       map[string]*simImage{},
 		byName:       map[nameKey]int{},
-		creating:     map[string]*simImage{},
+		pending:      map[string]*simImage{},
 		issued:       map[string]struct{}{},
 		closed:       make(chan struct{}),
 	}
-	if s.secretID == "" {
-		s.secretID = DefaultSecretID
+	for _, a := range s.accounts {
+		s.keys[a.SecretID] = a.SecretKey
 	}
-	if s.secretKey == "" {
-		s.secretKey = DefaultSecretKey
+	regions := opts.Regions
+	if len(regions) == 0 {
+		regions = DefaultRegions()
+	}
+	for _, r := range regions {
+		s.regions[r] = true
 	}
 	if s.clock == nil {
 		s.clock = clockwork.NewRealClock()
@@ -319,7 +391,7 @@ func (s *Server) SetRejectReboot(on bool) {
 	s.rejectReboot = on
 }
 
-// SetImageQuota sets the custom image quota per region.
+// SetImageQuota sets the custom image quota per account and region.
 func (s *Server) SetImageQuota(n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -344,6 +416,7 @@ func (s *Server) SetLimit(action string, n int) {
 type Call struct {
 	Action    string         // X-TC-Action as sent
 	Region    string         // X-TC-Region as sent
+	SecretID  string         // the account's SecretID from Authorization ("" if unparseable); never the key
 	At        time.Time      // arrival per the simulator's Clock
 	Params    map[string]any // the decoded JSON body (nil if it was not a JSON object); read-only
 	Code      string         // error code answered; "" on success
@@ -365,13 +438,32 @@ func (s *Server) ResetCalls() {
 	s.calls = nil
 }
 
-// MaxInAnySecond returns the most calls of action (accepted or rejected) whose arrival times fit
-// in any sliding one-second window [t, t+1s).
+// MaxInAnySecond returns, for the busiest account, the most calls of action (accepted or
+// rejected) whose arrival times fit in any sliding one-second window [t, t+1s). Limits are per
+// account, so this is the figure to compare with a limit however many accounts there are; with
+// one account it counts every call.
 func (s *Server) MaxInAnySecond(action string) int {
+	s.mu.Lock()
+	byAccount := map[string][]time.Time{}
+	for _, c := range s.calls {
+		if c.Action == action {
+			byAccount[c.SecretID] = append(byAccount[c.SecretID], c.At)
+		}
+	}
+	s.mu.Unlock()
+	best := 0
+	for _, times := range byAccount {
+		best = max(best, MaxInWindow(times, time.Second))
+	}
+	return best
+}
+
+// MaxInAnySecondFor is MaxInAnySecond for the calls signed with secretID only.
+func (s *Server) MaxInAnySecondFor(secretID, action string) int {
 	s.mu.Lock()
 	var times []time.Time
 	for _, c := range s.calls {
-		if c.Action == action {
+		if c.Action == action && c.SecretID == secretID {
 			times = append(times, c.At)
 		}
 	}
