@@ -28,15 +28,16 @@ type rawCopies struct {
 
 // rawCopy is one `copy_to` entry.
 type rawCopy struct {
-	field     string // copy_to[i] under its defaults or policy
+	index     int  // in the list as written
+	bad       bool // the entry has a problem of its own (reported)
 	region    val[string]
 	retention rawRetention
 }
 
 // copies decodes a `copy_to` list: mappings with a region, unique within the list, and an optional
 // retention.
-func (d *decoder) copies(p pair, field string, depth int) rawCopies {
-	out := rawCopies{present: true}
+func (d *decoder) copies(p pair, field string, depth int) (out rawCopies) {
+	out.present = true
 	start := len(*d.errs)
 	defer func() { out.bad = len(*d.errs) > start }()
 	n := d.resolve(p.v)
@@ -60,7 +61,8 @@ func (d *decoder) copies(p pair, field string, depth int) rawCopies {
 			d.errorf(e.Line, f, "expected a mapping such as {region: ap-singapore, retention: {keep_last: 3}}, got %s", kindName(e))
 			continue
 		}
-		c := rawCopy{field: f}
+		c := rawCopy{index: i}
+		entryStart := len(*d.errs)
 		d.mapping(e, f, depth+1, map[string]func(pair){
 			"region":    func(p pair) { c.region = d.region(p.v, join(f, "region")) },
 			"retention": func(p pair) { d.retention(p, join(f, "retention"), &c.retention) },
@@ -75,6 +77,7 @@ func (d *decoder) copies(p pair, field string, depth int) rawCopies {
 				seen[c.region.v] = c.region.at.line
 			}
 		}
+		c.bad = len(*d.errs) > entryStart
 		out.entries = append(out.entries, c)
 	}
 	return out
@@ -89,8 +92,8 @@ func (b *builder) copies(rp *rawPolicy, p *Policy) (inheritedBad bool) {
 	if !list.present {
 		list, inherited = &b.def.copies, true
 	}
-	if !list.present || list.bad {
-		return inherited && list.bad // a policy's own problems are counted with it
+	if !list.present || (inherited && list.bad) {
+		return inherited && list.bad
 	}
 	// where says where to report a problem with a value of the list: at the value when the policy
 	// wrote it, at the policy (naming the defaults' line) when it came from defaults.
@@ -100,8 +103,11 @@ func (b *builder) copies(rp *rawPolicy, p *Policy) (inheritedBad bool) {
 		}
 		return at, ""
 	}
-	for i, c := range list.entries {
-		field := join(rp.field, index("copy_to", i))
+	for _, c := range list.entries {
+		if c.bad {
+			continue // reported, and counted with the policy
+		}
+		field := join(rp.field, index("copy_to", c.index))
 		t := CopyTarget{Region: c.region.v}
 		if p.Region != "" && c.region.v == p.Region {
 			at, note := where(c.region.at)
