@@ -16,9 +16,10 @@ const intervalSlots = 50
 
 // builder applies defaults to raw policies and runs the checks that need more than one setting.
 type builder struct {
-	errs *[]FieldError
-	def  *rawDefaults
-	now  time.Time
+	errs     *[]FieldError
+	def      *rawDefaults
+	accounts *accountSet
+	now      time.Time
 }
 
 func (b *builder) errorf(at pos, field, format string, args ...any) {
@@ -94,6 +95,8 @@ func (b *builder) build(rp *rawPolicy) (p *Policy, ok bool) {
 	b.targets(rp, p)
 	inheritedBad = b.image(rp, p) || inheritedBad
 	inheritedBad = b.retention(rp, p) || inheritedBad
+	inheritedBad = b.account(rp, p) || inheritedBad
+	inheritedBad = b.copies(rp, p) || inheritedBad
 
 	inheritedBad = b.startWindow(rp, p) || inheritedBad
 
@@ -257,7 +260,6 @@ func (b *builder) retention(rp *rawPolicy, p *Policy) (inheritedBad bool) {
 	if own.invalid || (!own.present && def.invalid) {
 		return true // reported where written
 	}
-	f := func(key string) string { return join(rp.field, "retention."+key) }
 	keepLast := pick(own.keepLast, def.keepLast)
 	maxAge := pick(own.maxAge, def.maxAge)
 	minKeep := pick(own.minKeep, def.minKeep)
@@ -271,26 +273,42 @@ func (b *builder) retention(rp *rawPolicy, p *Policy) (inheritedBad bool) {
 	}
 	p.Retention = r
 
-	blockAt, note := own.at, ""
-	if !own.present {
-		blockAt, note = rp.nameOrStart(), fmt.Sprintf(" (set in defaults at %s)", def.at)
-	}
+	b.checkRetention(r, p, join(rp.field, "retention"),
+		func() (pos, string) {
+			if !own.present {
+				return rp.nameOrStart(), fmt.Sprintf(" (set in defaults at %s)", def.at)
+			}
+			return own.at, ""
+		},
+		func(key string) (pos, string) {
+			if key == "keep_last" {
+				return site(rp, own.keepLast, keepLast)
+			}
+			return site(rp, own.maxAge, maxAge)
+		})
+	return false
+}
+
+// checkRetention checks that r can prune and that it does not age out images faster than p's
+// schedule makes them. field is the path of the retention block; block and key say where to report
+// a problem with the block or with its keep_last or max_age, with a note when it was inherited.
+func (b *builder) checkRetention(r *Retention, p *Policy, field string, block func() (pos, string), key func(k string) (pos, string)) {
 	if r.KeepLast == 0 && r.MaxAge == 0 {
-		b.errorf(blockAt, join(rp.field, "retention"), "retention keeps everything: set keep_last or max_age%s", note)
-		return false
+		at, note := block()
+		b.errorf(at, field, "retention keeps everything: set keep_last or max_age%s", note)
+		return
 	}
 	if r.KeepLast > 0 && r.KeepLast < r.MinKeep {
-		at, note := site(rp, own.keepLast, keepLast)
-		b.errorf(at, f("keep_last"), "keep_last %d is less than min_keep %d%s", r.KeepLast, r.MinKeep, note)
+		at, note := key("keep_last")
+		b.errorf(at, join(field, "keep_last"), "keep_last %d is less than min_keep %d%s", r.KeepLast, r.MinKeep, note)
 	}
 	if r.MaxAge > 0 && p.Schedule != nil {
 		if gap, ok := shortestInterval(p.Schedule, b.now, r.MaxAge); ok && r.MaxAge < gap {
-			at, note := site(rp, own.maxAge, maxAge)
-			b.errorf(at, f("max_age"), "max_age %s is shorter than the %s between slots of %q%s: every image would be past max_age before the next is made; use at least %s",
+			at, note := key("max_age")
+			b.errorf(at, join(field, "max_age"), "max_age %s is shorter than the %s between slots of %q%s: every image would be past max_age before the next is made; use at least %s",
 				formatDuration(r.MaxAge), formatDuration(gap), p.ScheduleSpec, note, formatDuration(gap))
 		}
 	}
-	return false
 }
 
 // NominalInterval is the shortest gap between consecutive slots of s among the ~50 after now,

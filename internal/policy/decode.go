@@ -66,6 +66,11 @@ func (d *decoder) errorf(line int, field, format string, args ...any) {
 	*d.errs = append(*d.errs, FieldError{File: d.file, Line: line, Field: clipField(field), Message: fmt.Sprintf(format, clipArgs(args)...)})
 }
 
+// report records a problem whose message is already written (not clipped: it quotes no value).
+func (d *decoder) report(at pos, field, msg string) {
+	*d.errs = append(*d.errs, FieldError{File: at.file, Line: at.line, Field: clipField(field), Message: msg})
+}
+
 func (d *decoder) at(n *yaml.Node) pos { return pos{file: d.file, line: n.Line} }
 
 // resolve follows aliases and charges the walk's budget; nil means stop (already reported).

@@ -52,6 +52,7 @@ type rawDefaults struct {
 	retention rawRetention
 	window    val[time.Duration]
 	conc      val[Concurrency]
+	copies    rawCopies
 }
 
 // rawPolicy is one entry of `policies:` as written, before defaults apply.
@@ -73,6 +74,8 @@ type rawPolicy struct {
 	notify    val[PolicyNotify]
 	window    val[time.Duration]
 	conc      val[Concurrency]
+	account   val[string]
+	copies    rawCopies
 }
 
 func (d *decoder) defaults(n *yaml.Node, at pos) *rawDefaults {
@@ -86,6 +89,7 @@ func (d *decoder) defaults(n *yaml.Node, at pos) *rawDefaults {
 			def.window = d.duration(p.v, "defaults.start_window", time.Second)
 		},
 		"concurrency": func(p pair) { def.conc = d.concurrency(p.v, "defaults.concurrency") },
+		"copy_to":     func(p pair) { def.copies = d.copies(p, "defaults.copy_to", 2) },
 	})
 	return def
 }
@@ -136,6 +140,8 @@ func (d *decoder) policy(n *yaml.Node, field string) *rawPolicy {
 			rp.window = d.duration(p.v, join(field, "start_window"), time.Second)
 		},
 		"concurrency": func(p pair) { rp.conc = d.concurrency(p.v, join(field, "concurrency")) },
+		"account":     func(p pair) { rp.account = d.str(p.v, join(field, "account")) },
+		"copy_to":     func(p pair) { rp.copies = d.copies(p, join(field, "copy_to"), 2) },
 	})
 	rp.decodeErrs = len(*d.errs) - start
 	return rp
@@ -155,7 +161,11 @@ func (d *decoder) concurrency(n *yaml.Node, field string) val[Concurrency] {
 func (d *decoder) region(n *yaml.Node, field string) val[string] {
 	v := d.str(n, field)
 	if v.set && !regionRe.MatchString(v.v) {
-		d.errorf(v.at.line, field, "%q is not a region (e.g. ap-guangzhou, ap-shanghai-fsi)", v.v)
+		if m := zoneRe.FindStringSubmatch(v.v); m != nil {
+			d.errorf(v.at.line, field, "%q is an availability zone, not a region: use %s", v.v, m[1])
+		} else {
+			d.errorf(v.at.line, field, "%q is not a region (e.g. ap-guangzhou, ap-shanghai-fsi)", v.v)
+		}
 		v.set, v.bad = false, true
 	}
 	return v

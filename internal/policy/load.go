@@ -2,7 +2,6 @@ package policy
 
 import (
 	"bytes"
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -25,8 +24,9 @@ const FileVersion = 1
 // problem is collected: the error is then a *ValidationError listing each one with file and line.
 // Alongside a *ValidationError, Load also returns a Config holding the policies that validated on
 // their own, so `imager validate` can still show their fire times; never run such a Config. Other
-// errors (the path cannot be read) are returned alone.
-func Load(path string) (*Config, error) {
+// errors (the path cannot be read) are returned alone. Options change where the environment is
+// read from (WithEnv).
+func Load(path string, opts ...Option) (*Config, error) {
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("read policies: %w", err)
@@ -36,7 +36,7 @@ func Load(path string) (*Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read policies: %w", err)
 		}
-		return load(path, []source{{name: path, data: data}}, time.Now())
+		return load(path, []source{{name: path, data: data}}, time.Now(), newLoadOptions(opts))
 	}
 	entries, err := os.ReadDir(path) // sorted by name
 	if err != nil {
@@ -59,13 +59,13 @@ func Load(path string) (*Config, error) {
 	if len(srcs) == 0 {
 		return nil, fmt.Errorf("read policies: no *.yaml or *.yml files in directory %s", path)
 	}
-	return load(path, srcs, time.Now())
+	return load(path, srcs, time.Now(), newLoadOptions(opts))
 }
 
 // LoadBytes loads one policy file held in memory; name is used in error messages. It behaves as
 // Load does for a single file.
-func LoadBytes(name string, data []byte) (*Config, error) {
-	return load(name, []source{{name: name, data: data}}, time.Now())
+func LoadBytes(name string, data []byte, opts ...Option) (*Config, error) {
+	return load(name, []source{{name: name, data: data}}, time.Now(), newLoadOptions(opts))
 }
 
 // Policy returns the policy with that name, or nil.
@@ -113,7 +113,6 @@ func DefaultAPI() API {
 
 var (
 	policyNameRe = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
-	regionRe     = regexp.MustCompile(`^[a-z]{2}-[a-z0-9-]+$`)
 	instanceRe   = regexp.MustCompile(`^ins-[a-z0-9]{8}$`)
 	diskRe       = regexp.MustCompile(`^disk-[a-z0-9]{8}$`)
 )
@@ -128,6 +127,8 @@ type fileResult struct {
 	unreadable bool // a syntax error or alias overflow: what it defines is unknown
 	api        *API
 	apiAt      pos
+	apiBad     bool         // the api: block had problems (reported)
+	accounts   *rawAccounts // the accounts: block (accounts.go), nil when absent
 	defaults   *rawDefaults
 	policies   []*rawPolicy
 	notify     *Notify // the notify: block (notify.go), nil when absent
@@ -138,12 +139,14 @@ type fileResult struct {
 
 // load decodes every source, merges them, applies defaults and validates. label names the whole
 // input in errors not tied to one file.
-func load(label string, srcs []source, now time.Time) (*Config, error) {
+func load(label string, srcs []source, now time.Time, opts loadOptions) (*Config, error) {
 	var errs []FieldError
 	cfg := &Config{API: DefaultAPI(), Notify: Notify{Keep: DefaultNotifyKeep}, History: History{Keep: DefaultHistoryKeep},
 		byName: map[string]*Policy{}}
-	var apiAt, defAt, notifyAt, historyAt pos
+	var apiAt, defAt, notifyAt, historyAt, accountsAt pos
 	var defaults *rawDefaults
+	var accounts *rawAccounts
+	apiBad := false
 	var raws []*rawPolicy
 	unreadable := false
 	for _, src := range srcs {
@@ -155,7 +158,15 @@ func load(label string, srcs []source, now time.Time) (*Config, error) {
 				errs = append(errs, FieldError{File: src.name, Line: fr.apiAt.line, Field: "api",
 					Message: fmt.Sprintf("the api block may appear in one file only; it is already in %s", apiAt)})
 			} else {
-				cfg.API, apiAt = *fr.api, fr.apiAt
+				cfg.API, apiAt, apiBad = *fr.api, fr.apiAt, fr.apiBad
+			}
+		}
+		if fr.accounts != nil {
+			if accountsAt.file != "" {
+				errs = append(errs, FieldError{File: src.name, Line: fr.accounts.at.line, Field: "accounts",
+					Message: fmt.Sprintf("the accounts block may appear in one file only; it is already in %s", accountsAt)})
+			} else {
+				accounts, accountsAt = fr.accounts, fr.accounts.at
 			}
 		}
 		if fr.defaults != nil {
@@ -190,7 +201,10 @@ func load(label string, srcs []source, now time.Time) (*Config, error) {
 		defaults = &rawDefaults{unknown: unreadable}
 	}
 
-	b := builder{errs: &errs, def: defaults, now: now}
+	var set *accountSet
+	cfg.Accounts, set = buildAccounts(accounts, cfg.API, apiAt, apiBad, unreadable, opts.env, &errs)
+
+	b := builder{errs: &errs, def: defaults, accounts: set, now: now}
 	firstAt := map[string]pos{}
 	for _, rp := range raws {
 		p, ok := b.build(rp)
@@ -264,7 +278,8 @@ func countNodes(n *yaml.Node, depth int) int {
 	return c
 }
 
-// decodeFile decodes one file's top level: version, api, defaults, notify, history, policies.
+// decodeFile decodes one file's top level: version, api, accounts, defaults, notify, history,
+// policies.
 func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 	var fr fileResult
 	doc, extra, err := parseYAML(data)
@@ -297,8 +312,12 @@ func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 			}
 		},
 		"api": func(p pair) {
-			a := d.api(p.v)
-			fr.api, fr.apiAt = &a, d.at(p.k)
+			start := len(*errs)
+			a := d.api(p.v, "api", 1).apply(DefaultAPI(), "", d.report)
+			fr.api, fr.apiAt, fr.apiBad = &a, d.at(p.k), len(*errs) > start
+		},
+		"accounts": func(p pair) {
+			fr.accounts = d.accounts(p.v, d.at(p.k))
 		},
 		"defaults": func(p pair) {
 			fr.defaults = d.defaults(p.v, d.at(p.k))
@@ -348,67 +367,125 @@ func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 	return fr
 }
 
-// api decodes the `api:` block over the defaults.
-func (d *decoder) api(n *yaml.Node) API {
-	a := DefaultAPI()
-	setInt := func(dst *int, field string, lo, hi int) func(pair) {
-		return func(p pair) {
-			if v := d.integer(p.v, field, lo, hi); v.set {
-				*dst = v.v
-			}
-		}
-	}
-	d.mapping(n, "api", 1, map[string]func(pair){
-		"create_image_rate":    setInt(&a.CreateImageRate, "api.create_image_rate", 1, 1000),
-		"describe_images_rate": setInt(&a.DescribeImagesRate, "api.describe_images_rate", 1, 40),
-		"workers":              setInt(&a.Workers, "api.workers", 1, 256),
-		"retry": func(p pair) {
-			d.mapping(p.v, "api.retry", 2, map[string]func(pair){
-				"transient": func(p pair) { d.backoff(p, "api.retry.transient", &a.Retry.Transient, true) },
-				"throttled": func(p pair) { d.backoff(p, "api.retry.throttled", &a.Retry.Throttled, false) },
-				"busy":      func(p pair) { d.backoff(p, "api.retry.busy", &a.Retry.Busy, false) },
-				"duplicate": setInt(&a.Retry.Duplicate, "api.retry.duplicate", 0, 10),
-			})
-		},
-	})
-	return a
+// rawAPI is an `api:` block as written: the settings it sets, applied over a base by apply
+// (DefaultAPI for the top-level block, the top-level block for an account's, accounts.go).
+type rawAPI struct {
+	field string // "api" or "accounts[i].api"
+	errs  int    // problems found while decoding it
+
+	createImageRate, describeImagesRate, workers, duplicate val[int]
+	retry                                                   [len(retryClasses)]rawBackoff
 }
 
-// backoff decodes one error class's backoff over its defaults and checks it can end.
-// backoff decodes one retry class. windowBounded classes (transient) always stop when the slot's
-// start window closes, so they need neither attempts nor max_elapsed.
-func (d *decoder) backoff(p pair, field string, b *Backoff, windowBounded bool) {
-	var maxLine int
-	n := d.mapping(p.v, field, 3, map[string]func(pair){
-		"initial": func(p pair) {
-			if v := d.duration(p.v, join(field, "initial"), time.Millisecond); v.set {
-				b.Initial = v.v
-			}
-		},
-		"max": func(p pair) {
-			if v := d.duration(p.v, join(field, "max"), time.Millisecond); v.set {
-				b.Max, maxLine = v.v, v.at.line
-			}
-		},
-		"attempts": func(p pair) {
-			if v := d.integer(p.v, join(field, "attempts"), 0, 1000); v.set {
-				b.Attempts = v.v
-			}
-		},
-		"max_elapsed": func(p pair) {
-			if v := d.duration(p.v, join(field, "max_elapsed"), 0); v.set {
-				b.MaxElapsed = v.v
-			}
-		},
+// rawBackoff is one `api.retry.<class>` block as written.
+type rawBackoff struct {
+	present bool // the class's key is written (with a mapping or nothing)
+	at      pos  // its key
+	initial val[time.Duration]
+	max     val[time.Duration]
+	attempt val[int]
+	elapsed val[time.Duration]
+}
+
+// retryClasses are the keys of `api.retry` that hold a backoff. windowBounded classes (transient)
+// always stop when the slot's start window closes, so they need neither attempts nor max_elapsed.
+var retryClasses = [...]struct {
+	key           string
+	windowBounded bool
+	of            func(*Retry) *Backoff
+}{
+	{"transient", true, func(r *Retry) *Backoff { return &r.Transient }},
+	{"throttled", false, func(r *Retry) *Backoff { return &r.Throttled }},
+	{"busy", false, func(r *Retry) *Backoff { return &r.Busy }},
+}
+
+// api decodes an `api:` block at field. Its values are checked alone here; whether each retry class
+// can end depends on the base it is applied over (apply).
+func (d *decoder) api(n *yaml.Node, field string, depth int) *rawAPI {
+	start := len(*d.errs)
+	r := &rawAPI{field: field}
+	intKey := func(dst *val[int], key string, lo, hi int) func(pair) {
+		return func(p pair) { *dst = d.integer(p.v, join(field, key), lo, hi) }
+	}
+	classes := map[string]func(pair){
+		"duplicate": func(p pair) { r.duplicate = d.integer(p.v, join(field, "retry.duplicate"), 0, 10) },
+	}
+	for i, c := range retryClasses {
+		classes[c.key] = func(p pair) { d.backoff(p, join(field, "retry."+c.key), &r.retry[i], depth+2) }
+	}
+	d.mapping(n, field, depth, map[string]func(pair){
+		"create_image_rate":    intKey(&r.createImageRate, "create_image_rate", 1, 1000),
+		"describe_images_rate": intKey(&r.describeImagesRate, "describe_images_rate", 1, 40),
+		"workers":              intKey(&r.workers, "workers", 1, 256),
+		"retry":                func(p pair) { d.mapping(p.v, join(field, "retry"), depth+1, classes) },
 	})
-	if n == nil {
-		return
+	r.errs = len(*d.errs) - start
+	return r
+}
+
+// backoff decodes one retry class.
+func (d *decoder) backoff(p pair, field string, b *rawBackoff, depth int) {
+	n := d.mapping(p.v, field, depth, map[string]func(pair){
+		"initial":     func(p pair) { b.initial = d.duration(p.v, join(field, "initial"), time.Millisecond) },
+		"max":         func(p pair) { b.max = d.duration(p.v, join(field, "max"), time.Millisecond) },
+		"attempts":    func(p pair) { b.attempt = d.integer(p.v, join(field, "attempts"), 0, 1000) },
+		"max_elapsed": func(p pair) { b.elapsed = d.duration(p.v, join(field, "max_elapsed"), 0) },
+	})
+	b.present, b.at = n != nil, d.at(p.k)
+}
+
+// apply returns base with the block's settings written over it, and reports each retry class the
+// block writes that could not end (max below initial; neither attempts nor max_elapsed). inherited
+// names where the settings the block leaves out come from, for those messages ("" for the
+// built-in defaults).
+func (r *rawAPI) apply(base API, inherited string, report func(at pos, field, msg string)) API {
+	a := base
+	setInt := func(dst *int, v val[int]) {
+		if v.set {
+			*dst = v.v
+		}
 	}
-	if b.Max < b.Initial {
-		line := cmp.Or(maxLine, p.k.Line)
-		d.errorf(line, join(field, "max"), "max %s is less than initial %s", formatDuration(b.Max), formatDuration(b.Initial))
+	setDur := func(dst *time.Duration, v val[time.Duration]) {
+		if v.set {
+			*dst = v.v
+		}
 	}
-	if b.Attempts == 0 && b.MaxElapsed == 0 && !windowBounded {
-		d.errorf(p.k.Line, field, "retries would never stop: set attempts or max_elapsed")
+	setInt(&a.CreateImageRate, r.createImageRate)
+	setInt(&a.DescribeImagesRate, r.describeImagesRate)
+	setInt(&a.Workers, r.workers)
+	setInt(&a.Retry.Duplicate, r.duplicate)
+	for i, c := range retryClasses {
+		rb, b := &r.retry[i], c.of(&a.Retry)
+		setDur(&b.Initial, rb.initial)
+		setDur(&b.Max, rb.max)
+		setInt(&b.Attempts, rb.attempt)
+		setDur(&b.MaxElapsed, rb.elapsed)
+		if !rb.present {
+			continue
+		}
+		field := join(r.field, "retry."+c.key)
+		note := ""
+		if inherited != "" {
+			note = " (" + inherited + ")"
+		}
+		if b.Max < b.Initial {
+			at := rb.at
+			if rb.max.set {
+				at = rb.max.at
+			}
+			n := ""
+			if !rb.max.present() || !rb.initial.present() {
+				n = note
+			}
+			report(at, join(field, "max"), fmt.Sprintf("max %s is less than initial %s%s", formatDuration(b.Max), formatDuration(b.Initial), n))
+		}
+		if b.Attempts == 0 && b.MaxElapsed == 0 && !c.windowBounded {
+			n := ""
+			if !rb.attempt.present() || !rb.elapsed.present() {
+				n = note
+			}
+			report(rb.at, field, "retries would never stop: set attempts or max_elapsed"+n)
+		}
 	}
+	return a
 }

@@ -139,9 +139,12 @@ type Account struct {
 	Name string
 	File string
 	Line int
+	// Field is the entry's path (`accounts[i]`) for messages; empty for the DefaultAccount.
+	Field string
 	// SecretIDEnv and SecretKeyEnv name the environment variables holding the key pair.
 	SecretIDEnv, SecretKeyEnv string
-	// Profile names a section of the tccli credentials file (~/.tencentcloud/credentials).
+	// Profile names a tccli profile: the credentials file ~/.tccli/<profile>.credential that
+	// `tccli configure --profile <profile>` writes.
 	Profile string
 	// Role, when set, is assumed through STS on top of the SDK's default credential chain.
 	Role *Role
