@@ -58,7 +58,10 @@ func (s *Scheduler) cronLoop() {
 				if len(w.missed) > 0 {
 					missed = append(missed, missedSlots{p: f.p, slots: w.missed, beyond: w.beyond, reason: s.loopMissedReason})
 				}
-				f.at = f.p.Schedule.Next(w.last)
+				f.at = w.next
+				if f.at.IsZero() {
+					f.at = f.p.Schedule.Next(w.last)
+				}
 			}
 			s.recordMissedAll(missed)
 			s.fireBatch(batch)
@@ -97,22 +100,25 @@ type slotWalk struct {
 	missed []time.Time // the other slots, the latest maxMissedSlots of them, oldest first
 	beyond int         // missed slots not in missed (older ones)
 	last   time.Time   // the latest slot walked
+	next   time.Time   // the slot after last, when the walk reached it (zero otherwise)
 }
 
 // walkSlots walks p's slots from first (included) to now: the latest slot whose start window is
 // still open is to be fired, every other one is missed.
 func walkSlots(p *policy.Policy, first, now time.Time) slotWalk {
 	var slots []time.Time
-	walked := 0
-	for at := first; !at.IsZero() && !at.After(now) && walked < maxSkippedSlots; at = p.Schedule.Next(at) {
+	at := first
+	for ; !at.IsZero() && !at.After(now) && len(slots) < maxSkippedSlots; at = p.Schedule.Next(at) {
 		slots = append(slots, at)
-		walked++
 	}
 	var w slotWalk
 	if len(slots) == 0 {
 		return w
 	}
 	w.last = slots[len(slots)-1]
+	if at.After(now) {
+		w.next = at // the walk stopped at it: the first slot after now, computed once
+	}
 	if now.Before(w.last.Add(startWindow(p))) {
 		w.fire = w.last
 		slots = slots[:len(slots)-1]
