@@ -157,16 +157,17 @@ type coveragePrior struct {
 
 // pairAgg is what a batch of new runs adds to one pair's coverage_state.
 type pairAgg struct {
-	first, last Run
+	first, last *Run
 	avail       *Run
 }
 
 func coverageApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runChange) (map[int64]coveragePrior, error) {
 	prior := map[int64]coveragePrior{}
-	var inserts []Run
-	for _, c := range changes {
+	inserts := make([]*Run, 0, len(changes))
+	for i := range changes {
+		c := &changes[i]
 		if c.before == "" {
-			inserts = append(inserts, c.run)
+			inserts = append(inserts, &c.run)
 			continue
 		}
 		p, found, err := coverageUpdate(ctx, tx, c.run)
@@ -174,7 +175,7 @@ func coverageApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runCha
 			return nil, err
 		}
 		if !found {
-			inserts = append(inserts, c.run) // no row yet (history loaded without its answers)
+			inserts = append(inserts, &c.run) // no row yet (history loaded without its answers)
 		}
 		prior[c.run.ID] = p
 	}
@@ -183,12 +184,12 @@ func coverageApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runCha
 }
 
 // coverageInsert queues the upsert of new runs into coverage_state, one statement for the batch.
-func coverageInsert(q *pipeline, runs []Run) {
+func coverageInsert(q *pipeline, runs []*Run) {
 	if len(runs) == 0 {
 		return
 	}
-	aggs := map[pairKey]*pairAgg{}
-	var keys []pairKey
+	aggs := make(map[pairKey]*pairAgg, len(runs))
+	keys := make([]pairKey, 0, len(runs))
 	for _, r := range runs {
 		k := pairKey{r.Policy, r.InstanceID}
 		a, ok := aggs[k]
@@ -203,9 +204,8 @@ func coverageInsert(q *pipeline, runs []Run) {
 		if r.ScheduledAt.After(a.last.ScheduledAt) {
 			a.last = r
 		}
-		if r.Status == StatusAvailable && (a.avail == nil || newerRun(r, *a.avail)) {
-			rr := r
-			a.avail = &rr
+		if r.Status == StatusAvailable && (a.avail == nil || newerRun(*r, *a.avail)) {
+			a.avail = r
 		}
 	}
 	sort.Slice(keys, func(i, j int) bool {
@@ -313,10 +313,11 @@ WHERE policy = $1 AND instance_id = $2`, r.Policy, r.InstanceID, isLast, takesAv
 // ---- coverage_days: per (policy, instance, day), the day's best run ----
 
 func daysApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runChange) error {
-	var inserts []Run
-	for _, c := range changes {
+	inserts := make([]*Run, 0, len(changes))
+	for i := range changes {
+		c := &changes[i]
 		if c.before == "" {
-			inserts = append(inserts, c.run)
+			inserts = append(inserts, &c.run)
 			continue
 		}
 		found, err := dayUpdate(ctx, tx, c.run)
@@ -324,7 +325,7 @@ func daysApply(ctx context.Context, tx pgx.Tx, q *pipeline, changes []runChange)
 			return err
 		}
 		if !found {
-			inserts = append(inserts, c.run)
+			inserts = append(inserts, &c.run)
 		}
 	}
 	daysInsert(q, inserts)
@@ -338,7 +339,7 @@ func dayOf(polExpr, slotExpr string) string {
 
 // daysInsert queues the merge of new runs into coverage_days: per (policy, instance, day) of the
 // batch, its count and its best run, merged with the day's row.
-func daysInsert(q *pipeline, runs []Run) {
+func daysInsert(q *pipeline, runs []*Run) {
 	if len(runs) == 0 {
 		return
 	}
@@ -554,7 +555,15 @@ func outboxApply(ctx context.Context, tx pgx.Tx, changes []runChange, prior map[
 		code   string
 	}
 	failedBy := map[failedKey]*digestGroup{}
-	ordered := append([]runChange(nil), changes...)
+	// Only runs that became missed, failed or available write events; a fire's claim of pending
+	// runs has none, and its thousands of runs are not sorted for nothing.
+	ordered := make([]*runChange, 0)
+	for i := range changes {
+		c := &changes[i]
+		if c.before != c.run.Status && (c.run.Status == StatusMissed || c.run.Status == StatusFailed || c.run.Status == StatusAvailable) {
+			ordered = append(ordered, c)
+		}
+	}
 	sort.SliceStable(ordered, func(i, j int) bool { return ordered[i].run.ID < ordered[j].run.ID })
 	for _, c := range ordered {
 		if c.before == c.run.Status {
