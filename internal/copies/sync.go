@@ -64,22 +64,35 @@ func (s source) logger(l zerolog.Logger) *zerolog.Logger {
 	return &ll
 }
 
-// startDue starts the copies due: one SyncImages call per run with every region missing a copy.
+// startDue starts the copies due: one SyncImages call per run with every region missing a copy,
+// DueBatch runs at a time.
 func (c *Copier) startDue(ctx context.Context, cfg *policy.Config, res *passResult) {
 	ws := wants(cfg)
 	if len(ws) == 0 {
 		return
 	}
-	due, err := c.hist.CopiesDue(ctx, ws, DueBatch)
-	if err != nil {
-		res.err = err
-		return
-	}
-	for _, d := range due {
-		if ctx.Err() != nil {
+	// A batch at a time until none is left: a run whose request is recorded is no longer due, and
+	// a request that cannot be recorded ends the pass (res.err).
+	var first int64 // the first run of the previous batch: a batch that starts with it again made no progress
+	for ctx.Err() == nil && res.err == nil {
+		due, err := c.hist.CopiesDue(ctx, ws, DueBatch)
+		if err != nil {
+			res.err = err
 			return
 		}
-		c.syncRun(ctx, cfg, sourceOfRun(d), d.Regions, false, res)
+		if len(due) == 0 || due[0].Run.ID == first {
+			return // nothing due, or runs whose copies wait (an account without a client)
+		}
+		first = due[0].Run.ID
+		for _, d := range due {
+			if ctx.Err() != nil || res.err != nil {
+				return
+			}
+			c.syncRun(ctx, cfg, sourceOfRun(d), d.Regions, false, res)
+		}
+		if len(due) < DueBatch {
+			return
+		}
 	}
 }
 
@@ -276,7 +289,8 @@ func (c *Copier) syncRun(ctx context.Context, cfg *policy.Config, src source, re
 			}
 			return
 		case sourceBusy(ae), ae.Class == cvm.ClassThrottled, ae.Class == cvm.ClassTransient:
-			at := c.clock.Now().Add(c.retryDelay(cfg, ae, byRegion[regions[0]].Attempts))
+			// Microseconds: the time as PostgreSQL keeps it.
+			at := c.clock.Now().Add(c.retryDelay(cfg, ae, byRegion[regions[0]].Attempts)).Truncate(time.Microsecond)
 			c.callFailed(ctx, ids, ae, &at)
 			res.retryAt(at)
 			clog.Warn().Err(callErr).Int64("retry_in_ms", at.Sub(c.clock.Now()).Milliseconds()).Msg("SyncImages refused; retrying later")
