@@ -121,18 +121,29 @@ func (s *Store) CopiesDue(ctx context.Context, wants []CopyWant, limit int) ([]C
 	}
 	rows, err := s.pool.Query(ctx, `
 WITH w AS (SELECT DISTINCT policy, region FROM unnest($1::text[], $2::text[]) AS u(policy, region)),
-due AS (
-	SELECT r.id AS run_id, w.region
+pairs AS (
+	SELECT cs.policy, cs.instance_id, cs.last_available_run_id, w.region, lc.slot AS copied_slot
 	FROM w
 	JOIN coverage_state cs ON cs.policy = w.policy AND cs.last_available_run_id IS NOT NULL
 	LEFT JOIN LATERAL (SELECT c.slot FROM image_copies c
 		WHERE c.policy = cs.policy AND c.instance_id = cs.instance_id AND c.region = w.region
-		ORDER BY c.slot DESC LIMIT 1) lc ON true
-	JOIN image_runs r ON r.policy = cs.policy AND r.instance_id = cs.instance_id AND r.status = 'available'
-		AND r.image_id IS NOT NULL AND r.region <> w.region
-		AND CASE WHEN lc.slot IS NULL THEN r.id = cs.last_available_run_id ELSE r.scheduled_at > lc.slot END
-	WHERE NOT EXISTS (SELECT 1 FROM image_copies c WHERE c.run_id = r.id AND c.region = w.region)
-		AND NOT EXISTS (SELECT 1 FROM image_deletions d WHERE d.image_id = r.image_id)),
+		ORDER BY c.slot DESC LIMIT 1) lc ON true),
+candidates AS (
+	-- No copy in the region yet: the pair's newest available run, one probe by id.
+	SELECT r.id, r.image_id, r.region AS source_region, p.region FROM pairs p
+	JOIN image_runs r ON r.id = p.last_available_run_id AND r.status = 'available'
+	WHERE p.copied_slot IS NULL
+	UNION ALL
+	-- Copies there: the available runs newer than the newest copied, a range of the pair's index.
+	SELECT r.id, r.image_id, r.region, p.region FROM pairs p
+	JOIN image_runs r ON r.policy = p.policy AND r.instance_id = p.instance_id AND r.status = 'available'
+		AND r.scheduled_at > p.copied_slot
+	WHERE p.copied_slot IS NOT NULL),
+due AS (
+	SELECT c.id AS run_id, c.region FROM candidates c
+	WHERE c.image_id IS NOT NULL AND c.source_region <> c.region
+		AND NOT EXISTS (SELECT 1 FROM image_copies x WHERE x.run_id = c.id AND x.region = c.region)
+		AND NOT EXISTS (SELECT 1 FROM image_deletions d WHERE d.image_id = c.image_id)),
 picked AS (SELECT DISTINCT run_id FROM due ORDER BY run_id LIMIT $3)
 SELECT `+runColumns+`, account,
 	(SELECT array_agg(due.region ORDER BY due.region) FROM due WHERE due.run_id = image_runs.id)
