@@ -9,14 +9,14 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-const deletionColumns = `id, image_id, image_name, policy, instance_id, region, COALESCE(run_id, 0), reason,
+const deletionColumns = `id, image_id, image_name, policy, instance_id, region, COALESCE(run_id, 0), COALESCE(copy_id, 0), reason,
 	requested_at, finished_at, status, COALESCE(request_id, ''), COALESCE(error_code, ''),
 	COALESCE(error_message, ''), attempts`
 
 func scanDeletion(row pgx.Row) (Deletion, error) {
 	var d Deletion
 	var status string
-	err := row.Scan(&d.ID, &d.ImageID, &d.ImageName, &d.Policy, &d.InstanceID, &d.Region, &d.RunID, &d.Reason,
+	err := row.Scan(&d.ID, &d.ImageID, &d.ImageName, &d.Policy, &d.InstanceID, &d.Region, &d.RunID, &d.CopyID, &d.Reason,
 		&d.RequestedAt, &d.FinishedAt, &status, &d.RequestID, &d.ErrorCode, &d.ErrorMessage, &d.Attempts)
 	if err != nil {
 		return Deletion{}, err
@@ -66,13 +66,23 @@ func (s *Store) DeletionFinish(ctx context.Context, id int64, status DeletionSta
 	if at.IsZero() {
 		return fmt.Errorf("finish deletion %d: no finish time: %w", id, ErrInvalid)
 	}
-	tag, err := s.pool.Exec(ctx, `UPDATE image_deletions SET status = $2, request_id = NULLIF($3, ''),
-	error_code = NULLIF($4, ''), error_message = NULLIF($5, ''), finished_at = $6
-WHERE id = $1 AND status <> 'deleted'`, id, string(status), requestID, errCode, errMsg, at)
+	// A deleted copy (copy_id set) records its deleted_at in the same statement.
+	var n int
+	err := s.pool.QueryRow(ctx, `WITH d AS (
+	UPDATE image_deletions SET status = $2, request_id = NULLIF($3, ''),
+		error_code = NULLIF($4, ''), error_message = NULLIF($5, ''), finished_at = $6
+	WHERE id = $1 AND status <> 'deleted'
+	RETURNING copy_id, status, finished_at
+), c AS (
+	UPDATE image_copies cp SET deleted_at = d.finished_at, updated_at = now()
+	FROM d WHERE cp.id = d.copy_id AND d.status = 'deleted' AND cp.deleted_at IS NULL
+	RETURNING cp.id
+)
+SELECT count(*) FROM d`, id, string(status), requestID, errCode, errMsg, at).Scan(&n)
 	if err != nil {
 		return fmt.Errorf("finish deletion %d: %w", id, s.translate(err))
 	}
-	if tag.RowsAffected() > 0 {
+	if n > 0 {
 		return nil
 	}
 	var current string

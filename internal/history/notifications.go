@@ -19,6 +19,8 @@ const (
 	EventFireStarted   = "fire_started"   // a policy fired (policy_slots moved): ping <url>/start
 	EventFireSucceeded = "fire_succeeded" // every run of the fire available: ping <url>
 	EventFireFailed    = "fire_failed"    // the fire did not make every image: ping <url>/fail
+	EventCopyFailed    = "copy_failed"    // a copy in another region failed (copies.go)
+	EventCopyRecovered = "copy_recovered" // a copy available in a region after a failed copy there (copies.go)
 )
 
 // Delivery statuses (notification_deliveries.status).

@@ -27,30 +27,37 @@ const runTerminal = `('available', 'failed', 'missed', 'skipped')`
 // runPrunable is the condition a run r must meet to be pruned, with the cutoff as parameter $1:
 // finished, with a slot older than the cutoff, not an answer (the last run or last available run
 // of its (policy, instance) in coverage_state, nor the image to restore its instance from in
-// latest_images), and not available with an image imager has not deleted (retention still weighs
-// that image: a run pruned before its image would leave the image to nobody).
+// latest_images), not available with an image imager has not deleted (retention still weighs
+// that image: a run pruned before its image would leave the image to nobody), and without a copy
+// that is still being made or is available and not deleted (the copy's row goes with its run, and
+// the copies' retention weighs that copy as retention weighs the run's image).
 const runPrunable = `r.scheduled_at < $1 AND r.status IN ` + runTerminal + `
 	AND r.id NOT IN (SELECT c.last_run_id FROM coverage_state c)
 	AND r.id NOT IN (SELECT c.last_available_run_id FROM coverage_state c WHERE c.last_available_run_id IS NOT NULL)
 	AND r.id NOT IN (SELECT l.run_id FROM latest_images l)
 	AND NOT (r.status = 'available' AND r.image_id IS NOT NULL AND NOT EXISTS (
-		SELECT 1 FROM image_deletions dd WHERE dd.image_id = r.image_id AND dd.status = 'deleted'))`
+		SELECT 1 FROM image_deletions dd WHERE dd.image_id = r.image_id AND dd.status = 'deleted'))
+	AND NOT EXISTS (SELECT 1 FROM image_copies cp WHERE cp.run_id = r.id AND cp.deleted_at IS NULL
+		AND (cp.status IN ('requested', 'syncing') OR (cp.status = 'available' AND cp.image_id IS NOT NULL)))`
 
 // deletionDone is the condition a deletion d must meet before its runs are weighed: deleted (a
 // pending or failed one is retried at the next retention pass) and finished before the cutoff $1.
 const deletionDone = `d.status = 'deleted' AND d.finished_at < $1`
 
-// deletionRunless says that no run of d's image is left in image_runs. A deletion goes only after
-// the run that made its image: while that run stays, its deleted deletion is what tells retention
-// the image is gone.
-const deletionRunless = `NOT EXISTS (SELECT 1 FROM image_runs r
+// deletionRunless says that no run of d's image is left in image_runs, and, for the deletion of a
+// copy, that the copy's row is gone (copy_id is set to NULL when its run is pruned). A deletion
+// goes only after the row that made its image: while that row stays, its deleted deletion is what
+// tells retention the image is gone.
+const deletionRunless = `d.copy_id IS NULL AND NOT EXISTS (SELECT 1 FROM image_runs r
 	WHERE r.policy = d.policy AND r.instance_id = d.instance_id AND r.image_id = d.image_id)`
 
 // deletionRunlessAfterRuns is deletionRunless as it will hold once the prunable runs are gone:
 // what a dry run counts.
 const deletionRunlessAfterRuns = `NOT EXISTS (SELECT 1 FROM image_runs r
 	WHERE r.policy = d.policy AND r.instance_id = d.instance_id AND r.image_id = d.image_id
-		AND NOT (` + runPrunable + `))`
+		AND NOT (` + runPrunable + `))
+	AND (d.copy_id IS NULL OR EXISTS (SELECT 1 FROM image_copies cp JOIN image_runs r ON r.id = cp.run_id
+		WHERE cp.id = d.copy_id AND ` + runPrunable + `))`
 
 // HistoryPruneParams says what HistoryPrune removes.
 type HistoryPruneParams struct {
@@ -69,6 +76,7 @@ type HistoryPruneParams struct {
 type HistoryPruned struct {
 	Runs             int64 // image_runs
 	RunAttempts      int64 // image_attempts of those runs
+	Copies           int64 // image_copies of those runs
 	Deletions        int64 // image_deletions
 	DeletionAttempts int64 // image_attempts of those deletions
 	CoverageDays     int64 // coverage_days
@@ -78,7 +86,7 @@ type HistoryPruned struct {
 
 // Total is the number of rows counted in every table.
 func (p HistoryPruned) Total() int64 {
-	return p.Runs + p.RunAttempts + p.Deletions + p.DeletionAttempts + p.CoverageDays + p.Replicas + p.FireRequests
+	return p.Runs + p.RunAttempts + p.Copies + p.Deletions + p.DeletionAttempts + p.CoverageDays + p.Replicas + p.FireRequests
 }
 
 // HistoryPrune deletes the history that no longer changes once it is older than p.Keep, measured
@@ -86,10 +94,11 @@ func (p HistoryPruned) Total() int64 {
 //   - coverage_days of days before the cutoff's (UTC) date;
 //   - image_runs finished, with a slot before the cutoff, that are no answer (coverage_state's
 //     last run and last available run of their pair, latest_images' run of their instance) and
-//     not available with an image imager has not deleted; with their image_attempts. Pending and
-//     requested runs stay however old;
-//   - image_deletions deleted before the cutoff whose image has no run left, with their attempts
-//     (a pending or failed deletion is retried, and stays);
+//     not available with an image imager has not deleted, nor with a copy being made or available
+//     and not deleted; with their image_attempts and image_copies. Pending and requested runs stay
+//     however old;
+//   - image_deletions deleted before the cutoff whose image has no run (and, for a copy, no copy
+//     row) left, with their attempts (a pending or failed deletion is retried, and stays);
 //   - replicas rows not seen for ProcessKeep (never p.DaemonID's), and fire requests done or
 //     failed ProcessKeep ago.
 //
@@ -117,7 +126,7 @@ func (s *Store) HistoryPrune(ctx context.Context, p HistoryPruneParams) (History
 	if out.CoverageDays, err = s.pruneCoverageDays(ctx, cutoffDay); err != nil {
 		return out, err
 	}
-	if out.Runs, out.RunAttempts, err = s.pruneRuns(ctx, cutoff); err != nil {
+	if out.Runs, out.RunAttempts, out.Copies, err = s.pruneRuns(ctx, cutoff); err != nil {
 		return out, err
 	}
 	if out.Deletions, out.DeletionAttempts, err = s.pruneDeletions(ctx, cutoff); err != nil {
@@ -142,8 +151,9 @@ func (s *Store) historyPruneCount(ctx context.Context, cutoff time.Time, cutoffD
 	err := pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, `SELECT
 	(SELECT count(*) FROM image_runs r WHERE `+runPrunable+`),
-	(SELECT count(*) FROM image_attempts a WHERE a.run_id IN (SELECT r.id FROM image_runs r WHERE `+runPrunable+`))`,
-			cutoff).Scan(&out.Runs, &out.RunAttempts); err != nil {
+	(SELECT count(*) FROM image_attempts a WHERE a.run_id IN (SELECT r.id FROM image_runs r WHERE `+runPrunable+`)),
+	(SELECT count(*) FROM image_copies cp WHERE cp.run_id IN (SELECT r.id FROM image_runs r WHERE `+runPrunable+`))`,
+			cutoff).Scan(&out.Runs, &out.RunAttempts, &out.Copies); err != nil {
 			return err
 		}
 		if err := tx.QueryRow(ctx, `SELECT
@@ -186,11 +196,12 @@ func (s *Store) pruneBatches(ctx context.Context, what string, batch func(tx pgx
 	}
 }
 
-// pruneRuns deletes the prunable runs and their attempts, oldest slot first. The walk goes on
-// from the last run of the previous batch, so the old runs that stay are read once per prune.
-func (s *Store) pruneRuns(ctx context.Context, cutoff time.Time) (runs, attempts int64, err error) {
+// pruneRuns deletes the prunable runs, their attempts and their copies, oldest slot first. The
+// walk goes on from the last run of the previous batch, so the old runs that stay are read once
+// per prune.
+func (s *Store) pruneRuns(ctx context.Context, cutoff time.Time) (runs, attempts, copies int64, err error) {
 	afterSlot, afterID := time.Time{}, int64(0)
-	return s.pruneBatches(ctx, "prune image runs", func(tx pgx.Tx) (int64, int64, bool, error) {
+	runs, attempts, err = s.pruneBatches(ctx, "prune image runs", func(tx pgx.Tx) (int64, int64, bool, error) {
 		rows, err := tx.Query(ctx, `SELECT r.id, r.scheduled_at FROM image_runs r
 WHERE `+runPrunable+` AND (r.scheduled_at, r.id) > ($2::timestamptz, $3::bigint)
 ORDER BY r.scheduled_at, r.id LIMIT $4
@@ -213,11 +224,19 @@ FOR UPDATE OF r SKIP LOCKED`, cutoff, afterSlot, afterID, historyPruneBatch)
 			return 0, 0, false, err
 		}
 		attempts := tag.RowsAffected()
+		// The copies too (the cascade would delete them uncounted): their deletions keep their
+		// rows, with copy_id set to NULL, until pruneDeletions.
+		if tag, err = tx.Exec(ctx, `DELETE FROM image_copies WHERE run_id = ANY($1)`, ids); err != nil {
+			return 0, 0, false, err
+		}
+		batchCopies := tag.RowsAffected()
 		if tag, err = tx.Exec(ctx, `DELETE FROM image_runs WHERE id = ANY($1)`, ids); err != nil {
 			return 0, 0, false, err
 		}
+		copies += batchCopies
 		return tag.RowsAffected(), attempts, len(ids) == historyPruneBatch, nil
 	})
+	return runs, attempts, copies, err
 }
 
 // pruneDeletions deletes the deletions done before the cutoff whose image has no run left, and

@@ -23,11 +23,12 @@ ORDER BY instance_id, scheduled_at DESC, id DESC`, policy, instanceID)
 	return runs, nil
 }
 
-// DeletionsOpen lists the deletions of one policy that are not done (pending, or failed and due
-// for a retry), oldest decision first. instanceID "" lists every instance of the policy.
+// DeletionsOpen lists the deletions of one policy's source images that are not done (pending, or
+// failed and due for a retry), oldest decision first. instanceID "" lists every instance of the
+// policy. Deletions of copies are the copier's (CopyDeletionsOpen).
 func (s *Store) DeletionsOpen(ctx context.Context, policy, instanceID string) ([]Deletion, error) {
 	out, err := s.queryDeletions(ctx, `SELECT `+deletionColumns+` FROM image_deletions
-WHERE status <> 'deleted' AND policy = $1 AND ($2 = '' OR instance_id = $2)
+WHERE status <> 'deleted' AND copy_id IS NULL AND policy = $1 AND ($2 = '' OR instance_id = $2)
 ORDER BY requested_at, id`, policy, instanceID)
 	if err != nil {
 		return nil, fmt.Errorf("list open deletions of %s: %w", policyInstance(policy, instanceID), err)

@@ -105,6 +105,7 @@ type Deletion struct {
 	InstanceID   string
 	Region       string
 	RunID        int64 // 0 when the run that made the image is not known
+	CopyID       int64 // the copy deleted (image_copies.id); 0 for a source image
 	Reason       string
 	RequestedAt  time.Time
 	FinishedAt   *time.Time

@@ -65,13 +65,24 @@ func tagsDisagree(img cvm.Image, policyName string, run history.Run) string {
 // newest of them and the first max(min_keep, 1) are always kept; beyond those, keep_last N
 // deletes all but the N newest, and max_age deletes those whose slot is older than now−max_age.
 func decide(r *policy.Retention, now time.Time, verified []candidate) []string {
-	reasons := make([]string, len(verified))
-	keep := max(r.MinKeep, 1)
+	slots := make([]time.Time, len(verified))
 	for i, c := range verified {
+		slots[i] = c.run.ScheduledAt
+	}
+	return Decide(r, now, slots)
+}
+
+// Decide is the retention rules over the slots of the verified images of one (policy, instance),
+// newest first: the reason to delete each, or "" to keep it (see decide). The copies' retention
+// in each copy_to region uses it too (internal/copies), with the slots of the runs copied.
+func Decide(r *policy.Retention, now time.Time, slots []time.Time) []string {
+	reasons := make([]string, len(slots))
+	keep := max(r.MinKeep, 1)
+	for i, slot := range slots {
 		if i < keep {
 			continue
 		}
-		switch slot := c.run.ScheduledAt; {
+		switch {
 		case r.KeepLast > 0 && i >= r.KeepLast:
 			reasons[i] = fmt.Sprintf("keep_last %d: %s newest available image", r.KeepLast, ordinal(i+1))
 		case r.MaxAge > 0 && slot.Before(now.Add(-r.MaxAge)):

@@ -48,3 +48,32 @@ COMMENT ON COLUMN daily_coverage.image_id IS 'Image id of the best run, when it 
 COMMENT ON COLUMN daily_coverage.error_code IS 'Error code of the best run, when it failed.';
 COMMENT ON COLUMN daily_coverage.runs IS 'Number of slots of the pair on that day.';
 COMMENT ON COLUMN daily_coverage.run_id IS 'image_runs.id of the best run.';
+
+-- One row per (loaded policy, targeted instance, destination region) with copies: the newest copy
+-- available there and whether the region is overdue, by the coverage view's rule (the copy's
+-- availability against policies.overdue_seconds; for a region never reached, since its first copy
+-- was requested). Only pairs the coverage view lists (still targeted) appear.
+CREATE VIEW copy_coverage AS
+SELECT c.policy, c.instance_id, c.region,
+    a.image_id AS last_available_image_id, a.slot AS last_available_slot,
+    now() - a.available_at AS last_available_age,
+    (p.enabled AND COALESCE(a.available_at, c.first_requested_at)
+        < now() - make_interval(secs => p.overdue_seconds)) AS overdue
+FROM (SELECT policy, instance_id, region, min(requested_at) AS first_requested_at
+      FROM image_copies GROUP BY policy, instance_id, region) c
+JOIN policies p ON p.name = c.policy AND p.removed_at IS NULL
+JOIN coverage cv ON cv.policy = c.policy AND cv.instance_id = c.instance_id
+LEFT JOIN LATERAL (SELECT cp.image_id, cp.slot, cp.available_at FROM image_copies cp
+    WHERE cp.policy = c.policy AND cp.instance_id = c.instance_id AND cp.region = c.region AND cp.status = 'available'
+    ORDER BY cp.slot DESC, cp.id DESC LIMIT 1) a ON true;
+
+COMMENT ON VIEW copy_coverage IS
+    'One row per (loaded policy, targeted instance, copy_to region) with copies: its newest available copy, and whether the region is overdue.';
+COMMENT ON COLUMN copy_coverage.policy IS 'Policy name (policies.name).';
+COMMENT ON COLUMN copy_coverage.instance_id IS 'Instance the policy images.';
+COMMENT ON COLUMN copy_coverage.region IS 'Destination region of the copies (image_copies.region).';
+COMMENT ON COLUMN copy_coverage.last_available_image_id IS 'Id, in the region, of the copy of the newest slot that became available; NULL when none did.';
+COMMENT ON COLUMN copy_coverage.last_available_slot IS 'Slot of that copy''s run.';
+COMMENT ON COLUMN copy_coverage.last_available_age IS 'How long ago that copy became available (now() - image_copies.available_at).';
+COMMENT ON COLUMN copy_coverage.overdue IS
+    'true when no copy became available in the region within policies.overdue_seconds (for a region never reached: since its first copy was requested); false for a disabled policy.';
