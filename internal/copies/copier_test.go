@@ -26,7 +26,7 @@ func TestEachImageIsCopiedOncePerRegion(t *testing.T) {
 
 	res := e.pass()
 	require.Equal(t, 2, res.calls, "one SyncImages call per run")
-	calls := e.cloud.callsOf(actionSyncImages)
+	calls := e.cloud.callsOf(cvm.ActionSyncImages)
 	require.Len(t, calls, 2)
 	for i, r := range []history.Run{a, b} {
 		require.Equal(t, guangzhou, calls[i].region)
@@ -43,7 +43,7 @@ func TestEachImageIsCopiedOncePerRegion(t *testing.T) {
 		}
 		att, err := e.store.AttemptsOfRun(e.ctx, r.ID)
 		require.NoError(t, err)
-		require.Equal(t, actionSyncImages, att[len(att)-1].Action, "the call is audited on its run")
+		require.Equal(t, cvm.ActionSyncImages, att[len(att)-1].Action, "the call is audited on its run")
 	}
 	require.Equal(t, 2, e.paces.count("SyncImages/default"))
 
@@ -65,7 +65,7 @@ func TestEachImageIsCopiedOncePerRegion(t *testing.T) {
 	a2 := e.source(pol, "ins-aaaaaaaa", t0.Add(day-30*time.Minute))
 	require.Equal(t, 1, e.pass().calls)
 	require.Zero(t, e.pass().calls)
-	require.Len(t, e.cloud.callsOf(actionSyncImages), 3)
+	require.Len(t, e.cloud.callsOf(cvm.ActionSyncImages), 3)
 	require.Len(t, e.copies(a2.ID), 2)
 
 	// Every log line is JSON with each key once, and the progress is there.
@@ -102,12 +102,12 @@ func TestLostAnswerIsResolvedByName(t *testing.T) {
 	// The first call starts both copies but its answer is lost.
 	e.cloud.syncHook = func(n int, _ cvm.SyncImagesInput) (error, bool) {
 		if n == 1 {
-			return apiErr(actionSyncImages, cvm.CodeNetworkError, "connection reset"), true
+			return apiErr(cvm.ActionSyncImages, cvm.CodeNetworkError, "connection reset"), true
 		}
 		return nil, false
 	}
 	require.Equal(t, 1, e.pass().calls)
-	require.Len(t, e.cloud.callsOf(actionSyncImages), 1, "found by name: never copied twice")
+	require.Len(t, e.cloud.callsOf(cvm.ActionSyncImages), 1, "found by name: never copied twice")
 	cs := e.copies(r.ID)
 	for _, region := range []string{shanghai, singapore} {
 		require.Equal(t, history.CopyStatusSyncing, cs[region].Status)
@@ -133,7 +133,7 @@ func TestRequestedCopiesAreResolvedOnStart(t *testing.T) {
 
 	res := e.pass()
 	require.Equal(t, 1, res.calls)
-	calls := e.cloud.callsOf(actionSyncImages)
+	calls := e.cloud.callsOf(cvm.ActionSyncImages)
 	require.Len(t, calls, 2)
 	require.Equal(t, []string{singapore}, calls[1].sync.DestinationRegions, "only the copy not found by name is requested again")
 	cs := e.copies(r.ID)
@@ -161,13 +161,13 @@ func TestRefusedRegionIsIsolated(t *testing.T) {
 			e.cloud.syncHook = func(_ int, in cvm.SyncImagesInput) (error, bool) {
 				for _, reg := range in.DestinationRegions {
 					if reg == "ap-moon" {
-						return apiErr(actionSyncImages, "InvalidRegion.Unavailable", tc.message), false
+						return apiErr(cvm.ActionSyncImages, "InvalidRegion.Unavailable", tc.message), false
 					}
 				}
 				return nil, false
 			}
 			e.pass()
-			require.Equal(t, tc.calls, syncRegions(e.cloud.callsOf(actionSyncImages)))
+			require.Equal(t, tc.calls, syncRegions(e.cloud.callsOf(cvm.ActionSyncImages)))
 			cs := e.copies(r.ID)
 			require.Equal(t, history.CopyStatusFailed, cs["ap-moon"].Status)
 			require.Equal(t, "InvalidRegion.Unavailable", cs["ap-moon"].ErrorCode)
@@ -175,7 +175,7 @@ func TestRefusedRegionIsIsolated(t *testing.T) {
 			require.Equal(t, []string{fmt.Sprintf("ap-moon/%d/InvalidRegion.Unavailable", r.ID)}, e.events(history.EventCopyFailed))
 			// The failed region is never tried again for this run.
 			e.pass()
-			require.Len(t, e.cloud.callsOf(actionSyncImages), len(tc.calls))
+			require.Len(t, e.cloud.callsOf(cvm.ActionSyncImages), len(tc.calls))
 		})
 	}
 }
@@ -230,11 +230,11 @@ func TestBusyUntilTheTimeoutFails(t *testing.T) {
 	require.Equal(t, CodeTimeout, c.ErrorCode)
 	require.Contains(t, c.ErrorMessage, "InvalidImageId.IncorrectState")
 	require.Equal(t, []string{fmt.Sprintf("%s/%d/%s", shanghai, r.ID, CodeTimeout)}, e.events(history.EventCopyFailed))
-	n := len(e.cloud.callsOf(actionSyncImages))
+	n := len(e.cloud.callsOf(cvm.ActionSyncImages))
 	require.GreaterOrEqual(t, n, 2)
 	e.clk.Advance(time.Hour)
 	e.pass()
-	require.Len(t, e.cloud.callsOf(actionSyncImages), n, "a failed copy is not called again")
+	require.Len(t, e.cloud.callsOf(cvm.ActionSyncImages), n, "a failed copy is not called again")
 }
 
 func TestTransientErrorBacksOff(t *testing.T) {
@@ -244,7 +244,7 @@ func TestTransientErrorBacksOff(t *testing.T) {
 	r := e.source(pol, "ins-aaaaaaaa", t0)
 	e.cloud.syncHook = func(n int, _ cvm.SyncImagesInput) (error, bool) {
 		if n <= 2 {
-			return apiErr(actionSyncImages, "InternalError", "try later"), false
+			return apiErr(cvm.ActionSyncImages, "InternalError", "try later"), false
 		}
 		return nil, false
 	}
@@ -282,11 +282,11 @@ func TestQuotaGatePrunesExpiredCopiesThenRetriesOnce(t *testing.T) {
 	pol.CopyTo[0].Retention = keep1
 	e.clk.Advance(3 * day)
 	r := e.source(pol, "ins-aaaaaaaa", t0.Add(3*day))
-	before := len(e.cloud.callsOf(actionSyncImages))
+	before := len(e.cloud.callsOf(cvm.ActionSyncImages))
 	res := e.pass()
 	require.Equal(t, 2, res.calls, "the call, the gate, one more call")
 	require.Equal(t, 2, res.deleted)
-	require.Len(t, e.cloud.callsOf(actionSyncImages), before+2)
+	require.Len(t, e.cloud.callsOf(cvm.ActionSyncImages), before+2)
 	require.Equal(t, history.CopyStatusSyncing, e.copies(r.ID)[shanghai].Status)
 	left := e.cloud.inRegion(shanghai)
 	require.Contains(t, left, foreign, "an image not imager's is never touched")
@@ -455,7 +455,7 @@ func TestPacesArePerAccount(t *testing.T) {
 	e.cloud.mu.Unlock()
 
 	require.Equal(t, 2, e.pass().calls)
-	for _, c := range e.cloud.callsOf(actionSyncImages) {
+	for _, c := range e.cloud.callsOf(cvm.ActionSyncImages) {
 		require.Equal(t, 1, e.paces.count("SyncImages/"+c.account), c.account)
 	}
 	require.Equal(t, history.CopyStatusSyncing, e.copies(r.ID)[shanghai].Status)

@@ -140,8 +140,8 @@ type fakeClient struct {
 func (c *fakeClient) SyncImages(_ context.Context, region string, in cvm.SyncImagesInput) (cvm.SyncImagesOutput, error) {
 	f := c.f
 	f.mu.Lock()
-	f.calls = append(f.calls, fakeCall{action: actionSyncImages, account: c.account, region: region, sync: in})
-	n := len(f.callsLocked(actionSyncImages))
+	f.calls = append(f.calls, fakeCall{action: cvm.ActionSyncImages, account: c.account, region: region, sync: in})
+	n := len(f.callsLocked(cvm.ActionSyncImages))
 	hook := f.syncHook
 	f.mu.Unlock()
 	var hookErr error
@@ -156,13 +156,13 @@ func (c *fakeClient) SyncImages(_ context.Context, region string, in cvm.SyncIma
 	src := f.images[in.ImageID]
 	switch {
 	case src == nil || src.region != region || src.account != c.account:
-		return cvm.SyncImagesOutput{}, apiErr(actionSyncImages, "InvalidImageId.NotFound", "no image "+in.ImageID)
+		return cvm.SyncImagesOutput{}, apiErr(cvm.ActionSyncImages, "InvalidImageId.NotFound", "no image "+in.ImageID)
 	case src.State != cvm.ImageStateNormal:
-		return cvm.SyncImagesOutput{}, apiErr(actionSyncImages, "InvalidImageId.IncorrectState", "image is "+src.State)
+		return cvm.SyncImagesOutput{}, apiErr(cvm.ActionSyncImages, "InvalidImageId.IncorrectState", "image is "+src.State)
 	}
 	for _, r := range in.DestinationRegions {
 		if q, ok := f.quota[r]; ok && f.countLocked(r) >= q {
-			return cvm.SyncImagesOutput{}, apiErr(actionSyncImages, "ImageQuotaLimitExceeded", "quota")
+			return cvm.SyncImagesOutput{}, apiErr(cvm.ActionSyncImages, "ImageQuotaLimitExceeded", "quota")
 		}
 	}
 	out := cvm.SyncImagesOutput{RequestID: fmt.Sprintf("req-sync-%d", n)}

@@ -15,18 +15,6 @@ import (
 	"github.com/imager-dev/imager/internal/policy"
 )
 
-// regionRefused reports whether a SyncImages error code says a destination region cannot take
-// the copy (UnsupportedRegion, InvalidRegion.*, InvalidParameterValue.InvalidRegion,
-// UnsupportedOperation.Region). It stands in for cvm.RegionRefused, which the lead switches this
-// package to when the client's SyncImages is merged.
-func regionRefused(code string) bool {
-	return code == "UnsupportedRegion" || strings.HasPrefix(code, "InvalidRegion.") ||
-		code == "InvalidParameterValue.InvalidRegion" || code == "UnsupportedOperation.Region"
-}
-
-// actionSyncImages is the action recorded in image_attempts for a SyncImages call.
-const actionSyncImages = "SyncImages"
-
 // sourceBusy reports whether SyncImages refused the call because the source image cannot be
 // copied yet (not NORMAL, or held by another operation): no copy was made, call again later.
 func sourceBusy(ae *cvm.APIError) bool {
@@ -203,8 +191,8 @@ func (c *Copier) syncRun(ctx context.Context, cfg *policy.Config, src source, re
 		elapsed := c.clock.Since(start)
 		observe(sp, elapsed)
 		res.calls++
-		ae := cvm.ClassifyError(actionSyncImages, callErr)
-		a := history.Attempt{RunID: src.runID, Attempt: attempt, Action: actionSyncImages, StartedAt: start,
+		ae := cvm.ClassifyError(cvm.ActionSyncImages, callErr)
+		a := history.Attempt{RunID: src.runID, Attempt: attempt, Action: cvm.ActionSyncImages, StartedAt: start,
 			Duration: elapsed, RequestID: out.RequestID}
 		if ae != nil {
 			a.RequestID, a.ErrorCode, a.ErrorMessage = ae.RequestID, ae.Code, ae.Message
@@ -247,7 +235,7 @@ func (c *Copier) syncRun(ctx context.Context, cfg *policy.Config, src source, re
 				}
 			}
 			regions = absent
-		case regionRefused(ae.Code):
+		case cvm.RegionRefused(ae.Code):
 			refused := refusedRegions(ae, regions)
 			if len(refused) == 0 {
 				// The answer does not say which region: one call per region tells.
