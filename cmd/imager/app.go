@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	tccommon "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
+	"github.com/imager-dev/imager/internal/copies"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/leader"
@@ -38,7 +39,7 @@ const fireRequestPollEvery = 2 * time.Second
 
 // daemon is the wiring shared by run, once and demo. Every process opens history, the metrics
 // server, the CVM client and the leader elector; only while it holds the leader lease does it
-// run the leader's work (leaderWork: spool, scheduler, tracker, retention, fire requests), all
+// run the leader's work (leaderWork: spool, scheduler, tracker, copier, retention, fire requests), all
 // of it writing under its term. cmd/imager tests drive the same wiring end to end.
 type daemon struct {
 	log      zerolog.Logger
@@ -75,6 +76,7 @@ type leaderWork struct {
 	recorder *history.Recorder
 	sched    *scheduler.Scheduler
 	tracker  *lifecycle.Tracker
+	copier   *copies.Copier
 	pruner   *retention.Pruner
 	notifier *notify.Notifier
 	cancel   context.CancelFunc
@@ -308,10 +310,23 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 	var sched *scheduler.Scheduler
 	liveConfig := d.cfg.Load
 
+	deletePace := pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{})
 	w.pruner = retention.NewPruner(retention.Options{
 		CVM: d.client, History: store, DescribePace: d.describePace, Config: liveConfig,
-		DeletePace: pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{}),
+		DeletePace: deletePace,
 		Clock:      d.clock, Logger: log.With().Str("component", "retention").Logger(),
+	})
+	// The copier has its own SyncImages pace; it shares the DescribeImages and DeleteImages paces
+	// with tracking and retention, so the three stay under each API limit together.
+	w.copier = copies.New(copies.Options{
+		History:      store,
+		CVM:          func(string) copies.CVM { return d.client },
+		Config:       liveConfig,
+		DescribePace: func(string) copies.Pace { return d.describePace },
+		DeletePace:   func(string) copies.Pace { return deletePace },
+		Clock:        d.clock,
+		Logger:       log.With().Str("component", "copier").Logger(),
+		PollInterval: d.dc.pollInterval,
 	})
 	gate := quota.NewGate(quota.Options{
 		CVM: d.client, Pace: d.describePace, Clock: d.clock, Prune: w.pruner.PruneRegion,
@@ -368,6 +383,7 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 			}
 		},
 		OnAvailable: func(ctx context.Context, r history.Run) {
+			w.copier.Kick()
 			if _, err := w.pruner.PruneInstance(ctx, r.Policy, r.InstanceID); err != nil && ctx.Err() == nil {
 				log.Warn().Err(err).Str("policy", r.Policy).Str("instance", r.InstanceID).
 					Msg("retention pass failed; its deletions are retried at the next pass")
@@ -395,6 +411,9 @@ func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	if err := w.tracker.Start(ctx); err != nil {
 		return fail(err)
 	}
+	if err := w.copier.Start(ctx); err != nil {
+		return fail(err)
+	}
 	// The policies table first: the coverage views join it, and the notifier's first pass
 	// evaluates rpo_breaches at once.
 	d.syncPolicies(ctx, w.sched.Config())
@@ -419,6 +438,7 @@ func (w *leaderWork) stop(log zerolog.Logger) {
 	if w.notifier != nil {
 		w.notifier.Stop()
 	}
+	w.copier.Stop()
 	w.tracker.Stop()
 	if err := w.recorder.Close(); err != nil {
 		log.Error().Err(err).Msg("closing the history spool")

@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 	tccommon "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
+	"github.com/imager-dev/imager/internal/copies"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/metrics"
@@ -252,8 +253,15 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		}
 	}
 
-	calls, throttled := 0, 0
+	if err := waitCopies(ctx, d.store, w, cfg, out); err != nil {
+		return err
+	}
+
+	calls, throttled, syncs := 0, 0, 0
 	for _, c := range sim.Calls() {
+		if c.Action == cvmsim.ActionSyncImages && c.Code == "" {
+			syncs++
+		}
 		if c.Action == cvmsim.ActionCreateImage {
 			calls++
 			if c.Code == "RequestLimitExceeded" {
@@ -263,6 +271,8 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	}
 	fmt.Fprintf(out, "\nPacing seen by the simulator: %d CreateImage calls (the first fire took %.1fs), at most %d in any sliding second (limit %d), %d rejected with RequestLimitExceeded.\n",
 		calls, elapsed.Seconds(), sim.MaxInAnySecond(cvmsim.ActionCreateImage), cfg.API.CreateImageRate, throttled)
+	fmt.Fprintf(out, "Copies seen by the simulator: %d SyncImages calls answered, at most %d in any sliding second (limit %d).\n",
+		syncs, sim.MaxInAnySecond(cvmsim.ActionSyncImages), copies.DefaultSyncRate)
 
 	if err := printAudit(ctx, out, dbURL); err != nil {
 		return err
@@ -366,6 +376,85 @@ func waitUsable(ctx context.Context, w *leaderWork, out io.Writer, outs []schedu
 	w.tracker.Kick()
 	_, err := w.tracker.WaitTerminal(ctx, ids)
 	return err
+}
+
+// copiesSettleWithin bounds the demo's wait for its copies in other regions.
+const copiesSettleWithin = time.Minute
+
+// waitCopies waits until every available image of the demo's policies with copy_to has its copies
+// made (available or failed), kicking the copier, and says how many are available where.
+func waitCopies(ctx context.Context, store *history.Store, w *leaderWork, cfg *policy.Config, out io.Writer) error {
+	var wants []history.CopyWant
+	for _, p := range cfg.Policies {
+		if len(p.CopyTo) == 0 {
+			continue
+		}
+		want := history.CopyWant{Policy: p.Name}
+		for _, t := range p.CopyTo {
+			want.Regions = append(want.Regions, t.Region)
+		}
+		wants = append(wants, want)
+	}
+	if len(wants) == 0 {
+		return nil
+	}
+	fmt.Fprintln(out, "imager demo: copying the usable images to their copy_to regions (SyncImages, its own pace) ...")
+	ctx, cancel := context.WithTimeout(ctx, copiesSettleWithin)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		due, err := store.CopiesDue(ctx, wants, 1)
+		if err != nil {
+			return err
+		}
+		pending, err := store.CopiesPending(ctx, 1)
+		if err != nil {
+			return err
+		}
+		over, err := copiesOverKeepLast(ctx, store, cfg)
+		if err != nil {
+			return err
+		}
+		if len(due) == 0 && len(pending) == 0 && over == 0 {
+			break
+		}
+		w.copier.Kick()
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the demo's copies did not settle within %s", copiesSettleWithin)
+		case <-tick.C:
+		}
+	}
+	var n int
+	var regions []string
+	if err := store.Pool().QueryRow(ctx, `SELECT count(*), COALESCE(array_agg(DISTINCT region ORDER BY region), '{}')
+FROM image_copies WHERE status = 'available' AND deleted_at IS NULL`).Scan(&n, &regions); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "imager demo: %d copies available in %s (older ones pruned by the copy_to retention)\n", n, strings.Join(regions, ", "))
+	return nil
+}
+
+// copiesOverKeepLast counts the (policy, instance, region) pairs holding more available copies
+// than their copy_to entry's keep_last: the copier's retention has yet to prune them.
+func copiesOverKeepLast(ctx context.Context, store *history.Store, cfg *policy.Config) (int, error) {
+	total := 0
+	for _, p := range cfg.Policies {
+		for _, t := range p.CopyTo {
+			if t.Retention == nil || t.Retention.KeepLast == 0 {
+				continue
+			}
+			var n int
+			if err := store.Pool().QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM image_copies
+WHERE policy = $1 AND region = $2 AND status = 'available' AND deleted_at IS NULL
+GROUP BY instance_id HAVING count(*) > $3) o`, p.Name, t.Region, t.Retention.KeepLast).Scan(&n); err != nil {
+				return 0, err
+			}
+			total += n
+		}
+	}
+	return total, nil
 }
 
 // printAudit runs the audit cookbook (docs/audit.md) against the demo database.
