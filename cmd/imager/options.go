@@ -88,7 +88,7 @@ func (o *options) daemonFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.shutdownGrace, "shutdown-grace", 30*time.Second,
 		"on SIGTERM/SIGINT, how long in-flight API calls may take before they are cut off")
 	fs.DurationVar(&o.pollInterval, "poll-interval", 30*time.Second,
-		"how often images being made are checked with DescribeImages (batched, 100 per call)")
+		"how often images being made, and their copies in other regions, are checked with DescribeImages (batched, 100 per call)")
 	fs.DurationVar(&o.leaseTTL, "lease-ttl", leader.DefaultTTL,
 		"how long the leader lease lasts without renewal (renewed every third of it); a standby takes over a silent leader after it")
 	fs.BoolVar(&o.apiDryRun, "api-dry-run", false, "send CreateImage with DryRun=true: the API checks each request and creates nothing")
