@@ -84,14 +84,15 @@ func TestPostgreSQLStoppedMidFire(t *testing.T) {
 	a := c.start(t, "a", "spool", "--lease-ttl", "3s")
 	slot := c.firingSlot(t, 20)
 
+	term := c.leaseTerm(t)
 	require.NoError(t, pg.Halt(ctx))
 	haltedAt := time.Now()
-	a.waitLog(t, "no longer leader")
+	a.waitLog(t, "no longer leader") // the database is down: only the process can tell
 	waitWallClock(haltedAt.Add(20 * time.Second)) // the outage lasts 20 s
 	require.NoError(t, pg.Resume(ctx))
 	resumedAt := time.Now()
 	c.pool.Reset() // its connections died with the server
-	waitUntil(t, "a elected again", func() bool { return a.logCount("elected leader") >= 2 })
+	c.waitLeads(t, a, term) // elected again, under a new term
 	c.waitSlotDone(t, slot)
 	c.waitAllAvailable(t, slot)
 	a.stop(t)
@@ -179,7 +180,7 @@ func TestPostgreSQLDownAtTheSlot(t *testing.T) {
 			pg, url := ownPostgres(t)
 			c := newClusterWith(t, 10, clusterOptions{dbURL: url, startWindow: "20s"})
 			a := c.start(t, "a", "spool", "--lease-ttl", "60s")
-			a.waitLog(t, "leading: firing schedules")
+			a.waitLog(t, "leading: firing schedules") // the leader's work started: no state says so
 			// The next whole minute at least 8 s away: the halt comes after the start, before the slot.
 			slot := time.Now().Add(8 * time.Second).Truncate(time.Minute).Add(time.Minute)
 

@@ -188,18 +188,6 @@ func (p *proc) log() string {
 
 func (p *proc) hasLog(want string) bool { return strings.Contains(p.log(), want) }
 
-// logCount counts the log lines that contain want.
-func (p *proc) logCount(want string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, l := range p.logs {
-		if strings.Contains(l, want) {
-			n++
-		}
-	}
-	return n
-}
 
 func (p *proc) waitLog(t *testing.T, want string) {
 	t.Helper()
@@ -303,6 +291,20 @@ func (c *cluster) waitSlotDone(t *testing.T, slot time.Time) {
 // leaderPID is the pid holding the lease (0: none live).
 func (c *cluster) leaderPID(t *testing.T) int {
 	return c.queryInt(t, `SELECT COALESCE((SELECT pid FROM leader_lease WHERE expires_at > now()), 0)`)
+}
+
+// leaseTerm is the term of the leader lease (0 when nobody ever held it).
+func (c *cluster) leaseTerm(t *testing.T) int {
+	return c.queryInt(t, `SELECT COALESCE((SELECT term FROM leader_lease), 0)::int`)
+}
+
+// waitLeads waits until p holds the live leader lease under a term above after: the database's
+// record of who leads, not p's log.
+func (c *cluster) waitLeads(t *testing.T, p *proc, after int) {
+	t.Helper()
+	waitUntil(t, p.name+" leads", func() bool {
+		return c.leaderPID(t) == p.cmd.Process.Pid && c.leaseTerm(t) > after
+	})
 }
 
 // checkPace asserts what the simulator saw: never more CreateImage calls than the limit in any
@@ -464,7 +466,7 @@ func TestLeaderKilledMidFire(t *testing.T) {
 	require.Less(t, c.queryInt(t, `SELECT count(*) FROM image_runs WHERE scheduled_at = $1 AND request_id IS NOT NULL`, slot),
 		len(c.fleet), "killed mid-fire")
 
-	standby.waitLog(t, "elected leader")
+	c.waitLeads(t, standby, 0)
 	c.waitSlotDone(t, slot)
 	standby.stop(t)
 
@@ -487,7 +489,7 @@ func TestPausedLeaderIsFencedAndStepsDown(t *testing.T) {
 	}
 	slot := c.firingSlot(t, 20)
 	require.NoError(t, leader.cmd.Process.Signal(syscall.SIGSTOP))
-	standby.waitLog(t, "elected leader")
+	c.waitLeads(t, standby, 0)
 	require.Equal(t, standby.cmd.Process.Pid, c.leaderPID(t))
 	require.NoError(t, leader.cmd.Process.Signal(syscall.SIGCONT))
 	leader.waitLog(t, "no longer leader")
@@ -529,7 +531,7 @@ func TestSIGTERMResignsAndTheStandbyContinues(t *testing.T) {
 		`SELECT expires_at FROM leader_lease`).Scan(&expiresBefore))
 	leader.stop(t)
 	require.True(t, leader.hasLog("resigned the leader lease"))
-	standby.waitLog(t, "elected leader")
+	c.waitLeads(t, standby, 0)
 	var acquired time.Time
 	require.NoError(t, c.pool.QueryRow(context.Background(),
 		`SELECT acquired_at FROM leader_lease`).Scan(&acquired))
