@@ -169,6 +169,11 @@ func (r *Recorder) RunsInProgress(ctx context.Context, policy string, instances 
 	return r.store.RunsInProgress(ctx, policy, instances, before)
 }
 
+// WarmConnections opens and prepares the store's connections ahead of a fire (Store.WarmConnections).
+func (r *Recorder) WarmConnections(ctx context.Context, n int) {
+	r.store.WarmConnections(ctx, n)
+}
+
 // RunsTakeOver takes unfinished runs over in the database; it is never spooled.
 func (r *Recorder) RunsTakeOver(ctx context.Context, ids []int64, daemonID string) (int64, error) {
 	return r.store.RunsTakeOver(ctx, ids, daemonID)

@@ -3,6 +3,7 @@ package history
 import (
 	"context"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -40,11 +41,22 @@ func configurePool(cfg *pgxpool.Config, dbURL string) {
 }
 
 // warm prepares warmStatements on conn under their own text, which is how pgx finds a prepared
-// statement for a query. A database without imager's schema yet (before migrate) fails the first
+// statement for a query, and plans each once. A database without imager's schema yet (before migrate) fails the first
 // one; the connection is then used unprepared, as it would be without warming.
 func warm(ctx context.Context, conn *pgx.Conn) error {
 	for _, sql := range warmStatements {
-		if _, err := conn.Prepare(ctx, sql, sql); err != nil {
+		sd, err := conn.Prepare(ctx, sql, sql)
+		if err != nil {
+			return nil
+		}
+		// Plan it once too (EXPLAIN plans without executing): the backend loads the tables',
+		// indexes' and statistics' catalog entries now rather than in the fire's first claim.
+		if _, err := conn.Prepare(ctx, "imager_warm", sql); err != nil {
+			return nil
+		}
+		args := strings.TrimSuffix(strings.Repeat("NULL, ", len(sd.ParamOIDs)), ", ")
+		_, err = conn.Exec(ctx, "EXPLAIN EXECUTE imager_warm("+args+")", pgx.QueryExecModeSimpleProtocol)
+		if derr := conn.Deallocate(ctx, "imager_warm"); derr != nil || err != nil {
 			return nil
 		}
 	}
@@ -56,6 +68,27 @@ func warm(ctx context.Context, conn *pgx.Conn) error {
 func (s *Store) warmIdle(ctx context.Context) {
 	for _, c := range s.pool.AcquireAllIdle(ctx) {
 		_ = warm(ctx, c.Conn())
+		c.Release()
+	}
+}
+
+// WarmConnections opens the pool's connections up to n (each prepares warmStatements as it
+// opens) by holding n at once, and releases them: the scheduler calls it shortly before a slot,
+// so the fire's claims find their connections open and prepared. It writes nothing.
+func (s *Store) WarmConnections(ctx context.Context, n int) {
+	n = min(n, int(s.pool.Config().MaxConns))
+	conns := make(chan *pgxpool.Conn, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			if c, err := s.pool.Acquire(ctx); err == nil {
+				conns <- c
+			}
+		})
+	}
+	wg.Wait()
+	close(conns)
+	for c := range conns {
 		c.Release()
 	}
 }

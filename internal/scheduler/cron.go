@@ -28,11 +28,25 @@ func (s *Scheduler) cronLoop() {
 	handled := s.clock.Now()
 	s.catchUp(handled)
 	fires := s.nextFires(handled)
+	warmer, _ := s.hist.(Warmer)
+	var warmedFor time.Time // the slot whose connections were warmed
 	for {
 		var timer clockwork.Timer
 		var due <-chan time.Time
+		warming := false
 		if at, ok := earliest(fires); ok {
-			timer = s.clock.NewTimer(at.Sub(s.clock.Now()))
+			next := at
+			// warmAhead before a slot, the claims' connections are opened and prepared, so the
+			// fire does not open them (docs/design.md "Fire latency").
+			if warmer != nil && !warmedFor.Equal(at) {
+				if w := at.Add(-warmAhead); w.After(s.clock.Now()) {
+					next, warming = w, true
+				} else {
+					s.warm(warmer)
+					warmedFor = at
+				}
+			}
+			timer = s.clock.NewTimer(next.Sub(s.clock.Now()))
 			due = timer.Chan()
 		}
 		select {
@@ -43,6 +57,12 @@ func (s *Scheduler) cronLoop() {
 			stopTimer(timer)
 			fires = s.nextFires(handled)
 		case <-due:
+			if warming {
+				at, _ := earliest(fires)
+				s.warm(warmer)
+				warmedFor = at
+				continue
+			}
 			now := s.clock.Now()
 			var batch []nextFire
 			var missed []missedSlots
@@ -68,6 +88,18 @@ func (s *Scheduler) cronLoop() {
 			handled = now
 		}
 	}
+}
+
+// warmAhead is how long before a slot the cron loop warms the history's connections.
+const warmAhead = time.Second
+
+// warm opens and prepares, in the background, a connection for each fire that may run at once.
+func (s *Scheduler) warm(w Warmer) {
+	s.run.Go(func() {
+		ctx, cancel := context.WithTimeout(s.stopCtx, historyTimeout)
+		defer cancel()
+		w.WarmConnections(ctx, fireConcurrency+1)
+	})
 }
 
 // nextFires returns each policy's first slot after t.

@@ -14,6 +14,12 @@ type CVM interface {
 	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
 }
 
+// Warmer is a History that can open and prepare its connections ahead of a fire (*history.Store
+// and *history.Recorder are). The cron loop calls it warmAhead before each slot.
+type Warmer interface {
+	WarmConnections(ctx context.Context, n int)
+}
+
 // History is what the scheduler needs from the history store. *history.Store implements it.
 //
 // Every write may answer history.ErrFenced: this process's leadership term is no longer current,

@@ -31,6 +31,9 @@ const DefaultShutdownGrace = 30 * time.Second
 // decides no behaviour a test would control with the clock.
 const historyTimeout = 10 * time.Second
 
+// claimConcurrency is how many claims write at once (Scheduler.claimTurn).
+const claimConcurrency = 2
+
 // maxSkippedSlots bounds the walk over slots that passed while the daemon could not fire.
 const maxSkippedSlots = 100000
 
@@ -144,9 +147,12 @@ type Scheduler struct {
 	callCtx    context.Context // cancelled at the end of the shutdown grace: in-flight calls
 	callCancel context.CancelFunc
 
-	life     sync.Mutex     // serialises Start and the beginning of Stop
-	run      startstop.Life // the workers, the dispatcher, the cron loop and the claims they start
-	stopOnce sync.Once
+	life sync.Mutex     // serialises Start and the beginning of Stop
+	run  startstop.Life // the workers, the dispatcher, the cron loop and the claims they start
+	// claimTurn lets claimConcurrency claims write at once: claims are CPU work of PostgreSQL, and
+	// fires side by side past that only slow the first one (docs/design.md "Fire latency").
+	claimTurn chan struct{}
+	stopOnce  sync.Once
 }
 
 // New checks opts and returns a Scheduler that is not yet running.
@@ -181,6 +187,7 @@ func New(opts Options) (*Scheduler, error) {
 		opts:         opts,
 		cvm:          opts.CVM,
 		hist:         opts.History,
+		claimTurn:    make(chan struct{}, claimConcurrency),
 		clock:        opts.Clock,
 		log:          opts.Logger, // the caller tags it with component
 		daemonID:     opts.DaemonID,

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/cvm"
@@ -700,4 +701,63 @@ func TestCronFiresDuePoliciesSideBySide(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	require.Empty(t, waitedInVain, "the due policies were fired one after another")
+}
+
+// warmingHistory is the fake history that also warms its connections: it records the clock when
+// asked, and how many claims were written by then.
+type warmingHistory struct {
+	*fakeHistory
+	clk    clockwork.Clock
+	warmed chan warmCall
+}
+
+type warmCall struct {
+	at     time.Time
+	n      int
+	claims int
+}
+
+func (w warmingHistory) WarmConnections(_ context.Context, n int) {
+	runs, _, _ := w.snapshot()
+	w.warmed <- warmCall{at: w.clk.Now(), n: n, claims: len(runs)}
+}
+
+// A second before a slot, the cron loop warms the history's connections, one per fire that may
+// run at once, and only then fires the slot.
+func TestCronWarmsTheHistoryBeforeTheSlot(t *testing.T) {
+	t.Parallel()
+	p := scheduled(t, testPolicy("hourly", "ins-hr000001"), "@every 1h")
+	var wh warmingHistory
+	h := newHarness(t, testConfig(10, 2, p), func(o *Options) {
+		wh = warmingHistory{fakeHistory: o.History.(*fakeHistory), clk: o.Clock, warmed: make(chan warmCall, 4)}
+		o.History = wh
+	})
+	h.start()
+
+	slot := t0.Add(time.Hour)
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1)) // the warm-up timer
+	h.clk.Advance(slot.Add(-warmAhead).Sub(h.clk.Now()))
+	var w warmCall
+	select {
+	case w = <-wh.warmed:
+	case <-h.ctx.Done():
+		t.Fatal("never warmed")
+	}
+	require.Equal(t, slot.Add(-warmAhead), w.at, "warmed a second before the slot")
+	require.Equal(t, fireConcurrency+1, w.n)
+	require.Zero(t, w.claims, "before the fire")
+
+	require.NoError(t, h.clk.BlockUntilContext(h.ctx, 1)) // the slot's timer
+	h.clk.Advance(slot.Sub(h.clk.Now()))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = h.hist.waitFor(h.ctx, func(runs []history.Run) bool { return len(runs) == 1 })
+	}()
+	h.drive(done, 10*time.Millisecond)
+	select {
+	case extra := <-wh.warmed:
+		t.Fatalf("warmed twice for one slot (at %s)", extra.at)
+	default:
+	}
 }

@@ -52,7 +52,9 @@ func (s *Scheduler) claimJobs(jobs []*job, retried bool) error {
 		}
 	}
 	ctx, cancel := s.historyContext()
+	s.claimTurn <- struct{}{}
 	runs, claimed, err := s.hist.RunsClaimFire(ctx, params)
+	<-s.claimTurn
 	cancel()
 	s.noteDB(err)
 	if err != nil {
