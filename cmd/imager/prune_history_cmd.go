@@ -108,6 +108,7 @@ func printHistoryPruned(stdout io.Writer, p history.HistoryPruneParams, got hist
 	}{
 		{"image_runs", got.Runs, "finished runs with a slot before then (answers and images not deleted stay)"},
 		{"image_attempts", got.RunAttempts, "API calls of those runs"},
+		{"image_copies", got.Copies, "copies of those runs in other regions (deleted or failed)"},
 		{"image_deletions", got.Deletions, "deletions done before then whose image's run is gone (or goes now)"},
 		{"image_attempts", got.DeletionAttempts, "API calls of those deletions"},
 		{"coverage_days", got.CoverageDays, "days before then"},
