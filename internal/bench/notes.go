@@ -136,17 +136,16 @@ var missNotes = map[string]string{
 		"quiet figures free of RequestLimitExceeded is the other. Neither is traded for this target: a run over " +
 		"1.3 here is a run whose tail drew long.",
 	"fire.first": "**First call later than 50 ms after the slot (median), or 80 ms (a run).** The fire's first call " +
-		"waits for the cron timer, the claim of its policy's slot and the pace. The claim is one transaction of about a " +
-		"dozen statements since the rules left the triggers (the slot rows, coverage per instance and day, the fire with " +
-		"its counts and fire_started, policy_slots), each a round trip and, on a connection the pool opened fresh, a parse " +
-		"and plan; the triggers ran the same work inside one statement. Fix: send the claim's independent statements as " +
-		"one pipelined batch, and warm new pool connections by preparing the claim's statements (which consumes no " +
-		"sequence number).",
-	"onefire.claim": "**The claim of 50,000 slot rows took 3 s or more.** About 1.4 s of it is the INSERT of the rows " +
-		"with their five indexes and the RETURNING of every row to the scheduler; the rest writes coverage_state and " +
-		"coverage_days (50,000 rows each) and begins the fire. Fix: return only ids from the INSERT (the scheduler " +
-		"knows the rest), and write coverage_days for a fire whose runs are all new with a plain INSERT instead of an " +
-		"upsert.",
+		"waits for the cron timer, the concurrency check, the claim of its policy's slot (three round trips on a " +
+		"connection warmed a second before the slot) and the pace; on this two-core machine the other due policies' " +
+		"claims and PostgreSQL share the cores with it. Fix: check the instances and their images in progress ahead " +
+		"of the slot, so that only the claim is left between the slot and the first call.",
+	"onefire.claim": "**The claim of 50,000 slot rows took 3 s or more.** The claim is three round trips: the INSERT " +
+		"of the 50,000 rows with their five indexes (about 1.2 s on this machine), then the upserts of coverage_state " +
+		"and coverage_days (50,000 rows each, about 1 s), then the fire's start; its own Go work is about 0.15 s. " +
+		"Runs spread by 0.5 s on this two-core machine. Fix: fewer index entries per run (a partial index for the " +
+		"unfinished runs that the claim fills in), or coverage rows written per fire rather than per instance for a " +
+		"fire of thousands of targets.",
 	"fire.drain": "**The first calls drained slower than 0.97 L.** See the rejections and throttling notes of the pacing " +
 		"benchmark: a rejection slows the pace (10 % for 2 s, harder when repeated).",
 	"fire.max":       pacingOverLimit,
