@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -156,6 +157,29 @@ func TestCopiesToTwoRegions(t *testing.T) {
 		found = found || img.ID == foreign.ID
 	}
 	require.True(t, found, "an image imager did not make is never deleted")
+
+	// imager latest --region names the newest copy there, and its restore lines that region.
+	var copyID, sourceID string
+	require.NoError(t, c.pool.QueryRow(context.Background(), `SELECT k.image_id, r.image_id FROM image_copies k
+		JOIN image_runs r ON r.id = k.run_id WHERE k.instance_id = $1 AND k.region = 'eu-frankfurt'
+		ORDER BY k.slot DESC LIMIT 1`, c.fleet[0]).Scan(&copyID, &sourceID))
+	latest := func(region string) (string, error) {
+		cmd := exec.Command(c.bin, "latest", "--instance", c.fleet[0], "--region", region, "--database-url", c.dbURL)
+		cmd.Env = c.env()
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := latest("eu-frankfurt")
+	require.NoError(t, err, out)
+	require.Regexp(t, `Image: +`+copyID+`\n`, out)
+	require.Regexp(t, `Copy of: +`+sourceID+` in ap-guangzhou\n`, out)
+	require.Contains(t, out, "tccli cvm RunInstances --region eu-frankfurt --ImageId "+copyID+" ")
+	out, err = latest("ap-guangzhou")
+	require.NoError(t, err, out)
+	require.Regexp(t, `Image: +`+sourceID+`\n`, out, "the image's own region answers the image")
+	out, err = latest("na-siliconvalley")
+	require.Error(t, err, "no copy there: exit 1")
+	require.Contains(t, out, "has no available copy in na-siliconvalley")
 }
 
 // TestCopyKilledBetweenCallAndWrite: the leader is killed with SIGKILL while SyncImages is being

@@ -87,11 +87,11 @@ func TestPostgreSQLStoppedMidFire(t *testing.T) {
 	term := c.leaseTerm(t)
 	require.NoError(t, pg.Halt(ctx))
 	haltedAt := time.Now()
-	a.waitLog(t, "no longer leader") // the database is down: only the process can tell
+	a.waitLog(t, "no longer leader")              // the database is down: only the process can tell
 	waitWallClock(haltedAt.Add(20 * time.Second)) // the outage lasts 20 s
 	require.NoError(t, pg.Resume(ctx))
 	resumedAt := time.Now()
-	c.pool.Reset() // its connections died with the server
+	c.pool.Reset()          // its connections died with the server
 	c.waitLeads(t, a, term) // elected again, under a new term
 	c.waitSlotDone(t, slot)
 	c.waitAllAvailable(t, slot)

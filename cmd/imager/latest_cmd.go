@@ -18,7 +18,8 @@ import (
 )
 
 // cmdLatest prints the image to restore an instance from: the newest available image at or
-// before --before, with its slot, policy and tags, and the tccli command lines that use it.
+// before --before (or, with --region, its newest copy in that region), with its slot, policy and
+// tags, and the tccli command lines that use it.
 func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("latest", flag.ContinueOnError)
@@ -27,6 +28,7 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	instance := fs.String("instance", "", "instance to restore (ins-xxxxxxxx); required")
 	beforeFlag := fs.String("before", "", "newest image whose slot is at or before this time: RFC 3339 (2026-03-29T03:00:00Z), "+
 		"2006-01-02 15:04 (UTC), a date, or a duration back from now (36h, 7d); default now")
+	region := fs.String("region", "", "restore in this region: the newest copy there (copy_to), or the image itself in its own region (default: the image's region)")
 	format := fs.String("format", "table", "table or json")
 	policies := fs.String("policies", os.Getenv("IMAGER_POLICIES"),
 		"policy file or directory, to list the policy's own image tags as well as imager's (optional; env IMAGER_POLICIES)")
@@ -59,6 +61,18 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	defer store.Close()
 	r, err := store.ImageLatest(ctx, *instance, before)
+	var copied *history.Copy
+	if *region != "" && (err != nil || r.Region != *region) {
+		// Not the image's own region: the newest copy there.
+		var c history.Copy
+		r, c, err = store.CopyLatest(ctx, *instance, *region, before)
+		if errors.Is(err, history.ErrNotFound) {
+			fmt.Fprintf(stderr, "imager latest: %s has no available copy in %s with a slot at or before %s (copy_to makes them; deleted copies do not count)\n",
+				quoteShort(*instance), quoteShort(*region), before.UTC().Format(time.RFC3339))
+			return exitFail
+		}
+		copied = &c
+	}
 	if errors.Is(err, history.ErrNotFound) {
 		fmt.Fprintf(stderr, "imager latest: %s has no available image with a slot at or before %s (deleted images do not count)\n",
 			quoteShort(*instance), before.UTC().Format(time.RFC3339))
@@ -78,14 +92,22 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			tags = policy.ImageTags(cfg.Policy(r.Policy), r.InstanceID, r.ScheduledAt)
 		}
 	}
-	reset := fmt.Sprintf("tccli cvm ResetInstance --region %s --InstanceId %s --ImageId %s", r.Region, r.InstanceID, r.ImageID)
+	// The image to restore from: the run's own, or its copy in another region.
+	imgRegion, imgID, imgName, availableAt := r.Region, r.ImageID, r.ImageName, r.FinishedAt
+	if copied != nil {
+		imgRegion, imgID, imgName, availableAt = copied.Region, copied.ImageID, copied.ImageName, copied.AvailableAt
+	}
+	reset := fmt.Sprintf("tccli cvm ResetInstance --region %s --InstanceId %s --ImageId %s", imgRegion, r.InstanceID, imgID)
 	runNew := fmt.Sprintf(`tccli cvm RunInstances --region %s --ImageId %s --Placement '{"Zone":"<zone>"}' --InstanceType <type>`,
-		r.Region, r.ImageID)
+		imgRegion, imgID)
 	if *format == "json" {
 		out := map[string]any{
-			"instance_id": r.InstanceID, "policy": r.Policy, "slot": r.ScheduledAt, "region": r.Region,
-			"image_id": r.ImageID, "image_name": r.ImageName, "run_id": r.ID, "available_at": r.FinishedAt,
+			"instance_id": r.InstanceID, "policy": r.Policy, "slot": r.ScheduledAt, "region": imgRegion,
+			"image_id": imgID, "image_name": imgName, "run_id": r.ID, "available_at": availableAt,
 			"tags": tags, "reset_instance": reset, "run_instances": runNew,
+		}
+		if copied != nil {
+			out["copy_of"] = map[string]any{"image_id": r.ImageID, "region": r.Region, "copy_id": copied.ID}
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -97,14 +119,17 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "Instance:\t%s\n", r.InstanceID)
-	fmt.Fprintf(w, "Image:\t%s\n", r.ImageID)
-	fmt.Fprintf(w, "Name:\t%s\n", r.ImageName)
+	fmt.Fprintf(w, "Image:\t%s\n", imgID)
+	fmt.Fprintf(w, "Name:\t%s\n", imgName)
 	fmt.Fprintf(w, "Slot (UTC):\t%s\n", r.ScheduledAt.Format("2006-01-02 15:04:05"))
-	if r.FinishedAt != nil {
-		fmt.Fprintf(w, "Available:\t%s (%s ago)\n", r.FinishedAt.Format("2006-01-02 15:04:05"), formatAge(now.Sub(*r.FinishedAt)))
+	if availableAt != nil {
+		fmt.Fprintf(w, "Available:\t%s (%s ago)\n", availableAt.Format("2006-01-02 15:04:05"), formatAge(now.Sub(*availableAt)))
 	}
 	fmt.Fprintf(w, "Policy:\t%s\n", r.Policy)
-	fmt.Fprintf(w, "Region:\t%s\n", r.Region)
+	fmt.Fprintf(w, "Region:\t%s\n", imgRegion)
+	if copied != nil {
+		fmt.Fprintf(w, "Copy of:\t%s in %s\n", r.ImageID, r.Region)
+	}
 	keys := make([]string, 0, len(tags))
 	for k := range tags {
 		keys = append(keys, k)
@@ -118,6 +143,9 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(w, "%s\t%s=%s\n", label, k, tags[k])
 	}
 	w.Flush()
+	if copied != nil {
+		fmt.Fprintf(stdout, "\nRestore in %s: ResetInstance needs the instance in that region too; a new instance works anywhere the copy is.\n", imgRegion)
+	}
 	fmt.Fprintf(stdout, "\nRestore the instance in place (replaces its system disk):\n  %s\n", reset)
 	fmt.Fprintf(stdout, "\nOr start a new instance from the image (fill in the zone and type of the original):\n  %s\n", runNew)
 	return exitOK

@@ -188,7 +188,6 @@ func (p *proc) log() string {
 
 func (p *proc) hasLog(want string) bool { return strings.Contains(p.log(), want) }
 
-
 func (p *proc) waitLog(t *testing.T, want string) {
 	t.Helper()
 	waitUntil(t, p.name+" logs "+want, func() bool {
