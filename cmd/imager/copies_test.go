@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -177,6 +178,42 @@ func TestCopiesToTwoRegions(t *testing.T) {
 	out, err = latest("ap-guangzhou")
 	require.NoError(t, err, out)
 	require.Regexp(t, `Image: +`+sourceID+`\n`, out, "the image's own region answers the image")
+	// imager history lists each run's copies: a copies array in JSON, region:status:id in CSV.
+	hist := exec.Command(c.bin, "history", "--policy", "fleet", "--instance", c.fleet[0], "--since", "1h",
+		"--format", "json", "--database-url", c.dbURL)
+	hist.Env = c.env()
+	raw, err := hist.Output()
+	require.NoError(t, err)
+	var doc struct {
+		Runs []struct {
+			ImageID string `json:"image_id"`
+			Copies  []struct {
+				Region  string  `json:"region"`
+				Status  string  `json:"status"`
+				ImageID *string `json:"image_id"`
+			} `json:"copies"`
+		} `json:"runs"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc), string(raw))
+	require.Len(t, doc.Runs, 3)
+	newest := doc.Runs[0]
+	require.Equal(t, sourceID, newest.ImageID)
+	require.Len(t, newest.Copies, 3, "one per copy_to region")
+	byRegion := map[string]string{}
+	for _, cp := range newest.Copies {
+		byRegion[cp.Region] = cp.Status
+		if cp.Region == "eu-frankfurt" {
+			require.Equal(t, copyID, *cp.ImageID)
+		}
+	}
+	require.Equal(t, map[string]string{"ap-singapore": "available", "eu-frankfurt": "available", "na-siliconvalley": "failed"}, byRegion)
+	hist = exec.Command(c.bin, "history", "--policy", "fleet", "--instance", c.fleet[0], "--since", "1h",
+		"--format", "csv", "--database-url", c.dbURL)
+	hist.Env = c.env()
+	raw, err = hist.Output()
+	require.NoError(t, err)
+	require.Contains(t, string(raw), "eu-frankfurt:available:"+copyID)
+
 	out, err = latest("na-siliconvalley")
 	require.Error(t, err, "no copy there: exit 1")
 	require.Contains(t, out, "has no available copy in na-siliconvalley")

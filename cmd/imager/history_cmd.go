@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -154,11 +155,15 @@ func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error 
 	if err != nil {
 		return err
 	}
+	copies, err := h.copiesOf(ctx, runs)
+	if err != nil {
+		return err
+	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "SLOT (UTC)\tPOLICY\tINSTANCE\tSTATUS\tIMAGE\tNAME\tATTEMPTS\tERROR")
+	fmt.Fprintln(w, "SLOT (UTC)\tPOLICY\tINSTANCE\tSTATUS\tIMAGE\tNAME\tATTEMPTS\tCOPIES\tERROR")
 	for _, r := range runs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.ScheduledAt.Format("2006-01-02 15:04:05"), r.Policy,
-			r.InstanceID, r.Status, dash(r.ImageID), r.ImageName, r.CreateImageAttempts, errorText(r.Run))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ScheduledAt.Format("2006-01-02 15:04:05"), r.Policy,
+			r.InstanceID, r.Status, dash(r.ImageID), r.ImageName, r.CreateImageAttempts, dash(copiesText(copies[r.ID])), errorText(r.Run))
 	}
 	w.Flush()
 
@@ -253,6 +258,56 @@ type runJSON struct {
 	UpdatedAt           time.Time  `json:"updated_at"`
 	Term                *int64     `json:"term"`
 	CreateImageAttempts int        `json:"create_image_attempts"`
+	Copies              []copyJSON `json:"copies"`
+}
+
+// copyJSON is one copy of a run's image in another region (image_copies), in --format json.
+type copyJSON struct {
+	Region       string     `json:"region"`
+	ImageID      *string    `json:"image_id"`
+	ImageName    string     `json:"image_name"`
+	Status       string     `json:"status"`
+	ErrorCode    *string    `json:"error_code"`
+	ErrorMessage *string    `json:"error_message"`
+	RequestedAt  time.Time  `json:"requested_at"`
+	AvailableAt  *time.Time `json:"available_at"`
+	DeletedAt    *time.Time `json:"deleted_at"`
+}
+
+func toCopiesJSON(cs []history.Copy) []copyJSON {
+	out := make([]copyJSON, 0, len(cs))
+	for _, c := range cs {
+		out = append(out, copyJSON{Region: c.Region, ImageID: nullable(c.ImageID), ImageName: c.ImageName,
+			Status: string(c.Status), ErrorCode: nullable(c.ErrorCode), ErrorMessage: nullable(c.ErrorMessage),
+			RequestedAt: c.RequestedAt, AvailableAt: c.AvailableAt, DeletedAt: c.DeletedAt})
+	}
+	return out
+}
+
+// copiesText is a run's copies in one field: region:status[:image_id], with ";" between copies
+// and "deleted" for a copy retention deleted (the table's COPIES column and the CSV's copies).
+func copiesText(cs []history.Copy) string {
+	parts := make([]string, 0, len(cs))
+	for _, c := range cs {
+		p := c.Region + ":" + string(c.Status)
+		if c.DeletedAt != nil {
+			p = c.Region + ":deleted"
+		}
+		if c.ImageID != "" {
+			p += ":" + c.ImageID
+		}
+		parts = append(parts, p)
+	}
+	return strings.Join(parts, ";")
+}
+
+// copiesOf reads the copies of the listed runs in one query.
+func (h *historyReport) copiesOf(ctx context.Context, runs []history.RunListed) (map[int64][]history.Copy, error) {
+	ids := make([]int64, len(runs))
+	for i, r := range runs {
+		ids[i] = r.ID
+	}
+	return h.store.CopiesOfRuns(ctx, ids)
 }
 
 // deletionJSON is one deletion in --format json, under the column names of image_deletions.
@@ -299,12 +354,18 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	copies, err := h.copiesOf(ctx, runs)
+	if err != nil {
+		return err
+	}
 	out := struct {
 		Runs      []runJSON      `json:"runs"`
 		Deletions []deletionJSON `json:"deletions"`
 	}{Runs: []runJSON{}, Deletions: []deletionJSON{}}
 	for _, r := range runs {
-		out.Runs = append(out.Runs, toRunJSON(r))
+		j := toRunJSON(r)
+		j.Copies = toCopiesJSON(copies[r.ID])
+		out.Runs = append(out.Runs, j)
 	}
 	for _, d := range dels {
 		var runID *int64
@@ -322,14 +383,19 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 	return enc.Encode(out)
 }
 
-// runCSVColumns are the CSV header: image_runs' columns, then create_image_attempts.
+// runCSVColumns are the CSV header: image_runs' columns, then create_image_attempts and the
+// run's copies (copiesText).
 var runCSVColumns = []string{"id", "policy", "instance_id", "region", "scheduled_at", "started_at", "finished_at",
 	"status", "image_name", "image_id", "image_size_gib", "request_id", "error_code", "error_message", "attempts",
-	"daemon_id", "updated_at", "term", "create_image_attempts"}
+	"daemon_id", "updated_at", "term", "create_image_attempts", "copies"}
 
 // writeCSV prints the runs (only: one table per CSV) with a header row; NULL is an empty field.
 func (h *historyReport) writeCSV(ctx context.Context, stdout io.Writer) error {
 	runs, err := h.store.RunsList(ctx, h.filter)
+	if err != nil {
+		return err
+	}
+	copies, err := h.copiesOf(ctx, runs)
 	if err != nil {
 		return err
 	}
@@ -353,7 +419,7 @@ func (h *historyReport) writeCSV(ctx context.Context, stdout io.Writer) error {
 		rec := []string{strconv.FormatInt(r.ID, 10), r.Policy, r.InstanceID, r.Region, ts(&r.ScheduledAt),
 			ts(&r.StartedAt), ts(r.FinishedAt), string(r.Status), r.ImageName, r.ImageID, num(r.ImageSizeGiB),
 			r.RequestID, r.ErrorCode, r.ErrorMessage, strconv.Itoa(r.Attempts), r.DaemonID, ts(&r.UpdatedAt),
-			num(r.Term), strconv.Itoa(r.CreateImageAttempts)}
+			num(r.Term), strconv.Itoa(r.CreateImageAttempts), copiesText(copies[r.ID])}
 		if err := w.Write(rec); err != nil {
 			return err
 		}

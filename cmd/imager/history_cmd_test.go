@@ -84,10 +84,10 @@ func TestHistoryFiltersFormatsAndDeletions(t *testing.T) {
 	code, stdout, stderr := e.imager(t, append([]string{"history"}, db...)...)
 	require.Equal(t, 0, code, stderr)
 	require.Contains(t, stdout, "Runs with a slot in the last 7d: 4, 3 available, 1 failed")
-	require.Regexp(t, `SLOT \(UTC\) +POLICY +INSTANCE +STATUS +IMAGE +NAME +ATTEMPTS +ERROR\n`, stdout)
-	require.Regexp(t, `web +ins-aaaaaaaa +available +`+f.ok.ImageID+` +`+f.ok.ImageName+` +1 +\n`, stdout,
-		"one image column and the name beside it; a clean success made one CreateImage call")
-	require.Regexp(t, `web +ins-bbbbbbbb +failed +- +\S+ +2 +InternalError: the API said no`, stdout)
+	require.Regexp(t, `SLOT \(UTC\) +POLICY +INSTANCE +STATUS +IMAGE +NAME +ATTEMPTS +COPIES +ERROR\n`, stdout)
+	require.Regexp(t, `web +ins-aaaaaaaa +available +`+f.ok.ImageID+` +`+f.ok.ImageName+` +1 +- +\n`, stdout,
+		"one image column and the name beside it; a clean success made one CreateImage call; no copies")
+	require.Regexp(t, `web +ins-bbbbbbbb +failed +- +\S+ +2 +- +InternalError: the API said no`, stdout)
 	require.Regexp(t, `ins-aaaaaaaa +web +`+f.ok.ImageID+` +\S+ +2d 3h\n`, stdout, "ages in days and hours")
 	require.Regexp(t, `ins-cccccccc +db +img-\S+ +\S+ +30m\n`, stdout)
 	require.Contains(t, stdout, "Images imager decided to delete in the last 7d: 1\n")
