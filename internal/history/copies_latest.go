@@ -46,3 +46,29 @@ WHERE run_id = ANY($1) ORDER BY run_id, region`, runIDs)
 	}
 	return out, nil
 }
+
+// CopyAvailableAt is when the newest available copy of one (policy, instance) in one region became
+// available (copy_coverage).
+type CopyAvailableAt struct {
+	Policy, InstanceID, Region string
+	At                         time.Time
+}
+
+// CopiesLastAvailable lists, per row of copy_coverage that has an available copy, when it became
+// available.
+func (s *Store) CopiesLastAvailable(ctx context.Context) ([]CopyAvailableAt, error) {
+	rows, err := s.pool.Query(ctx, `SELECT policy, instance_id, region, now() - last_available_age FROM copy_coverage
+WHERE last_available_age IS NOT NULL ORDER BY policy, instance_id, region`)
+	if err != nil {
+		return nil, fmt.Errorf("copies last available: %w", s.translate(err))
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (CopyAvailableAt, error) {
+		var c CopyAvailableAt
+		err := row.Scan(&c.Policy, &c.InstanceID, &c.Region, &c.At)
+		return c, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("copies last available: %w", s.translate(err))
+	}
+	return out, nil
+}

@@ -16,6 +16,15 @@ type LastAvailable struct {
 	At       time.Time
 }
 
+// LastAvailableCopy is when the newest available copy of one (policy, instance) in one region
+// became available.
+type LastAvailableCopy struct {
+	Policy   string
+	Instance string
+	Region   string
+	At       time.Time
+}
+
 // PolicyCount is a number per policy.
 type PolicyCount struct {
 	Policy string
@@ -28,6 +37,9 @@ type Sources struct {
 	// LastAvailable returns the coverage view's last available image per (policy, instance):
 	// imager_last_available_image_timestamp_seconds.
 	LastAvailable func(ctx context.Context) ([]LastAvailable, error)
+	// LastAvailableCopies returns the copy_coverage view's last available copy per (policy,
+	// instance, region): imager_last_available_copy_timestamp_seconds.
+	LastAvailableCopies func(ctx context.Context) ([]LastAvailableCopy, error)
 	// RPOBreaches returns the rows of rpo_breaches per loaded policy: imager_rpo_breaches.
 	RPOBreaches func(ctx context.Context) ([]PolicyCount, error)
 	// NotificationsPending returns how many notifications wait for delivery (read from the
@@ -134,6 +146,9 @@ var (
 	lastAvailableDesc = prometheus.NewDesc("imager_last_available_image_timestamp_seconds",
 		"Unix time the newest available image of a (policy, instance) became available (coverage view).",
 		[]string{"policy", "instance"}, nil)
+	lastCopyDesc = prometheus.NewDesc("imager_last_available_copy_timestamp_seconds",
+		"Unix time the newest available copy of a (policy, instance) in another region became available (copy_coverage view).",
+		[]string{"policy", "instance", "region"}, nil)
 	rpoDesc = prometheus.NewDesc("imager_rpo_breaches",
 		"Instances of a loaded policy without an image within 1.5 intervals (rows of the rpo_breaches view).",
 		[]string{"policy"}, nil)
@@ -156,6 +171,9 @@ func (c *historyCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- historyUpDesc
 	ch <- runsDesc
 	ch <- lastAvailableDesc
+	if c.opts.LastAvailableCopies != nil {
+		ch <- lastCopyDesc
+	}
 	ch <- rpoDesc
 	if c.opts.NotificationsPending != nil {
 		ch <- notificationsDesc
@@ -192,6 +210,16 @@ func (c *historyCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, l := range last {
 			ch <- prometheus.MustNewConstMetric(lastAvailableDesc, prometheus.GaugeValue,
 				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance)
+		}
+	}
+	if c.opts.LastAvailableCopies != nil && up == 1 {
+		last, err := c.opts.LastAvailableCopies(ctx)
+		if err != nil {
+			failed("imager_last_available_copy_timestamp_seconds", err)
+		}
+		for _, l := range last {
+			ch <- prometheus.MustNewConstMetric(lastCopyDesc, prometheus.GaugeValue,
+				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance, l.Region)
 		}
 	}
 	if c.opts.RPOBreaches != nil && up == 1 {

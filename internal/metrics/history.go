@@ -8,7 +8,7 @@ import (
 )
 
 // HistoryOptions returns Options whose database-backed sources read imager's history store:
-// run counts, the coverage view's last available images, RPO breaches, pending notifications and
+// run counts, the coverage view's last available images and copy_coverage's copies, RPO breaches, pending notifications and
 // the replicas seen in the last minute. The caller sets the rest (spool, health, leadership).
 func HistoryOptions(store *history.Store) Options {
 	return Options{
@@ -28,6 +28,14 @@ func HistoryOptions(store *history.Store) Options {
 					if c.LastAvailableAt != nil {
 						out = append(out, LastAvailable{Policy: c.Policy, Instance: c.InstanceID, At: *c.LastAvailableAt})
 					}
+				}
+				return out, err
+			},
+			LastAvailableCopies: func(ctx context.Context) ([]LastAvailableCopy, error) {
+				copies, err := store.CopiesLastAvailable(ctx)
+				out := make([]LastAvailableCopy, len(copies))
+				for i, c := range copies {
+					out[i] = LastAvailableCopy{Policy: c.Policy, Instance: c.InstanceID, Region: c.Region, At: c.At}
 				}
 				return out, err
 			},

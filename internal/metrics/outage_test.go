@@ -81,6 +81,12 @@ func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, store.RunRequested(ctx, r.ID, "img-"+inst[4:], "req"))
 		require.NoError(t, store.RunAvailable(ctx, r.ID, nil, "", now.Add(-time.Duration(7*i)*30*time.Minute)))
+		if i == 0 { // its image copied to another region (copy_to)
+			cs, _, err := store.CopyRequested(ctx, r.ID, []string{"ap-singapore"}, now)
+			require.NoError(t, err)
+			require.NoError(t, store.CopyAnswered(ctx, cs[0].ID, "img-copy0001", "req-sync"))
+			require.NoError(t, store.CopyAvailable(ctx, cs[0].ID, "img-copy0001", now.Add(5*time.Minute)))
+		}
 	}
 
 	mo := metrics.HistoryOptions(store)
@@ -108,6 +114,8 @@ func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
 		map[string]string{"policy": "web", "instance": "ins-aaaaaaaa"}))
 	require.Equal(t, float64(now.Add(-210*time.Minute).Unix()), gauge(t, fams, "imager_last_available_image_timestamp_seconds",
 		map[string]string{"policy": "web", "instance": "ins-bbbbbbbb"}))
+	require.Equal(t, float64(now.Add(5*time.Minute).Unix()), gauge(t, fams, "imager_last_available_copy_timestamp_seconds",
+		map[string]string{"policy": "web", "instance": "ins-aaaaaaaa", "region": "ap-singapore"}))
 	require.Equal(t, 1.0, gauge(t, fams, "imager_rpo_breaches", map[string]string{"policy": "web"}),
 		"ins-bbbbbbbb has no image within 1.5 intervals (3h)")
 	require.Equal(t, 2.0, gauge(t, fams, "imager_runs_total", map[string]string{"policy": "web", "status": "available"}))
