@@ -141,11 +141,11 @@ var missNotes = map[string]string{
 		"claims and PostgreSQL share the cores with it. Fix: check the instances and their images in progress ahead " +
 		"of the slot, so that only the claim is left between the slot and the first call.",
 	"onefire.claim": "**The claim of 50,000 slot rows took 3 s or more.** The claim is three round trips: the INSERT " +
-		"of the 50,000 rows with their five indexes (about 1.2 s on this machine), then the upserts of coverage_state " +
-		"and coverage_days (50,000 rows each, about 1 s), then the fire's start; its own Go work is about 0.15 s. " +
-		"Runs spread by 0.5 s on this two-core machine. Fix: fewer index entries per run (a partial index for the " +
-		"unfinished runs that the claim fills in), or coverage rows written per fire rather than per instance for a " +
-		"fire of thousands of targets.",
+		"of the 50,000 rows with their five indexes, then the upserts of coverage_state and coverage_days (50,000 rows " +
+		"each), then the fire's start; most of the time is PostgreSQL's, in the first two, and runs spread widely on " +
+		"this two-core machine (see min and max). Fix: fewer index entries per run (a partial index for the unfinished " +
+		"runs that the claim fills in), or coverage rows written per fire rather than per instance for a fire of " +
+		"thousands of targets.",
 	"fire.drain": "**The first calls drained slower than 0.97 L.** See the rejections and throttling notes of the pacing " +
 		"benchmark: a rejection slows the pace (10 % for 2 s, harder when repeated).",
 	"fire.max":       pacingOverLimit,
