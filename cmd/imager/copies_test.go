@@ -232,7 +232,6 @@ func TestCopyKilledBetweenCallAndWrite(t *testing.T) {
 	waitUntil(t, "a SyncImages call executed and held", func() bool { return len(c.syncCalls()) > 0 })
 	require.NoError(t, a.cmd.Process.Signal(syscall.SIGKILL))
 	<-a.done
-	held := len(c.syncCalls())
 	require.Positive(t, c.queryInt(t, `SELECT count(*) FROM image_copies WHERE status = 'requested' AND image_id IS NULL`),
 		"the killed leader recorded the copies requested, not their answer")
 
@@ -246,7 +245,6 @@ func TestCopyKilledBetweenCallAndWrite(t *testing.T) {
 	for src, imgs := range c.copiesIn("ap-singapore") {
 		require.Len(t, imgs, 1, "source %s copied once", src)
 	}
-	require.GreaterOrEqual(t, len(c.syncCalls()), held)
 }
 
 // TestCopyRegionDown: a destination region answers every call with InternalError during a fire.

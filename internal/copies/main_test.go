@@ -1,7 +1,6 @@
 package copies
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"slices"
@@ -19,6 +18,7 @@ import (
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
 	"github.com/imager-dev/imager/internal/policy"
+	"github.com/imager-dev/imager/internal/testenv"
 )
 
 // TestMain gives the tests a PostgreSQL server and checks that no goroutine outlived them.
@@ -279,24 +279,6 @@ func (l *paceLog) count(key string) int {
 	return l.waits[key]
 }
 
-// syncLogBuffer is a log sink safe for the copier's goroutine.
-type syncLogBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncLogBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncLogBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is a Copier over a fake cloud, PostgreSQL and a fake clock; passes are run by the test.
 type env struct {
 	t     *testing.T
@@ -306,7 +288,7 @@ type env struct {
 	cloud *fakeCloud
 	cfg   *policy.Config
 	paces *paceLog
-	logs  *syncLogBuffer
+	logs  *testenv.LogBuffer
 	c     *Copier
 	src   map[int64]string // run id → source image id
 }
@@ -322,7 +304,7 @@ func newEnv(t *testing.T, pols ...*policy.Policy) *env {
 	_, err = store.Migrate(ctx)
 	require.NoError(t, err)
 	e := &env{t: t, ctx: ctx, clk: clk, store: store, cloud: newFakeCloud(clk), paces: &paceLog{waits: map[string]int{}},
-		logs: &syncLogBuffer{}, src: map[int64]string{}}
+		logs: &testenv.LogBuffer{}, src: map[int64]string{}}
 	e.cfg = &policy.Config{API: policy.DefaultAPI(), Policies: pols}
 	e.c = New(Options{
 		History: store, CVM: e.cloud.client, Config: func() *policy.Config { return e.cfg },

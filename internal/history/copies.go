@@ -361,11 +361,8 @@ func (s *Store) CopyGet(ctx context.Context, id int64) (Copy, error) {
 
 // CopiesOfRun lists the copies of one run, in region order.
 func (s *Store) CopiesOfRun(ctx context.Context, runID int64) ([]Copy, error) {
-	out, err := queryCopies(ctx, s.pool, `SELECT `+copyColumns+` FROM image_copies WHERE run_id = $1 ORDER BY region`, runID)
-	if err != nil {
-		return nil, fmt.Errorf("list copies of run %d: %w", runID, s.translate(err))
-	}
-	return out, nil
+	by, err := s.CopiesOfRuns(ctx, []int64{runID})
+	return by[runID], err
 }
 
 // CopiesPending lists up to limit copies (limit <= 0: all) still requested or syncing, oldest
