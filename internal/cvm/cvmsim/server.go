@@ -81,8 +81,14 @@ const (
 	DefaultRegion       = "ap-guangzhou" // region of an Instance or Image added without one
 )
 
-// APIVersion is the only X-TC-Version the simulator accepts.
+// APIVersion is the only X-TC-Version the simulator accepts for CVM actions.
 const APIVersion = "2017-03-12"
+
+// TATAPIVersion is the only X-TC-Version the simulator accepts for TAT actions.
+const TATAPIVersion = "2020-10-28"
+
+// tatService is the TAT API's service in the TC3 credential scope.
+const tatService = "tat"
 
 // The actions the simulator implements.
 const (
@@ -92,6 +98,15 @@ const (
 	ActionDescribeImageQuota = "DescribeImageQuota"
 	ActionDescribeInstances  = "DescribeInstances"
 	ActionSyncImages         = "SyncImages"
+
+	ActionRunInstances            = "RunInstances"
+	ActionTerminateInstances      = "TerminateInstances"
+	ActionDescribeInstancesStatus = "DescribeInstancesStatus"
+
+	// TAT actions: signed for service "tat", X-TC-Version TATAPIVersion.
+	ActionRunCommand                    = "RunCommand"
+	ActionDescribeInvocationTasks       = "DescribeInvocationTasks"
+	ActionDescribeAutomationAgentStatus = "DescribeAutomationAgentStatus"
 )
 
 // DefaultLimits returns the per-action limits (calls per sliding second) of the real API.
@@ -103,6 +118,14 @@ func DefaultLimits() map[string]int {
 		ActionDescribeImageQuota: 20,
 		ActionDescribeInstances:  40,
 		ActionSyncImages:         10,
+
+		ActionRunInstances:            10,
+		ActionTerminateInstances:      10,
+		ActionDescribeInstancesStatus: 40,
+
+		ActionRunCommand:                    20,
+		ActionDescribeInvocationTasks:       20,
+		ActionDescribeAutomationAgentStatus: 20,
 	}
 }
 
@@ -151,6 +174,25 @@ type Options struct {
 	// MaxClockSkew is how far X-TC-Timestamp may be from Clock.Now (DefaultMaxClockSkew if 0).
 	// Negative disables the check, for fake clocks far from the real time the SDK signs with.
 	MaxClockSkew time.Duration
+	// LaunchReadyAfter is how long an instance launched by RunInstances stays PENDING before it is
+	// RUNNING (or LAUNCH_FAILED, see FailNextLaunches). 0: RUNNING by the next call; negative:
+	// PENDING until SetInstanceState.
+	LaunchReadyAfter time.Duration
+	// AgentOnlineAfter is how long a launched instance's TAT agent stays Offline once the instance
+	// is RUNNING. 0: Online by the next call; negative: Offline until SetAgentState.
+	AgentOnlineAfter time.Duration
+	// TerminateAfter is how long a terminated instance stays TERMINATING before it is gone.
+	// 0: gone by the next call; negative: TERMINATING for ever.
+	TerminateAfter time.Duration
+	// InstanceQuota is how many instances RunInstances may leave per account and region
+	// (LimitExceeded.InstanceQuota beyond); 0 means no quota.
+	InstanceQuota int
+	// TaskStartAfter is how long a RunCommand task stays PENDING before it is RUNNING; the
+	// CommandResult then says how long it runs. 0: RUNNING by the next call.
+	TaskStartAfter time.Duration
+	// CommandResult scripts each RunCommand task's outcome (see CommandResultFunc); nil: every
+	// command succeeds with exit code 0, no output, at once.
+	CommandResult CommandResultFunc
 	// Seed seeds the random source of fault decisions; 0 picks a random seed.
 	// (Image and request ids are always random, so they stay unique across simulators.)
 	Seed int64
@@ -182,8 +224,21 @@ type Server struct {
 	regions      map[string]bool   // regions every account has
 	down         map[string]bool   // regions answering InternalError
 	refuseSync   map[string]string // SyncImages destination -> error code
-	instances    map[string]*Instance
+	instances    map[string]*simInstance
 	instOrder    []string
+	moving       map[string]*simInstance // instances with a transition ahead (PENDING, agent, TERMINATING)
+	launchAfter  time.Duration
+	agentAfter   time.Duration
+	termAfter    time.Duration
+	instQuota    int
+	failLaunch   int
+	launches     []*Launch             // every RunInstances launch, in order
+	tokens       map[tokenKey][]string // ClientToken -> the ids it launched
+	issuedIns    map[string]struct{}   // every instance id ever handed out
+	taskStart    time.Duration
+	cmdResult    CommandResultFunc
+	tasks        []*simTask          // every RunCommand task, in order
+	activeTasks  map[string]*simTask // tasks not final yet
 	images       map[string]*simImage
 	byName       map[nameKey]int      // images per (account, region, name)
 	pending      map[string]*simImage // CREATING and SYNCING images, until they finish
@@ -222,7 +277,17 @@ func New(opts Options) *Server {
 		regions:      map[string]bool{DefaultRegion: true},
 		down:         map[string]bool{},
 		refuseSync:   map[string]string{},
-		instances:    map[string]*Instance{},
+		instances:    map[string]*simInstance{},
+		moving:       map[string]*simInstance{},
+		launchAfter:  opts.LaunchReadyAfter,
+		agentAfter:   opts.AgentOnlineAfter,
+		termAfter:    opts.TerminateAfter,
+		instQuota:    opts.InstanceQuota,
+		tokens:       map[tokenKey][]string{},
+		issuedIns:    map[string]struct{}{},
+		taskStart:    opts.TaskStartAfter,
+		cmdResult:    opts.CommandResult,
+		activeTasks:  map[string]*simTask{},
 		images:       map[string]*simImage{},
 		byName:       map[nameKey]int{},
 		pending:      map[string]*simImage{},
