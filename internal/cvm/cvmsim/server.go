@@ -1,5 +1,6 @@
-// Package cvmsim is an in-process simulator of the Tencent Cloud CVM API (version 2017-03-12)
-// for tests, benchmarks and `imager demo`.
+// Package cvmsim is an in-process simulator of the Tencent Cloud CVM API (version 2017-03-12),
+// and of the TAT API's (version 2020-10-28) RunCommand, DescribeInvocationTasks and
+// DescribeAutomationAgentStatus, for tests, benchmarks and `imager demo`.
 //
 // It speaks the real wire format (POST / with a JSON body, X-TC-* headers, TC3-HMAC-SHA256
 // signatures, HTTP 200 answers with {"Response": ...}), so the official Go SDK can be pointed at
@@ -54,6 +55,43 @@
 //     NORMAL while it is copied (the real source state is unknown) and may be copied or deleted
 //     again at once. ImageSet is answered only when ImageSetRequired is true, as the real example
 //     without it shows RequestId only.
+//   - Both APIs are served on one endpoint: the service of the signature's credential scope ("cvm"
+//     or "tat") says which API a call is for, as the host does for the real APIs. Each checks its
+//     own X-TC-Version; an action of the other API answers InvalidAction.
+//   - RunInstances checks, in order: its parameters' types; ClientToken (over 64 ASCII characters:
+//     InvalidClientToken.TooLong); a ClientToken already used by the account in the region answers
+//     the same InstanceIdSet again and launches nothing, whatever the other parameters (kept for
+//     ever; the real window is unknown); missing Placement.Zone or ImageId (MissingParameter);
+//     the values (InvalidImageId.Malformed, InvalidInstanceName.TooLong over 60 bytes,
+//     InvalidInstanceType.Malformed, InvalidParameterValue.Range for InstanceCount); a zone not
+//     named "<region>-..." (InvalidZone.MismatchRegion; zones are not listed); the image, of any
+//     type, in the account and region (InvalidImageId.NotFound) and NORMAL
+//     (InvalidParameterValue.InvalidImageState); InstanceQuota (LimitExceeded.InstanceQuota);
+//     DryRun (DryRunOperation, the common code). Only TagSpecification entries for "instance" are
+//     accepted. Instances start PENDING with their agent Offline, become RUNNING (or LAUNCH_FAILED,
+//     FailNextLaunches) LaunchReadyAfter later, and their agent Online AgentOnlineAfter after that,
+//     with the same lazy rules as images. Stock and VPC/subnet/security-group existence are not
+//     checked.
+//   - TerminateInstances checks every id before touching any (InvalidInstanceId.NotFound,
+//     UnsupportedOperation.InstanceStatePending, .InstanceStateTerminating); the instances become
+//     TERMINATING with their agent Offline and are gone TerminateAfter later (absent from every
+//     Describe; their Launch stays). Every instance is pay-as-you-go: no recycle bin.
+//   - RunCommand checks its parameters, then each instance in the given order, the first failing
+//     one answering for the whole call with nothing run anywhere: unknown in the account and region
+//     (ResourceNotFound.InstanceNotFound), not RUNNING (ResourceUnavailable.InstanceStateNotRunning),
+//     agent NotInstalled (ResourceUnavailable.AgentNotInstalled) or Offline
+//     (ResourceUnavailable.AgentStatusNotOnline). Whether the real API refuses the whole call or
+//     fails only that instance's task is not documented; the documented error codes suggest the
+//     whole call. The command type is not checked against the instance's OS.
+//   - A task is PENDING for TaskStartAfter, then RUNNING, then ends as CommandResult scripts it
+//     (SUCCESS with exit code 0 at once by default); a run longer than the command's Timeout ends
+//     TIMEOUT at the Timeout. The agent going offline does not affect running tasks.
+//   - DescribeInvocationTasks lists tasks oldest first (the real order is unknown). Output is the
+//     first 24 KiB of the script's output, base64, with Dropped the bytes cut (whether the real API
+//     keeps the head or the tail is unknown), and empty unless HideOutput is false (the API's
+//     default hides it). A TIMEOUT task's ExitCode is 0 and its ErrorInfo says it timed out.
+//   - DescribeAutomationAgentStatus leaves out instances whose agent is not installed (and unknown
+//     ids); an agent is Online only while its instance is RUNNING.
 package cvmsim
 
 import (
