@@ -90,9 +90,8 @@ func TestRunCommandAgainstTheSimulator(t *testing.T) {
 		WorkingDirectory: "/tmp", CommandName: "imager-pre"})
 	require.NoError(t, err)
 	require.NotEmpty(t, out.RequestID)
+	call := sim.Calls()[0] // takes the simulator's lock: the hook's writes are visible after it
 	require.Equal(t, []string{"ins-web00001", "ins-web00002"}, calls)
-
-	call := sim.Calls()[0]
 	require.Equal(t, tat.ActionRunCommand, call.Action)
 	require.Equal(t, map[string]any{"Content": base64.StdEncoding.EncodeToString([]byte(script)),
 		"InstanceIds": []any{"ins-web00001", "ins-web00002"}, "CommandType": "SHELL", "Timeout": float64(120),
