@@ -163,7 +163,10 @@ func TestRunInstancesErrors(t *testing.T) {
 		{name: "malformed image id", edit: func(in *cvm.RunInstancesInput) { in.ImageID = "web-1" }, code: "InvalidImageId.Malformed"},
 		{name: "zone of another region", edit: func(in *cvm.RunInstancesInput) { in.Zone = "ap-shanghai-2" }, code: "InvalidZone.MismatchRegion"},
 		{name: "malformed instance type", edit: func(in *cvm.RunInstancesInput) { in.InstanceType = "big" }, code: "InvalidInstanceType.Malformed"},
-		{name: "quota", setup: func(s *cvmsim.Server) { s.SetInstanceQuota(1); s.AddInstance(cvmsim.Instance{ID: "ins-existing", Region: region}) },
+		{name: "quota", setup: func(s *cvmsim.Server) {
+			s.SetInstanceQuota(1)
+			s.AddInstance(cvmsim.Instance{ID: "ins-existing", Region: region})
+		},
 			code: "LimitExceeded.InstanceQuota", class: cvm.ClassPermanent},
 		{name: "dry run", edit: func(in *cvm.RunInstancesInput) { in.DryRun = true }, code: "DryRunOperation"},
 	}
