@@ -21,6 +21,21 @@ import (
 // DefaultTimeout bounds one API call when Config.Timeout is zero.
 const DefaultTimeout = 30 * time.Second
 
+// Service names one Tencent Cloud API the client can call with its credential, transport, timeout,
+// logger and OnCall: the CVM API (ServiceCVM) or another API signed the same way (TAT,
+// internal/tat). Name is both the host prefix (Name.tencentcloudapi.com) and the service in the
+// TC3 credential scope.
+type Service struct {
+	Name    string // e.g. "cvm", "tat"
+	Version string // X-TC-Version, e.g. "2017-03-12"
+	// Classify classifies the API's error codes of this service; nil means Classify. It is applied
+	// to every *APIError a call returns, client-side codes included.
+	Classify func(code string) Class
+}
+
+// ServiceCVM is the CVM API, the service of every method of Client.
+var ServiceCVM = Service{Name: "cvm", Version: APIVersion}
+
 // service is the CVM service name: part of the host and of the TC3 credential scope.
 const service = "cvm"
 
@@ -53,8 +68,11 @@ type Client struct {
 	onCall     func(action, code string, elapsed time.Duration)
 
 	mu      sync.Mutex
-	regions map[string]*common.Client
+	regions map[regionKey]*common.Client
 }
+
+// regionKey names one SDK client: one per service and region, as each has its own host.
+type regionKey struct{ service, region string }
 
 // New validates cfg and returns a Client. It resolves credentials now (the SDK's default chain
 // when cfg.Credential is nil), so a missing credential fails at start, in one line.
@@ -90,7 +108,7 @@ func New(cfg Config) (*Client, error) {
 		ownedRT:    owned,
 		log:        cfg.Logger.With().Str("component", "cvm").Logger(),
 		onCall:     cfg.OnCall,
-		regions:    make(map[string]*common.Client),
+		regions:    make(map[regionKey]*common.Client),
 	}, nil
 }
 
@@ -141,6 +159,11 @@ func loadCredential(p common.Provider) (common.CredentialIface, error) {
 // cvm.tencentcloudapi.com; a non-empty override (IMAGER_CVM_ENDPOINT) wins for every region. An
 // override without a scheme is taken as an HTTPS host; New rejects overrides that do not parse.
 func EndpointFor(region, override string) (scheme, host string) {
+	return serviceEndpoint(service, region, override)
+}
+
+// serviceEndpoint is EndpointFor for the service named svc (its host prefix).
+func serviceEndpoint(svc, region, override string) (scheme, host string) {
 	if override != "" {
 		if s, h, err := parseEndpoint(override); err == nil {
 			return s, h
@@ -148,9 +171,9 @@ func EndpointFor(region, override string) (scheme, host string) {
 		return "HTTPS", override
 	}
 	if strings.HasSuffix(region, "-fsi") {
-		return "HTTPS", service + "." + region + ".tencentcloudapi.com"
+		return "HTTPS", svc + "." + region + ".tencentcloudapi.com"
 	}
-	return "HTTPS", service + ".tencentcloudapi.com"
+	return "HTTPS", svc + ".tencentcloudapi.com"
 }
 
 // parseEndpoint splits an endpoint override into the SDK's scheme and host[:port].
@@ -199,14 +222,15 @@ func redactUserinfo(endpoint string) string {
 	return endpoint
 }
 
-// regionClient returns the SDK client for region, creating it on first use.
-func (c *Client) regionClient(region string) *common.Client {
+// regionClient returns the SDK client for svc (a service name) in region, creating it on first use.
+func (c *Client) regionClient(svc, region string) *common.Client {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if sc, ok := c.regions[region]; ok {
+	key := regionKey{svc, region}
+	if sc, ok := c.regions[key]; ok {
 		return sc
 	}
-	scheme, host := EndpointFor(region, c.endpoint)
+	scheme, host := serviceEndpoint(svc, region, c.endpoint)
 	hp := profile.NewHttpProfile()
 	hp.ReqMethod = "POST"
 	hp.Scheme = scheme
@@ -225,13 +249,29 @@ func (c *Client) regionClient(region string) *common.Client {
 
 	sc := (&common.Client{}).Init(region)
 	sc.WithCredential(c.credential).WithProfile(cp).WithHttpTransport(c.transport).WithRequestClient("imager")
-	c.regions[region] = sc
+	c.regions[key] = sc
 	return sc
 }
 
-// send makes one signed call and translates any failure into an *APIError.
+// send makes one signed CVM call and translates any failure into an *APIError.
 func (c *Client) send(ctx context.Context, region, action string, req tchttp.Request, resp tchttp.Response) error {
-	sc := c.regionClient(region)
+	return c.Call(ctx, ServiceCVM, region, action, req, resp)
+}
+
+// NewRequest returns an initialised SDK request base for action of svc, for the request structs
+// of another service's client (internal/tat) to embed.
+func NewRequest(svc Service, action string) *tchttp.BaseRequest {
+	return (&tchttp.BaseRequest{}).Init().WithApiInfo(svc.Name, svc.Version, action)
+}
+
+// Call makes one signed call of action to svc in region, bounded by the client's timeout, and
+// translates any failure into an *APIError classified by svc.Classify. req must have been made
+// for svc (NewRequest, or the SDK's typed request of that service): its service is the host and
+// the credential scope. When resp has a RequestID() string method, a successful call logs it.
+// Every method of Client goes through Call; other services' clients (internal/tat) use it to
+// share this client's signing, transport, error translation, logging and OnCall.
+func (c *Client) Call(ctx context.Context, svc Service, region, action string, req tchttp.Request, resp tchttp.Response) error {
+	sc := c.regionClient(svc.Name, region)
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	tr := &callTrace{}
@@ -242,16 +282,19 @@ func (c *Client) send(ctx context.Context, region, action string, req tchttp.Req
 	var apiErr *APIError
 	if err != nil {
 		apiErr = translateError(action, err, tr, ctx.Err())
+		if svc.Classify != nil {
+			apiErr.Class = svc.Classify(apiErr.Code)
+		}
 	}
 
 	ev := c.log.Debug().Str("action", action).Str("region", region).
 		Int64("duration_ms", time.Since(start).Milliseconds()).Int32("http_requests", tr.requests.Load())
 	if apiErr != nil {
 		ev.Str("request_id", apiErr.RequestID).Str("error_code", apiErr.Code).Str("error_class", apiErr.Class.String())
-	} else if r, ok := resp.(interface{ requestID() string }); ok {
-		ev.Str("request_id", r.requestID())
+	} else if r, ok := resp.(interface{ RequestID() string }); ok {
+		ev.Str("request_id", r.RequestID())
 	}
-	ev.Msg("cvm call")
+	ev.Msg(svc.Name + " call")
 	if c.onCall != nil {
 		code := ""
 		if apiErr != nil {

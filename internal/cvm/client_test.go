@@ -114,8 +114,8 @@ func TestOverrideEndpointServesEveryRegion(t *testing.T) {
 		require.Equal(t, regions[i], call.Region)
 		require.Equal(t, strings.TrimPrefix(f.srv.URL, "http://"), call.Host)
 	}
-	first := c.regionClient("ap-guangzhou")
-	require.Same(t, first, c.regionClient("ap-guangzhou"))
+	first := c.regionClient(service, "ap-guangzhou")
+	require.Same(t, first, c.regionClient(service, "ap-guangzhou"))
 }
 
 func TestConcurrentCallsShareRegionClients(t *testing.T) {

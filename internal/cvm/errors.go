@@ -38,6 +38,8 @@ func Classify(code string) Class {
 		return ClassTransient
 	case code == "MutexOperation.TaskRunning",
 		code == "OperationDenied.InstanceOperationInProgress",
+		// The instance is still being launched (TerminateInstances, ResetInstance, CreateImage).
+		code == "UnsupportedOperation.InstanceStatePending",
 		strings.HasPrefix(code, "ResourceInUse"),
 		code == "ResourceUnavailable.SnapshotCreating",
 		// The image is not NORMAL yet, or another operation holds it (SyncImages, DeleteImages).
@@ -112,6 +114,18 @@ func newAPIError(action, code, message, requestID string) *APIError {
 // invalidInput is the error for input refused before anything was sent.
 func invalidInput(action, format string, args ...any) *APIError {
 	return newAPIError(action, CodeInvalidInput, fmt.Sprintf(format, args...), "")
+}
+
+// InvalidInput is the *APIError (CodeInvalidInput, permanent) for input another service's client
+// (internal/tat) refused before sending anything.
+func InvalidInput(action, format string, args ...any) *APIError {
+	return invalidInput(action, format, args...)
+}
+
+// BadResponse is the *APIError (CodeBadResponse, transient and ambiguous) for an HTTP 200 answer
+// to another service's call whose content does not make sense.
+func BadResponse(action, message, requestID string) *APIError {
+	return badResponse(action, message, requestID)
 }
 
 // badResponse is the error for an HTTP 200 whose content does not make sense.

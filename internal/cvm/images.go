@@ -263,7 +263,7 @@ func checkPage(action string, ids, filters, offset, limit int, idsName string) e
 
 // newBaseRequest returns an initialised SDK request base for a CVM action.
 func newBaseRequest(action string) *tchttp.BaseRequest {
-	return (&tchttp.BaseRequest{}).Init().WithApiInfo(service, APIVersion, action)
+	return NewRequest(ServiceCVM, action)
 }
 
 // boolString encodes an optional boolean the way CreateImage wants it: "true"/"false", or absent.
@@ -328,30 +328,30 @@ func derefInt(p *int64) int64 {
 	return *p
 }
 
-// requestID methods let send log the RequestId of successful calls.
+// RequestID methods let Call log the RequestId of successful calls.
 
-func (r *createImageResponse) requestID() string {
+func (r *createImageResponse) RequestID() string {
 	if r.Response == nil {
 		return ""
 	}
 	return deref(r.Response.RequestId)
 }
 
-func (r *describeImagesResponse) requestID() string {
+func (r *describeImagesResponse) RequestID() string {
 	if r.Response == nil {
 		return ""
 	}
 	return deref(r.Response.RequestId)
 }
 
-func (r *deleteImagesResponse) requestID() string {
+func (r *deleteImagesResponse) RequestID() string {
 	if r.Response == nil {
 		return ""
 	}
 	return deref(r.Response.RequestId)
 }
 
-func (r *describeImageQuotaResponse) requestID() string {
+func (r *describeImageQuotaResponse) RequestID() string {
 	if r.Response == nil {
 		return ""
 	}

@@ -78,7 +78,7 @@ func (c *Client) DescribeInstances(ctx context.Context, region string, in Descri
 	return out, nil
 }
 
-func (r *describeInstancesResponse) requestID() string {
+func (r *describeInstancesResponse) RequestID() string {
 	if r.Response == nil {
 		return ""
 	}

@@ -89,7 +89,7 @@ func (c *Client) SyncImages(ctx context.Context, region string, in SyncImagesInp
 	return out, nil
 }
 
-func (r *syncImagesResponse) requestID() string {
+func (r *syncImagesResponse) RequestID() string {
 	if r.Response == nil {
 		return ""
 	}

@@ -12,7 +12,7 @@ import (
 
 const (
 	signAlgorithm = "TC3-HMAC-SHA256"
-	signService   = "cvm"
+	signService   = "cvm" // the CVM API's service; TAT's is tatService
 	signTerm      = "tc3_request"
 )
 
@@ -65,32 +65,33 @@ func parseAuthorization(h string) (authorization, bool) {
 }
 
 // verifySignature checks the request's TC3-HMAC-SHA256 signature, its key (one of the accounts')
-// and its timestamp.
-func (s *Server) verifySignature(r *http.Request, body []byte, now time.Time) *apiError {
+// and its timestamp, and returns the service of its credential scope (signService or tatService):
+// the simulator serves both APIs on one endpoint, so the scope says which API the call is for.
+func (s *Server) verifySignature(r *http.Request, body []byte, now time.Time) (string, *apiError) {
 	raw := r.Header.Get("Authorization")
 	if raw == "" {
-		return errf("AuthFailure.InvalidAuthorization", "The Authorization header is missing.")
+		return "", errf("AuthFailure.InvalidAuthorization", "The Authorization header is missing.")
 	}
 	a, ok := parseAuthorization(raw)
-	if !ok || a.service != signService {
-		return errf("AuthFailure.InvalidAuthorization",
-			"The Authorization header is not a valid TC3-HMAC-SHA256 authorization for service cvm.")
+	if !ok || (a.service != signService && a.service != tatService) {
+		return "", errf("AuthFailure.InvalidAuthorization",
+			"The Authorization header is not a valid TC3-HMAC-SHA256 authorization for service cvm or tat.")
 	}
 	secretKey, known := s.keys[a.secretID]
 	if !known {
-		return errf("AuthFailure.SecretIdNotFound", "The SecretId is not found, please ensure that your SecretId is correct.")
+		return "", errf("AuthFailure.SecretIdNotFound", "The SecretId is not found, please ensure that your SecretId is correct.")
 	}
 	rawTS := r.Header.Get("X-TC-Timestamp")
 	if rawTS == "" {
-		return errf("MissingParameter", "The request is missing the required header X-TC-Timestamp.")
+		return "", errf("MissingParameter", "The request is missing the required header X-TC-Timestamp.")
 	}
 	ts, err := strconv.ParseInt(rawTS, 10, 64)
 	if err != nil {
-		return errf("InvalidParameterValue", "X-TC-Timestamp must be unix seconds.")
+		return "", errf("InvalidParameterValue", "X-TC-Timestamp must be unix seconds.")
 	}
 	signedAt := time.Unix(ts, 0)
 	if s.maxSkew >= 0 && (now.Sub(signedAt) > s.maxSkew || signedAt.Sub(now) > s.maxSkew) {
-		return errf("AuthFailure.SignatureExpire",
+		return "", errf("AuthFailure.SignatureExpire",
 			"Signature expired, timestamp is more than %s away from the server time "+
 				"(cvmsim: set Options.MaxClockSkew < 0 to drive the simulator with a fake clock).", s.maxSkew)
 	}
@@ -106,35 +107,40 @@ func (s *Server) verifySignature(r *http.Request, body []byte, now time.Time) *a
 		}
 		canonicalHeaders.WriteString(name + ":" + strings.ToLower(strings.TrimSpace(value)) + "\n")
 	}
-	want := tc3Signature(secretKey, r.Method, canonicalHeaders.String(),
+	want := tc3Signature(secretKey, a.service, r.Method, canonicalHeaders.String(),
 		strings.Join(a.signedHeaders, ";"), hashedPayload, ts)
 	if a.date != signDate(ts) || !hmac.Equal([]byte(want), []byte(a.signature)) {
-		return errf("AuthFailure.SignatureFailure",
+		return "", errf("AuthFailure.SignatureFailure",
 			"The provided credentials could not be validated. Please check your signature is correct.")
 	}
-	return nil
+	return a.service, nil
 }
 
-// tc3Signature computes the hex signature the SDK computes for a request with path "/" and an
-// empty query (every POST).
-func tc3Signature(secretKey, method, canonicalHeaders, signedHeaders, hashedPayload string, ts int64) string {
+// tc3Signature computes the hex signature the SDK computes for a request to service with path "/"
+// and an empty query (every POST).
+func tc3Signature(secretKey, service, method, canonicalHeaders, signedHeaders, hashedPayload string, ts int64) string {
 	canonicalRequest := strings.Join([]string{method, "/", "", canonicalHeaders, signedHeaders, hashedPayload}, "\n")
 	date := signDate(ts)
-	scope := date + "/" + signService + "/" + signTerm
+	scope := date + "/" + service + "/" + signTerm
 	stringToSign := signAlgorithm + "\n" + strconv.FormatInt(ts, 10) + "\n" + scope + "\n" +
 		sha256Hex([]byte(canonicalRequest))
 	key := hmacSHA256([]byte("TC3"+secretKey), date)
-	key = hmacSHA256(key, signService)
+	key = hmacSHA256(key, service)
 	key = hmacSHA256(key, signTerm)
 	return hex.EncodeToString(hmacSHA256(key, stringToSign))
 }
 
-// authorizationHeader builds the Authorization header a correct client sends for a JSON POST to
-// host; tests use it to hand-craft requests.
+// authorizationHeader builds the Authorization header a correct client sends for a JSON POST of
+// the CVM API to host; tests use it to hand-craft requests.
 func authorizationHeader(secretID, secretKey, host string, body []byte, ts int64) string {
+	return serviceAuthorizationHeader(signService, secretID, secretKey, host, body, ts)
+}
+
+// serviceAuthorizationHeader is authorizationHeader for service (signService or tatService).
+func serviceAuthorizationHeader(service, secretID, secretKey, host string, body []byte, ts int64) string {
 	headers := "content-type:application/json\nhost:" + host + "\n"
-	sig := tc3Signature(secretKey, http.MethodPost, headers, "content-type;host", sha256Hex(body), ts)
-	return signAlgorithm + " Credential=" + secretID + "/" + signDate(ts) + "/" + signService + "/" + signTerm +
+	sig := tc3Signature(secretKey, service, http.MethodPost, headers, "content-type;host", sha256Hex(body), ts)
+	return signAlgorithm + " Credential=" + secretID + "/" + signDate(ts) + "/" + service + "/" + signTerm +
 		", SignedHeaders=content-type;host, Signature=" + sig
 }
 

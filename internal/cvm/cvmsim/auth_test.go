@@ -101,7 +101,7 @@ func TestWireFormatChecks(t *testing.T) {
 		{name: "missing region", action: ActionDescribeImageQuota, body: `{}`,
 			edit: func(r *http.Request) { r.Header.Del("X-TC-Region") }, want: "MissingParameter"},
 		{name: "missing action", action: "", body: `{}`, want: "MissingParameter"},
-		{name: "unknown action", action: "RunInstances", body: `{}`, want: "InvalidAction"},
+		{name: "unknown action", action: "RebootInstances", body: `{}`, want: "InvalidAction"},
 		{name: "wrong version", action: ActionDescribeImageQuota, body: `{}`,
 			edit: func(r *http.Request) { r.Header.Set("X-TC-Version", "2018-01-01") }, want: "NoSuchVersion"},
 		{name: "not JSON", action: ActionDescribeImageQuota, body: `Action=DescribeImageQuota`, want: "InvalidParameter"},

@@ -35,12 +35,22 @@ type answer struct {
 type actionFunc func(s *Server, account, region string, p params, now time.Time) (map[string]any, *apiError)
 
 var actions = map[string]actionFunc{
-	ActionCreateImage:        (*Server).createImage,
-	ActionDescribeImages:     (*Server).describeImages,
-	ActionDeleteImages:       (*Server).deleteImages,
-	ActionDescribeImageQuota: (*Server).describeImageQuota,
-	ActionDescribeInstances:  (*Server).describeInstances,
-	ActionSyncImages:         (*Server).syncImages,
+	ActionCreateImage:             (*Server).createImage,
+	ActionDescribeImages:          (*Server).describeImages,
+	ActionDeleteImages:            (*Server).deleteImages,
+	ActionDescribeImageQuota:      (*Server).describeImageQuota,
+	ActionDescribeInstances:       (*Server).describeInstances,
+	ActionSyncImages:              (*Server).syncImages,
+	ActionRunInstances:            (*Server).runInstances,
+	ActionTerminateInstances:      (*Server).terminateInstances,
+	ActionDescribeInstancesStatus: (*Server).describeInstancesStatus,
+}
+
+// tatActions are the TAT API's actions (service tat, TATAPIVersion), served on the same endpoint.
+var tatActions = map[string]actionFunc{
+	ActionRunCommand:                    (*Server).runCommand,
+	ActionDescribeInvocationTasks:       (*Server).describeInvocationTasks,
+	ActionDescribeAutomationAgentStatus: (*Server).describeAutomationAgentStatus,
 }
 
 // ServeHTTP answers one API request.
@@ -140,20 +150,26 @@ func (s *Server) process(r *http.Request, body []byte, call Call, p params, perr
 	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
 		return nil, errf("InvalidParameter", "Content-Type must be application/json for TC3-HMAC-SHA256 requests.")
 	}
-	if aerr := s.verifySignature(r, body, now); aerr != nil {
+	svc, aerr := s.verifySignature(r, body, now)
+	if aerr != nil {
 		return nil, aerr
 	}
 	if call.Action == "" {
 		return nil, errf("MissingParameter", "The request is missing the required header X-TC-Action.")
 	}
+	// The credential scope's service is the API the call is for, as the host is for the real API.
+	table, version := actions, APIVersion
+	if svc == tatService {
+		table, version = tatActions, TATAPIVersion
+	}
 	switch v := r.Header.Get("X-TC-Version"); v {
-	case APIVersion:
+	case version:
 	case "":
 		return nil, errf("MissingParameter", "The request is missing the required header X-TC-Version.")
 	default:
-		return nil, errf("NoSuchVersion", "The API version `%s` does not exist, use %s.", v, APIVersion)
+		return nil, errf("NoSuchVersion", "The API version `%s` does not exist, use %s.", v, version)
 	}
-	run, ok := actions[call.Action]
+	run, ok := table[call.Action]
 	if !ok {
 		return nil, errf("InvalidAction", "The action `%s` does not exist.", call.Action)
 	}
@@ -190,6 +206,8 @@ func (s *Server) process(r *http.Request, body []byte, call Call, p params, perr
 		}
 	}
 	s.advanceImages(now)
+	s.advanceInstances(now)
+	s.advanceTasks(now)
 	resp, aerr := run(s, call.SecretID, call.Region, p, now)
 	if aerr == nil && resp == nil {
 		resp = map[string]any{}

@@ -274,7 +274,7 @@ func (s *Server) createImage(account, region string, p params, now time.Time) (m
 	if aerr != nil {
 		return nil, aerr
 	}
-	tags, aerr := tagSpecification(p)
+	tags, aerr := tagSpecification(p, "image", "InvalidParameterValue")
 	if aerr != nil {
 		return nil, aerr
 	}
@@ -354,8 +354,9 @@ func (s *Server) createImage(account, region string, p params, now time.Time) (m
 	return map[string]any{"ImageId": img.ID}, nil
 }
 
-// tagSpecification reads TagSpecification [{ResourceType: "image", Tags: [{Key, Value}]}].
-func tagSpecification(p params) (map[string]string, *apiError) {
+// tagSpecification reads TagSpecification [{ResourceType: resourceType, Tags: [{Key, Value}]}]; a
+// key given twice answers dupCode.
+func tagSpecification(p params, resourceType, dupCode string) (map[string]string, *apiError) {
 	v, ok := p["TagSpecification"]
 	if !ok || v == nil {
 		return nil, nil
@@ -370,8 +371,8 @@ func tagSpecification(p params) (map[string]string, *apiError) {
 		if !ok {
 			return nil, typeError("TagSpecification", "Array of TagSpecification")
 		}
-		if rt, _ := spec["ResourceType"].(string); rt != "image" {
-			return nil, errf("InvalidParameterValue", "TagSpecification.ResourceType must be `image`, not `%v`.", spec["ResourceType"])
+		if rt, _ := spec["ResourceType"].(string); rt != resourceType {
+			return nil, errf("InvalidParameterValue", "TagSpecification.ResourceType must be `%s`, not `%v`.", resourceType, spec["ResourceType"])
 		}
 		list, ok := spec["Tags"].([]any)
 		if !ok {
@@ -388,7 +389,7 @@ func tagSpecification(p params) (map[string]string, *apiError) {
 				return nil, errf("InvalidParameterValue", "Every tag needs a non-empty string Key and a string Value.")
 			}
 			if _, dup := tags[key]; dup {
-				return nil, errf("InvalidParameterValue", "The tag key `%s` is given twice.", key)
+				return nil, errf(dupCode, "The tag key `%s` is given twice.", key)
 			}
 			tags[key] = value
 		}

@@ -19,6 +19,35 @@ type Instance struct {
 	DataDiskIDs  []string          // disks DataDiskIds may name
 	SystemDiskID string            // "disk-sys-" + ID suffix if empty; refused in DataDiskIds
 	Unsupported  bool              // CreateImage answers InvalidInstance.NotSupported
+	// Agent is the TAT agent's state: AgentOnline if empty, AgentOffline or AgentNotInstalled.
+	// An agent counts as online only while the instance is RUNNING.
+	Agent        string
+	ImageID      string // the image it was launched from (RunInstances); reported by DescribeInstances
+	InstanceType string // "S5.MEDIUM4" if empty
+}
+
+// TAT agent states of an Instance.
+const (
+	AgentOnline       = "Online"
+	AgentOffline      = "Offline"
+	AgentNotInstalled = "NotInstalled"
+)
+
+// simInstance is an Instance with the simulator's bookkeeping of its transitions.
+type simInstance struct {
+	Instance
+	launch       *Launch   // the RunInstances launch that made it; nil for an added instance
+	pendingRun   bool      // PENDING until runningAt (unless runHold)
+	runHold      bool      // PENDING until SetInstanceState
+	runningAt    time.Time //
+	failLaunch   bool      // ends LAUNCH_FAILED instead of RUNNING
+	agentAfter   time.Duration
+	pendingAgent bool // agent Offline until agentAt (unless agentHold)
+	agentHold    bool
+	agentAt      time.Time
+	pendingGone  bool // TERMINATING until goneAt (unless goneHold)
+	goneHold     bool
+	goneAt       time.Time
 }
 
 func (in Instance) clone() Instance {
@@ -49,14 +78,64 @@ func (s *Server) AddInstance(in Instance) {
 	if in.SystemDiskID == "" {
 		in.SystemDiskID = "disk-sys-" + strings.TrimPrefix(in.ID, "ins-")
 	}
+	if in.Agent == "" {
+		in.Agent = AgentOnline
+	}
+	if in.InstanceType == "" {
+		in.InstanceType = defaultInstanceType
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	in.Account = s.ownerOf(in.Account, "AddInstance")
 	s.regions[in.Region] = true
+	s.storeInstance(&simInstance{Instance: in})
+}
+
+// defaultInstanceType is the InstanceType of an instance added or launched without one.
+const defaultInstanceType = "S5.MEDIUM4"
+
+// storeInstance adds in, or replaces the instance with its ID (forgetting its transitions).
+func (s *Server) storeInstance(in *simInstance) {
 	if _, ok := s.instances[in.ID]; !ok {
 		s.instOrder = append(s.instOrder, in.ID)
 	}
-	s.instances[in.ID] = &in
+	s.issuedIns[in.ID] = struct{}{}
+	delete(s.moving, in.ID)
+	s.instances[in.ID] = in
+}
+
+// SetAgentState sets an instance's TAT agent state (AgentOnline, AgentOffline or
+// AgentNotInstalled) now, ending a pending AgentOnlineAfter. Unknown ids are ignored.
+func (s *Server) SetAgentState(instanceID, state string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in, ok := s.instances[instanceID]; ok {
+		in.Agent = state
+		in.pendingAgent = false
+	}
+}
+
+// SetInstanceState sets an instance's state now, ending a pending launch or termination. A
+// launched instance set RUNNING from PENDING gets its agent Online AgentOnlineAfter later, as if
+// it had started by itself. Unknown ids are ignored.
+func (s *Server) SetInstanceState(instanceID, state string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	in, ok := s.instances[instanceID]
+	if !ok {
+		return
+	}
+	now := s.clock.Now()
+	wasLaunching := in.pendingRun
+	in.State = state
+	in.pendingRun, in.pendingGone = false, false
+	if in.launch != nil {
+		in.launch.State = state
+	}
+	if wasLaunching {
+		s.launchDone(in, now)
+	}
+	s.settle(in)
 }
 
 // RemoveInstance removes an instance (its images stay). Unknown ids are ignored.
@@ -67,6 +146,7 @@ func (s *Server) RemoveInstance(id string) {
 		return
 	}
 	delete(s.instances, id)
+	delete(s.moving, id)
 	s.instOrder = slices.DeleteFunc(s.instOrder, func(x string) bool { return x == id })
 }
 
@@ -89,7 +169,7 @@ func knownInstanceFilter(name string) bool {
 	return isTagFilter(name)
 }
 
-func instanceMatches(in *Instance, filters []filter) bool {
+func instanceMatches(in *simInstance, filters []filter) bool {
 	for _, f := range filters {
 		if m, handled := matchTags(f, in.Tags); handled {
 			if !m {
@@ -142,7 +222,7 @@ func (s *Server) describeInstances(account, region string, p params, _ time.Time
 	if aerr != nil {
 		return nil, aerr
 	}
-	var matched []*Instance
+	var matched []*simInstance
 	for _, id := range s.instOrder {
 		in := s.instances[id]
 		if in.Account != account || in.Region != region {
@@ -166,7 +246,7 @@ func (s *Server) describeInstances(account, region string, p params, _ time.Time
 	return map[string]any{"InstanceSet": set, "TotalCount": len(matched)}, nil
 }
 
-func instanceJSON(in *Instance) map[string]any {
+func instanceJSON(in *simInstance) map[string]any {
 	disks := make([]map[string]any, 0, len(in.DataDiskIDs))
 	for _, d := range in.DataDiskIDs {
 		disks = append(disks, map[string]any{"DiskId": d, "DiskType": "CLOUD_PREMIUM", "DiskSize": 100})
@@ -175,7 +255,8 @@ func instanceJSON(in *Instance) map[string]any {
 		"InstanceId":    in.ID,
 		"InstanceName":  in.Name,
 		"InstanceState": in.State,
-		"InstanceType":  "S5.MEDIUM4",
+		"InstanceType":  in.InstanceType,
+		"ImageId":       in.ImageID,
 		"CPU":           2,
 		"Memory":        4,
 		"Placement":     map[string]any{"Zone": in.Zone, "ProjectId": 0},

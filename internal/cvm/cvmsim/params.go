@@ -226,3 +226,21 @@ func pageOf(n, offset, limit int) (lo, hi int) {
 	hi = min(lo+limit, n)
 	return lo, hi
 }
+
+// object returns an object parameter (empty when absent); its own keys are read with the parent's
+// name as a prefix, e.g. "Placement.Zone".
+func (p params) object(key string) (params, *apiError) {
+	v, ok := p[key]
+	if !ok || v == nil {
+		return params{}, nil
+	}
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil, typeError(key, "Object")
+	}
+	out := make(params, len(obj))
+	for k, val := range obj {
+		out[key+"."+k] = val
+	}
+	return out, nil
+}

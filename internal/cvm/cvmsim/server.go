@@ -1,5 +1,6 @@
-// Package cvmsim is an in-process simulator of the Tencent Cloud CVM API (version 2017-03-12)
-// for tests, benchmarks and `imager demo`.
+// Package cvmsim is an in-process simulator of the Tencent Cloud CVM API (version 2017-03-12),
+// and of the TAT API's (version 2020-10-28) RunCommand, DescribeInvocationTasks and
+// DescribeAutomationAgentStatus, for tests, benchmarks and `imager demo`.
 //
 // It speaks the real wire format (POST / with a JSON body, X-TC-* headers, TC3-HMAC-SHA256
 // signatures, HTTP 200 answers with {"Response": ...}), so the official Go SDK can be pointed at
@@ -54,6 +55,43 @@
 //     NORMAL while it is copied (the real source state is unknown) and may be copied or deleted
 //     again at once. ImageSet is answered only when ImageSetRequired is true, as the real example
 //     without it shows RequestId only.
+//   - Both APIs are served on one endpoint: the service of the signature's credential scope ("cvm"
+//     or "tat") says which API a call is for, as the host does for the real APIs. Each checks its
+//     own X-TC-Version; an action of the other API answers InvalidAction.
+//   - RunInstances checks, in order: its parameters' types; ClientToken (over 64 ASCII characters:
+//     InvalidClientToken.TooLong); a ClientToken already used by the account in the region answers
+//     the same InstanceIdSet again and launches nothing, whatever the other parameters (kept for
+//     ever; the real window is unknown); missing Placement.Zone or ImageId (MissingParameter);
+//     the values (InvalidImageId.Malformed, InvalidInstanceName.TooLong over 60 bytes,
+//     InvalidInstanceType.Malformed, InvalidParameterValue.Range for InstanceCount); a zone not
+//     named "<region>-..." (InvalidZone.MismatchRegion; zones are not listed); the image, of any
+//     type, in the account and region (InvalidImageId.NotFound) and NORMAL
+//     (InvalidParameterValue.InvalidImageState); InstanceQuota (LimitExceeded.InstanceQuota);
+//     DryRun (DryRunOperation, the common code). Only TagSpecification entries for "instance" are
+//     accepted. Instances start PENDING with their agent Offline, become RUNNING (or LAUNCH_FAILED,
+//     FailNextLaunches) LaunchReadyAfter later, and their agent Online AgentOnlineAfter after that,
+//     with the same lazy rules as images. Stock and VPC/subnet/security-group existence are not
+//     checked.
+//   - TerminateInstances checks every id before touching any (InvalidInstanceId.NotFound,
+//     UnsupportedOperation.InstanceStatePending, .InstanceStateTerminating); the instances become
+//     TERMINATING with their agent Offline and are gone TerminateAfter later (absent from every
+//     Describe; their Launch stays). Every instance is pay-as-you-go: no recycle bin.
+//   - RunCommand checks its parameters, then each instance in the given order, the first failing
+//     one answering for the whole call with nothing run anywhere: unknown in the account and region
+//     (ResourceNotFound.InstanceNotFound), not RUNNING (ResourceUnavailable.InstanceStateNotRunning),
+//     agent NotInstalled (ResourceUnavailable.AgentNotInstalled) or Offline
+//     (ResourceUnavailable.AgentStatusNotOnline). Whether the real API refuses the whole call or
+//     fails only that instance's task is not documented; the documented error codes suggest the
+//     whole call. The command type is not checked against the instance's OS.
+//   - A task is PENDING for TaskStartAfter, then RUNNING, then ends as CommandResult scripts it
+//     (SUCCESS with exit code 0 at once by default); a run longer than the command's Timeout ends
+//     TIMEOUT at the Timeout. The agent going offline does not affect running tasks.
+//   - DescribeInvocationTasks lists tasks oldest first (the real order is unknown). Output is the
+//     first 24 KiB of the script's output, base64, with Dropped the bytes cut (whether the real API
+//     keeps the head or the tail is unknown), and empty unless HideOutput is false (the API's
+//     default hides it). A TIMEOUT task's ExitCode is 0 and its ErrorInfo says it timed out.
+//   - DescribeAutomationAgentStatus leaves out instances whose agent is not installed (and unknown
+//     ids); an agent is Online only while its instance is RUNNING.
 package cvmsim
 
 import (
@@ -81,8 +119,14 @@ const (
 	DefaultRegion       = "ap-guangzhou" // region of an Instance or Image added without one
 )
 
-// APIVersion is the only X-TC-Version the simulator accepts.
+// APIVersion is the only X-TC-Version the simulator accepts for CVM actions.
 const APIVersion = "2017-03-12"
+
+// TATAPIVersion is the only X-TC-Version the simulator accepts for TAT actions.
+const TATAPIVersion = "2020-10-28"
+
+// tatService is the TAT API's service in the TC3 credential scope.
+const tatService = "tat"
 
 // The actions the simulator implements.
 const (
@@ -92,6 +136,15 @@ const (
 	ActionDescribeImageQuota = "DescribeImageQuota"
 	ActionDescribeInstances  = "DescribeInstances"
 	ActionSyncImages         = "SyncImages"
+
+	ActionRunInstances            = "RunInstances"
+	ActionTerminateInstances      = "TerminateInstances"
+	ActionDescribeInstancesStatus = "DescribeInstancesStatus"
+
+	// TAT actions: signed for service "tat", X-TC-Version TATAPIVersion.
+	ActionRunCommand                    = "RunCommand"
+	ActionDescribeInvocationTasks       = "DescribeInvocationTasks"
+	ActionDescribeAutomationAgentStatus = "DescribeAutomationAgentStatus"
 )
 
 // DefaultLimits returns the per-action limits (calls per sliding second) of the real API.
@@ -103,6 +156,14 @@ func DefaultLimits() map[string]int {
 		ActionDescribeImageQuota: 20,
 		ActionDescribeInstances:  40,
 		ActionSyncImages:         10,
+
+		ActionRunInstances:            10,
+		ActionTerminateInstances:      10,
+		ActionDescribeInstancesStatus: 40,
+
+		ActionRunCommand:                    20,
+		ActionDescribeInvocationTasks:       20,
+		ActionDescribeAutomationAgentStatus: 20,
 	}
 }
 
@@ -151,6 +212,25 @@ type Options struct {
 	// MaxClockSkew is how far X-TC-Timestamp may be from Clock.Now (DefaultMaxClockSkew if 0).
 	// Negative disables the check, for fake clocks far from the real time the SDK signs with.
 	MaxClockSkew time.Duration
+	// LaunchReadyAfter is how long an instance launched by RunInstances stays PENDING before it is
+	// RUNNING (or LAUNCH_FAILED, see FailNextLaunches). 0: RUNNING by the next call; negative:
+	// PENDING until SetInstanceState.
+	LaunchReadyAfter time.Duration
+	// AgentOnlineAfter is how long a launched instance's TAT agent stays Offline once the instance
+	// is RUNNING. 0: Online by the next call; negative: Offline until SetAgentState.
+	AgentOnlineAfter time.Duration
+	// TerminateAfter is how long a terminated instance stays TERMINATING before it is gone.
+	// 0: gone by the next call; negative: TERMINATING for ever.
+	TerminateAfter time.Duration
+	// InstanceQuota is how many instances RunInstances may leave per account and region
+	// (LimitExceeded.InstanceQuota beyond); 0 means no quota.
+	InstanceQuota int
+	// TaskStartAfter is how long a RunCommand task stays PENDING before it is RUNNING; the
+	// CommandResult then says how long it runs. 0: RUNNING by the next call.
+	TaskStartAfter time.Duration
+	// CommandResult scripts each RunCommand task's outcome (see CommandResultFunc); nil: every
+	// command succeeds with exit code 0, no output, at once.
+	CommandResult CommandResultFunc
 	// Seed seeds the random source of fault decisions; 0 picks a random seed.
 	// (Image and request ids are always random, so they stay unique across simulators.)
 	Seed int64
@@ -182,8 +262,21 @@ type Server struct {
 	regions      map[string]bool   // regions every account has
 	down         map[string]bool   // regions answering InternalError
 	refuseSync   map[string]string // SyncImages destination -> error code
-	instances    map[string]*Instance
+	instances    map[string]*simInstance
 	instOrder    []string
+	moving       map[string]*simInstance // instances with a transition ahead (PENDING, agent, TERMINATING)
+	launchAfter  time.Duration
+	agentAfter   time.Duration
+	termAfter    time.Duration
+	instQuota    int
+	failLaunch   int
+	launches     []*Launch             // every RunInstances launch, in order
+	tokens       map[tokenKey][]string // ClientToken -> the ids it launched
+	issuedIns    map[string]struct{}   // every instance id ever handed out
+	taskStart    time.Duration
+	cmdResult    CommandResultFunc
+	tasks        []*simTask          // every RunCommand task, in order
+	activeTasks  map[string]*simTask // tasks not final yet
 	images       map[string]*simImage
 	byName       map[nameKey]int      // images per (account, region, name)
 	pending      map[string]*simImage // CREATING and SYNCING images, until they finish
@@ -222,7 +315,17 @@ func New(opts Options) *Server {
 		regions:      map[string]bool{DefaultRegion: true},
 		down:         map[string]bool{},
 		refuseSync:   map[string]string{},
-		instances:    map[string]*Instance{},
+		instances:    map[string]*simInstance{},
+		moving:       map[string]*simInstance{},
+		launchAfter:  opts.LaunchReadyAfter,
+		agentAfter:   opts.AgentOnlineAfter,
+		termAfter:    opts.TerminateAfter,
+		instQuota:    opts.InstanceQuota,
+		tokens:       map[tokenKey][]string{},
+		issuedIns:    map[string]struct{}{},
+		taskStart:    opts.TaskStartAfter,
+		cmdResult:    opts.CommandResult,
+		activeTasks:  map[string]*simTask{},
 		images:       map[string]*simImage{},
 		byName:       map[nameKey]int{},
 		pending:      map[string]*simImage{},
