@@ -157,7 +157,7 @@ FROM image_runs WHERE id IN (SELECT run_id FROM picked) ORDER BY id`, pols, regi
 		r := &d.Run
 		err := row.Scan(&r.ID, &r.Policy, &r.InstanceID, &r.Region, &r.ScheduledAt, &r.StartedAt, &r.FinishedAt,
 			&status, &r.ImageName, &r.ImageID, &r.ImageSizeGiB, &r.RequestID, &r.ErrorCode, &r.ErrorMessage,
-			&r.Attempts, &r.DaemonID, &d.Account, &d.Regions)
+			&r.Attempts, &r.DaemonID, &r.Account, &d.Account, &d.Regions)
 		r.Status = Status(status)
 		r.ScheduledAt, r.StartedAt = r.ScheduledAt.UTC(), r.StartedAt.UTC()
 		if r.FinishedAt != nil {

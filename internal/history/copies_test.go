@@ -230,7 +230,7 @@ func TestCopyDeletions(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, history.Deletion{ID: id, ImageID: "img-s0000000", ImageName: r0.ImageName, Policy: "web",
 		InstanceID: "ins-aaaaaaaa", Region: shanghai, RunID: r0.ID, CopyID: c0.ID,
-		Reason: "keep_last 1: 2nd newest available image", RequestedAt: at, Status: history.DeletionPending}, d)
+		Reason: "keep_last 1: 2nd newest available image", RequestedAt: at, Status: history.DeletionPending, Account: "default"}, d)
 	open, err := s.CopyDeletionsOpen(ctx, "web", "", shanghai)
 	require.NoError(t, err)
 	require.Len(t, open, 1)

@@ -7,17 +7,19 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/imager-dev/imager/internal/policy"
 )
 
 const deletionColumns = `id, image_id, image_name, policy, instance_id, region, COALESCE(run_id, 0), COALESCE(copy_id, 0), reason,
 	requested_at, finished_at, status, COALESCE(request_id, ''), COALESCE(error_code, ''),
-	COALESCE(error_message, ''), attempts`
+	COALESCE(error_message, ''), attempts, account`
 
 func scanDeletion(row pgx.Row) (Deletion, error) {
 	var d Deletion
 	var status string
 	err := row.Scan(&d.ID, &d.ImageID, &d.ImageName, &d.Policy, &d.InstanceID, &d.Region, &d.RunID, &d.CopyID, &d.Reason,
-		&d.RequestedAt, &d.FinishedAt, &status, &d.RequestID, &d.ErrorCode, &d.ErrorMessage, &d.Attempts)
+		&d.RequestedAt, &d.FinishedAt, &status, &d.RequestID, &d.ErrorCode, &d.ErrorMessage, &d.Attempts, &d.Account)
 	if err != nil {
 		return Deletion{}, err
 	}
@@ -33,17 +35,22 @@ func scanDeletion(row pgx.Row) (Deletion, error) {
 // DeletionInsert records the decision to delete an image, in status pending. An image has one
 // deletion row: when it already has one (decided before, perhaps failed since), DeletionInsert
 // returns that row's id and created false and changes nothing. The fields ID, FinishedAt,
-// Status, RequestID, ErrorCode, ErrorMessage and Attempts of d are ignored.
+// Status, RequestID, ErrorCode, ErrorMessage and Attempts of d are ignored; an empty Account
+// records policy.DefaultAccount.
 func (s *Store) DeletionInsert(ctx context.Context, d Deletion) (int64, bool, error) {
 	if d.ImageID == "" || d.RequestedAt.IsZero() {
 		return 0, false, fmt.Errorf("record deletion: image id and request time are required: %w", ErrInvalid)
 	}
 	var id int64
+	account := d.Account
+	if account == "" {
+		account = policy.DefaultAccount
+	}
 	err := s.pool.QueryRow(ctx, `INSERT INTO image_deletions (image_id, image_name, policy, instance_id, region,
-	run_id, reason, requested_at, status)
-VALUES ($1, $2, $3, $4, $5, NULLIF($6::bigint, 0), $7, $8, 'pending')
+	run_id, reason, requested_at, status, account)
+VALUES ($1, $2, $3, $4, $5, NULLIF($6::bigint, 0), $7, $8, 'pending', $9)
 ON CONFLICT (image_id) DO NOTHING
-RETURNING id`, d.ImageID, d.ImageName, d.Policy, d.InstanceID, d.Region, d.RunID, d.Reason, d.RequestedAt).Scan(&id)
+RETURNING id`, d.ImageID, d.ImageName, d.Policy, d.InstanceID, d.Region, d.RunID, d.Reason, d.RequestedAt, account).Scan(&id)
 	if err == nil {
 		return id, true, nil
 	}

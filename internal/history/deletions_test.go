@@ -42,7 +42,7 @@ func TestDeletions(t *testing.T) {
 	require.Len(t, pending, 2)
 	require.Equal(t, history.Deletion{ID: id, ImageID: d.ImageID, ImageName: d.ImageName, Policy: d.Policy,
 		InstanceID: d.InstanceID, Region: d.Region, RunID: run.ID, Reason: "keep_last 2 exceeded",
-		RequestedAt: decided, Status: history.DeletionPending}, pending[0])
+		RequestedAt: decided, Status: history.DeletionPending, Account: "default"}, pending[0])
 	require.Equal(t, otherID, pending[1].ID)
 	require.Zero(t, pending[1].RunID)
 

@@ -12,14 +12,14 @@ import (
 // runColumns is the select list scanRun reads, in its order.
 const runColumns = `id, policy, instance_id, region, scheduled_at, started_at, finished_at, status,
 	image_name, COALESCE(image_id, ''), image_size_gib, COALESCE(request_id, ''),
-	COALESCE(error_code, ''), COALESCE(error_message, ''), attempts, daemon_id`
+	COALESCE(error_code, ''), COALESCE(error_message, ''), attempts, daemon_id, account`
 
 func scanRun(row pgx.Row) (Run, error) {
 	var r Run
 	var status string
 	err := row.Scan(&r.ID, &r.Policy, &r.InstanceID, &r.Region, &r.ScheduledAt, &r.StartedAt, &r.FinishedAt,
 		&status, &r.ImageName, &r.ImageID, &r.ImageSizeGiB, &r.RequestID, &r.ErrorCode, &r.ErrorMessage,
-		&r.Attempts, &r.DaemonID)
+		&r.Attempts, &r.DaemonID, &r.Account)
 	if err != nil {
 		return Run{}, err
 	}
@@ -220,11 +220,22 @@ WHERE status IN ('pending', 'requested') ORDER BY scheduled_at, id`)
 }
 
 // RunsRequested lists up to limit runs in status requested, oldest slot first: the images whose
-// completion is still to be tracked. limit <= 0 lists them all.
+// completion is still to be tracked. limit <= 0 lists them all. It lists every account's runs;
+// a component of one account reads RunsRequestedOf.
 func (s *Store) RunsRequested(ctx context.Context, limit int) ([]Run, error) {
+	return s.RunsRequestedOf(ctx, "", limit)
+}
+
+// RunsRequestedOf is RunsRequested for the runs of one account (image_runs.account): the
+// completion tracker of that account reads these at every poll. An empty account lists every
+// account's runs.
+func (s *Store) RunsRequestedOf(ctx context.Context, account string, limit int) ([]Run, error) {
 	runs, err := s.queryRuns(ctx, `SELECT `+runColumns+` FROM image_runs
-WHERE status = 'requested' ORDER BY scheduled_at, id LIMIT $1`, limitArg(limit))
+WHERE status = 'requested' AND ($1 = '' OR account = $1) ORDER BY scheduled_at, id LIMIT $2`, account, limitArg(limit))
 	if err != nil {
+		if account != "" {
+			return nil, fmt.Errorf("list requested runs of account %s: %w", account, err)
+		}
 		return nil, fmt.Errorf("list requested runs: %w", err)
 	}
 	return runs, nil

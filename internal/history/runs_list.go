@@ -42,7 +42,7 @@ ORDER BY scheduled_at DESC, id DESC LIMIT $5`, f.Since, f.Policy, f.Instance, st
 		var status string
 		err := row.Scan(&r.ID, &r.Policy, &r.InstanceID, &r.Region, &r.ScheduledAt, &r.StartedAt, &r.FinishedAt,
 			&status, &r.ImageName, &r.ImageID, &r.ImageSizeGiB, &r.RequestID, &r.ErrorCode, &r.ErrorMessage,
-			&r.Attempts, &r.DaemonID, &r.CreateImageAttempts, &r.Term, &r.UpdatedAt)
+			&r.Attempts, &r.DaemonID, &r.Account, &r.CreateImageAttempts, &r.Term, &r.UpdatedAt)
 		r.Status = Status(status)
 		r.ScheduledAt, r.StartedAt, r.UpdatedAt = r.ScheduledAt.UTC(), r.StartedAt.UTC(), r.UpdatedAt.UTC()
 		r.FinishedAt = utcPtr(r.FinishedAt)

@@ -26,7 +26,7 @@ func TestRunClaim(t *testing.T) {
 	require.Equal(t, history.Run{
 		ID: first.ID, Policy: "web-nightly", InstanceID: "ins-6pb6lrmy", Region: "ap-guangzhou",
 		ScheduledAt: slot, StartedAt: slot.Add(time.Second), Status: history.StatusPending,
-		ImageName: p.ImageName, DaemonID: "daemon-a",
+		ImageName: p.ImageName, DaemonID: "daemon-a", Account: "default",
 	}, first)
 
 	// Another daemon claims the same slot: it gets the existing row, not a new one.

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/imager-dev/imager/internal/policy"
 )
 
 // queueFence queues, first on q, the lock of the lease row in share mode (so a replica taking the
@@ -95,8 +97,8 @@ func checkClaim(p RunClaimParams) error {
 
 const claimInsert = `
 INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
-	image_name, error_code, error_message, daemon_id, term, updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11, $12, now())
+	image_name, error_code, error_message, daemon_id, term, account, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULLIF($9, ''), NULLIF($10, ''), $11, $12, $13, now())
 ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
 RETURNING ` + runColumns
 
@@ -107,13 +109,13 @@ WHERE policy = $1 AND instance_id = $2 AND scheduled_at = $3`
 // ids follow it), skipping slots that already have a row, and returns each new row's id and key.
 var claimInsertMany = `
 INSERT INTO image_runs (policy, instance_id, region, scheduled_at, started_at, finished_at, status,
-	image_name, error_code, error_message, daemon_id, term, updated_at)
+	image_name, error_code, error_message, daemon_id, term, account, updated_at)
 SELECT c.policy, c.instance_id, c.region, c.scheduled_at, c.started_at, c.finished_at, c.status,
-	c.image_name, NULLIF(c.error_code, ''), NULLIF(c.error_message, ''), c.daemon_id, $12, now()
+	c.image_name, NULLIF(c.error_code, ''), NULLIF(c.error_message, ''), c.daemon_id, $12, c.account, now()
 FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::timestamptz[],
-	$7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY
+	$7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $13::text[]) WITH ORDINALITY
 	AS c(policy, instance_id, region, scheduled_at, started_at, finished_at, status, image_name,
-		error_code, error_message, daemon_id, ord)
+		error_code, error_message, daemon_id, account, ord)
 WHERE ` + claimFenceSQL(12) + `
 ORDER BY c.ord
 ON CONFLICT (policy, instance_id, scheduled_at) DO NOTHING
@@ -124,7 +126,8 @@ RETURNING id, policy, instance_id, scheduled_at`
 func claimedRun(id int64, p RunClaimParams) Run {
 	r := Run{ID: id, Policy: p.Policy, InstanceID: p.InstanceID, Region: p.Region,
 		ScheduledAt: p.ScheduledAt.Truncate(time.Microsecond).UTC(), StartedAt: p.StartedAt.Truncate(time.Microsecond).UTC(),
-		Status: p.Status, ImageName: p.ImageName, ErrorCode: p.ErrorCode, ErrorMessage: p.ErrorMessage, DaemonID: p.DaemonID}
+		Status: p.Status, ImageName: p.ImageName, ErrorCode: p.ErrorCode, ErrorMessage: p.ErrorMessage, DaemonID: p.DaemonID,
+		Account: claimAccount(p)}
 	if p.Status.Terminal() {
 		finished := r.StartedAt
 		r.FinishedAt = &finished
@@ -164,12 +167,21 @@ func runsByKey(rows pgx.Rows, err error) (map[claimKey]Run, error) {
 	return out, nil
 }
 
-// claimArrays is ps as the column arrays of claimInsertMany, and the term.
+// claimAccount is the account a claim records: p.Account, or policy.DefaultAccount when empty.
+func claimAccount(p RunClaimParams) string {
+	if p.Account == "" {
+		return policy.DefaultAccount
+	}
+	return p.Account
+}
+
+// claimArrays is ps as the column arrays of claimInsertMany, the term, and the accounts.
 func (s *Store) claimArrays(ps []RunClaimParams) []any {
 	n := len(ps)
 	pols, insts, regions := make([]string, n), make([]string, n), make([]string, n)
 	slots, starts, finishes := make([]time.Time, n), make([]time.Time, n), make([]*time.Time, n)
 	statuses, names, codes, msgs, daemons := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	accounts := make([]string, n)
 	for i, p := range ps {
 		pols[i], insts[i], regions[i] = p.Policy, p.InstanceID, p.Region
 		slots[i], starts[i] = p.ScheduledAt, p.StartedAt
@@ -177,8 +189,9 @@ func (s *Store) claimArrays(ps []RunClaimParams) []any {
 			finishes[i] = &ps[i].StartedAt
 		}
 		statuses[i], names[i], codes[i], msgs[i], daemons[i] = string(p.Status), p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID
+		accounts[i] = claimAccount(p)
 	}
-	return []any{pols, insts, regions, slots, starts, finishes, statuses, names, codes, msgs, daemons, s.termArg()}
+	return []any{pols, insts, regions, slots, starts, finishes, statuses, names, codes, msgs, daemons, s.termArg(), accounts}
 }
 
 func (s *Store) claimArgs(p RunClaimParams) []any {
@@ -187,7 +200,7 @@ func (s *Store) claimArgs(p RunClaimParams) []any {
 		finishedAt = &p.StartedAt
 	}
 	return []any{p.Policy, p.InstanceID, p.Region, p.ScheduledAt, p.StartedAt, finishedAt, string(p.Status),
-		p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID, s.termArg()}
+		p.ImageName, p.ErrorCode, p.ErrorMessage, p.DaemonID, s.termArg(), claimAccount(p)}
 }
 
 // RunsClaimFire writes every slot row of one fire (one per target, pending for those to send and

@@ -42,6 +42,9 @@ type Run struct {
 	ErrorMessage string
 	Attempts     int
 	DaemonID     string
+	// Account is the account whose credentials made the run's calls (image_runs.account,
+	// docs/policies.md "Accounts"); policy.DefaultAccount without an accounts: block.
+	Account string
 }
 
 // RunClaimParams describes a slot to claim. Status is StatusPending for a slot about to be sent,
@@ -58,6 +61,9 @@ type RunClaimParams struct {
 	Status       Status
 	ErrorCode    string
 	ErrorMessage string
+	// Account is the account the run's calls are made with (the policy's account); empty means
+	// policy.DefaultAccount.
+	Account string
 	// Manual marks a slot fired by hand (imager once), not by the schedule: RunsClaimFire does
 	// not move the policy's last handled slot for it, so slots missed before it are still walked.
 	Manual bool
@@ -114,4 +120,8 @@ type Deletion struct {
 	ErrorCode    string
 	ErrorMessage string
 	Attempts     int
+	// Account is the account whose credentials make the DeleteImages call (image_deletions.account):
+	// the account of the run that made the image. DeletionInsert writes policy.DefaultAccount for
+	// an empty one.
+	Account string
 }

@@ -16,8 +16,9 @@ import (
 // TrackerHistory is what the Tracker needs from history. *history.Store implements it; wrap a
 // *history.Recorder with RecorderHistory so writes are spooled while the database is away.
 type TrackerHistory interface {
-	// RunsRequested lists runs in status requested, oldest slot first (limit <= 0: all).
-	RunsRequested(ctx context.Context, limit int) ([]history.Run, error)
+	// RunsRequestedOf lists the runs of account (every account for "") in status requested,
+	// oldest slot first (limit <= 0: all).
+	RunsRequestedOf(ctx context.Context, account string, limit int) ([]history.Run, error)
 	// RunGet returns one run (WaitTerminal reads the runs it is asked about).
 	RunGet(ctx context.Context, runID int64) (history.Run, error)
 	// RunAvailable records that a run's image is NORMAL: status available, size, finish time.
@@ -35,9 +36,9 @@ type TrackerCVM interface {
 	DescribeImages(ctx context.Context, region string, in cvm.DescribeImagesInput) (cvm.DescribeImagesOutput, error)
 }
 
-// Pace spaces DescribeImages calls. The daemon passes the scheduler's DescribePace
-// (*pace.Limiter), so every DescribeImages of the account shares
-// api.describe_images_rate.
+// Pace spaces DescribeImages calls. The daemon passes the DescribePace (*pace.Limiter) of the
+// scheduler of the same account, so every DescribeImages of the account shares its
+// api.describe_images_rate, and another account's calls wait on that account's pace.
 type Pace interface {
 	Wait(ctx context.Context) error
 }
@@ -59,8 +60,8 @@ type recorderHistory struct {
 	*history.Recorder
 }
 
-func (h recorderHistory) RunsRequested(ctx context.Context, limit int) ([]history.Run, error) {
-	return h.Store().RunsRequested(ctx, limit)
+func (h recorderHistory) RunsRequestedOf(ctx context.Context, account string, limit int) ([]history.Run, error) {
+	return h.Store().RunsRequestedOf(ctx, account, limit)
 }
 
 func (h recorderHistory) RunGet(ctx context.Context, runID int64) (history.Run, error) {

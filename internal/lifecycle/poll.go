@@ -55,7 +55,7 @@ type call struct {
 func (t *Tracker) poll(ctx context.Context) pollResult {
 	var res pollResult
 	rctx, cancel := context.WithTimeout(ctx, historyTimeout)
-	runs, err := t.hist.RunsRequested(rctx, 0)
+	runs, err := t.hist.RunsRequestedOf(rctx, t.account, 0)
 	cancel()
 	if err != nil {
 		if ctx.Err() == nil {

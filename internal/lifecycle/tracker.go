@@ -57,14 +57,23 @@ var (
 	ErrNotRunning = errors.New("completion tracker is not running")
 	// ErrStopped: the Tracker stopped while the caller waited.
 	ErrStopped = errors.New("completion tracker stopped")
+	// ErrOtherAccount: the run waited for is of another account than the Tracker's
+	// (TrackerOptions.Account), whose Tracker follows it.
+	ErrOtherAccount = errors.New("run of another account")
 )
 
 // TrackerOptions configures a Tracker. History and CVM are required.
 type TrackerOptions struct {
 	History TrackerHistory
-	CVM     TrackerCVM
+	// CVM is the client DescribeImages is called with: signed by Account's credentials when
+	// Account is set.
+	CVM TrackerCVM
+	// Account, when set, is the account (image_runs.account, docs/policies.md "Accounts") whose
+	// runs this Tracker follows; the runs of other accounts are their own Trackers'. Empty
+	// follows every run (one client for all).
+	Account string
 	// Pace is waited on before every DescribeImages call; nil means no pacing (tests). The
-	// daemon passes the scheduler's DescribePace().
+	// daemon passes the DescribePace() of the scheduler of the same account.
 	Pace Pace
 	// Config returns the policies in effect now, for image.timeout; nil, or a policy no longer
 	// loaded, means policy.DefaultImageTimeout.
@@ -111,6 +120,7 @@ type TrackerOptions struct {
 type Tracker struct {
 	hist       TrackerHistory
 	cvm        TrackerCVM
+	account    string
 	pace       Pace
 	config     func() *policy.Config
 	clock      clockwork.Clock
@@ -151,6 +161,7 @@ func NewTracker(opts TrackerOptions) *Tracker {
 	return &Tracker{
 		hist:       opts.History,
 		cvm:        opts.CVM,
+		account:    opts.Account,
 		pace:       opts.Pace,
 		config:     opts.Config,
 		clock:      opts.Clock,

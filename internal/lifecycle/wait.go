@@ -34,7 +34,8 @@ func (w *waiter) closeLocked(err error) {
 // (and kicks it), it does not poll the database itself; runs that another daemon finishes are
 // read at the next poll. When ctx ends first it returns the runs that were terminal by then with
 // ctx's error; when the Tracker stops, ErrStopped. A run that does not exist is an error wrapping
-// history.ErrNotFound. The Tracker must be running.
+// history.ErrNotFound; a run still to follow of another account than the Tracker's is an error
+// wrapping ErrOtherAccount. The Tracker must be running.
 func (t *Tracker) WaitTerminal(ctx context.Context, runIDs []int64) (map[int64]history.Run, error) {
 	w := &waiter{want: map[int64]bool{}, got: map[int64]history.Run{}, done: make(chan struct{})}
 	for _, id := range runIDs {
@@ -65,6 +66,9 @@ func (t *Tracker) WaitTerminal(ctx context.Context, runIDs []int64) (map[int64]h
 			// The database is away: the poll loop reads it again.
 		case r.Status.Terminal():
 			t.deliverUnlessInFlight(r)
+		case t.account != "" && r.Account != t.account:
+			return nil, fmt.Errorf("wait for run %d: it is followed by the tracker of account %s, not %s: %w",
+				id, r.Account, t.account, ErrOtherAccount)
 		}
 	}
 	t.Kick()

@@ -1,5 +1,9 @@
 // Package quota keeps fires inside the region's custom image quota: before a fire, the Gate checks
 // that the quota has room for the fire's slots, pruning first when it can.
+//
+// The quota and the images counted are an account's: with several accounts (docs/policies.md
+// "Accounts") a daemon runs one Gate per account (Options.Account), with that account's client,
+// DescribeImages pace and Pruner, as the BeforeFire hook of that account's scheduler.
 package quota
 
 import (
@@ -46,9 +50,19 @@ type (
 	observer  interface{ Observe(time.Duration) }
 )
 
+// ErrOtherAccount is Check's error for a policy of another account than the Gate's
+// (Options.Account): that account's Gate judges it, against that account's quota.
+var ErrOtherAccount = errors.New("policy of another account")
+
 // Options configures a Gate. CVM is required.
 type Options struct {
+	// CVM is the client the quota is read and the images counted with: signed by Account's
+	// credentials when Account is set.
 	CVM CVM
+	// Account, when set, is the account (policy.Account.Name) whose quota this Gate keeps: Check
+	// refuses to judge another account's policy (ErrOtherAccount) and OnQuotaExceeded ignores
+	// one. Empty judges every policy with the one client.
+	Account string
 	// Pace is waited on before every DescribeImages call (the image count); nil means no
 	// pacing. The daemon passes the scheduler's DescribePace().
 	Pace Pace
@@ -58,7 +72,8 @@ type Options struct {
 	Logger zerolog.Logger
 	// Prune frees room in a region before slots are refused or after CreateImage answered
 	// ImageQuotaLimitExceeded: it deletes what retention allows and reports how many images it
-	// deleted. Nil means nothing is pruned.
+	// deleted (the PruneRegion of the same account's retention.Pruner). Nil means nothing is
+	// pruned.
 	Prune func(ctx context.Context, region string) (freed int, err error)
 	// QuotaCacheFor is how long a quota read is reused; 0 means DefaultQuotaCacheFor.
 	QuotaCacheFor time.Duration
@@ -83,6 +98,7 @@ type Options struct {
 // answer, handled by OnQuotaExceeded, remains the backstop.
 type Gate struct {
 	cvm        CVM
+	account    string
 	pace       Pace
 	clock      clockwork.Clock
 	log        zerolog.Logger
@@ -117,6 +133,7 @@ func NewGate(opts Options) *Gate {
 	}
 	return &Gate{
 		cvm:        opts.CVM,
+		account:    opts.Account,
 		pace:       opts.Pace,
 		clock:      opts.Clock,
 		log:        opts.Logger, // the caller tags it with component
@@ -140,10 +157,15 @@ func (g *Gate) region(name string) *regionQuota {
 
 // Check returns the instances of a fire of p that must not be sent because the region's image
 // quota has no room for them, each with the reason. When the quota or the count cannot be read
-// it logs a warning and refuses nothing; its error is only ever ctx's.
+// it logs a warning and refuses nothing; its error is ctx's, or ErrOtherAccount (nothing read,
+// nothing refused) for a policy of another account than the Gate's.
 func (g *Gate) Check(ctx context.Context, p *policy.Policy, instances []string) (map[string]string, error) {
 	if len(instances) == 0 {
 		return nil, nil
+	}
+	if !g.owns(p) {
+		return nil, fmt.Errorf("image quota of policy %s: it uses account %s, this gate counts account %s's images: %w",
+			p.Name, policyAccount(p), g.account, ErrOtherAccount)
 	}
 	region := p.Region
 	log := g.log.With().Str("policy", p.Name).Str("region", region).Logger()
@@ -205,6 +227,21 @@ func (g *Gate) Check(ctx context.Context, p *policy.Policy, instances []string) 
 	return refused, nil
 }
 
+// policyAccount is the account p's calls are made with; a hand-built policy that names none has
+// the default account (as policy.Config.Account answers).
+func policyAccount(p *policy.Policy) string {
+	if p.Account == "" {
+		return policy.DefaultAccount
+	}
+	return p.Account
+}
+
+// owns reports whether the Gate judges p: every policy without Options.Account, else the
+// policies of that account.
+func (g *Gate) owns(p *policy.Policy) bool {
+	return g.account == "" || policyAccount(p) == g.account
+}
+
 // unchecked logs why a fire goes unchecked and returns the error Check returns: ctx's, or nil.
 func (g *Gate) unchecked(ctx context.Context, log zerolog.Logger, msg string, err error) error {
 	if ctx.Err() != nil {
@@ -261,7 +298,7 @@ func (g *Gate) count(ctx context.Context, region string, rq *regionQuota) (int, 
 // it forgets what it knew of the region, prunes what retention allows, and asks for one more try
 // when anything was freed.
 func (g *Gate) OnQuotaExceeded(ctx context.Context, p *policy.Policy) bool {
-	if p == nil {
+	if p == nil || !g.owns(p) {
 		return false
 	}
 	rq := g.region(p.Region)

@@ -140,7 +140,7 @@ func (p *Pruner) deleteImage(ctx context.Context, d Decision) (deleted bool, err
 		var created bool
 		id, created, err = p.hist.DeletionInsert(hctx, history.Deletion{
 			ImageID: d.ImageID, ImageName: d.ImageName, Policy: d.Policy, InstanceID: d.InstanceID,
-			Region: d.Region, RunID: d.RunID, Reason: d.Reason, RequestedAt: p.clock.Now(),
+			Region: d.Region, RunID: d.RunID, Reason: d.Reason, RequestedAt: p.clock.Now(), Account: d.Account,
 		})
 		if err != nil {
 			return false, fmt.Errorf("%s: %w", what, err)
@@ -254,10 +254,10 @@ func throttled(ae *cvm.APIError, pace Pace) {
 // most 10s.
 func (p *Pruner) backoff(ae *cvm.APIError, try int) time.Duration {
 	var b policy.Backoff
-	if cfg := p.cfg(); cfg != nil {
-		b = cfg.API.Retry.Transient
+	if api, ok := p.api(); ok {
+		b = api.Retry.Transient
 		if ae.Class == cvm.ClassThrottled {
-			b = cfg.API.Retry.Throttled
+			b = api.Retry.Throttled
 		}
 	}
 	bp := backoff.Policy{Initial: b.Initial, Max: maxBackoff}

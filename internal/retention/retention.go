@@ -13,6 +13,12 @@
 // before the call (image_deletions, pending), after it (image_attempts with its RequestId) and
 // when it ends (deleted, or failed with the code). A failed deletion is retried at the next pass
 // that still finds it justified.
+//
+// A Pruner may serve one account of the policy file (Options.Account, docs/policies.md
+// "Accounts"): it then weighs only the images made with that account (image_runs.account), by
+// the rules of the policy that made them, and deletes them with that account's client; a daemon
+// runs one per account. The images are the account's, not the policy's: a policy moved to another
+// account keeps the images it made before pruned by the first account's Pruner.
 package retention
 
 import (
@@ -55,11 +61,13 @@ type CVM interface {
 
 // History is what the pruner needs from the history store. *history.Store implements it.
 type History interface {
-	// RunsRetainable lists the available runs of a policy (one instance, or all for "") whose
-	// image is not deleted yet, by instance and newest slot first.
-	RunsRetainable(ctx context.Context, policy, instanceID string) ([]history.Run, error)
-	// DeletionsOpen lists the pending and failed deletions of a policy (one instance, or all).
-	DeletionsOpen(ctx context.Context, policy, instanceID string) ([]history.Deletion, error)
+	// RunsRetainableOf lists the available runs of a policy (one instance, or all for "") made
+	// with account (every account for "") whose image is not deleted yet, by instance and newest
+	// slot first.
+	RunsRetainableOf(ctx context.Context, account, policy, instanceID string) ([]history.Run, error)
+	// DeletionsOpenOf lists the pending and failed deletions of a policy (one instance, or all)
+	// of account (every account for "").
+	DeletionsOpenOf(ctx context.Context, account, policy, instanceID string) ([]history.Deletion, error)
 	// DeletionInsert records a decision to delete, or returns the image's existing row.
 	DeletionInsert(ctx context.Context, d history.Deletion) (id int64, created bool, err error)
 	// DeletionGet reads one deletion.
@@ -90,8 +98,16 @@ type (
 
 // Options configures a Pruner. CVM, History and Config are required.
 type Options struct {
+	// CVM is the client DescribeImages and DeleteImages are called with: signed by Account's
+	// credentials when Account is set.
 	CVM     CVM
 	History History
+	// Account, when set, is the account (policy.Account.Name) this Pruner serves: every pass
+	// weighs only the runs made with that account (image_runs.account) and their open deletions,
+	// and records its deletions under it (image_deletions.account). Its rates and retries are the
+	// account's api: block. Empty weighs every run, recording each deletion under the account of
+	// the run that made the image.
+	Account string
 	// DescribePace spaces DescribeImages calls; share the daemon's (the scheduler's DescribePace)
 	// so every caller stays under the API limit together. Nil means a pace of its own.
 	DescribePace Pace
@@ -114,6 +130,7 @@ type Decision struct {
 	ImageName       string
 	RunID           int64     // the run that made the image
 	Slot            time.Time // the run's slot (UTC)
+	Account         string    // the account of the run that made the image, which deletes it
 	Reason          string    // e.g. "keep_last 2: 3rd newest available image"
 	DeleteSnapshots bool      // DeleteImages is sent with DeleteBindedSnap
 	// DeletionID is the image_deletions row of an earlier decision that is retried (pending, or
@@ -130,6 +147,7 @@ type Decision struct {
 type Pruner struct {
 	cvm          CVM
 	hist         History
+	account      string
 	describePace Pace
 	deletePace   Pace
 	config       func() *policy.Config
@@ -145,6 +163,7 @@ func NewPruner(opts Options) *Pruner {
 	p := &Pruner{
 		cvm:          opts.CVM,
 		hist:         opts.History,
+		account:      opts.Account,
 		describePace: opts.DescribePace,
 		deletePace:   opts.DeletePace,
 		config:       opts.Config,
@@ -157,8 +176,8 @@ func NewPruner(opts Options) *Pruner {
 	}
 	if p.describePace == nil {
 		n := policy.DefaultDescribeImagesRate
-		if cfg := p.cfg(); cfg != nil && cfg.API.DescribeImagesRate > 0 {
-			n = cfg.API.DescribeImagesRate
+		if api, ok := p.api(); ok && api.DescribeImagesRate > 0 {
+			n = api.DescribeImagesRate
 		}
 		p.describePace = pace.New(nil, n, pace.Options{})
 	}
@@ -243,6 +262,22 @@ func (p *Pruner) cfg() *policy.Config {
 	return p.config()
 }
 
+// api returns the api: settings of the Pruner's account (the top-level block without
+// Options.Account); ok is false without a config or when it has no such account.
+func (p *Pruner) api() (api policy.API, ok bool) {
+	cfg := p.cfg()
+	switch {
+	case cfg == nil:
+		return policy.API{}, false
+	case p.account == "":
+		return cfg.API, true
+	}
+	if a := cfg.Account(p.account); a != nil {
+		return a.API, true
+	}
+	return policy.API{}, false
+}
+
 // policies returns the policy named name, or every policy with retention for "".
 func (p *Pruner) policies(name string) ([]*policy.Policy, error) {
 	cfg := p.cfg()
@@ -289,11 +324,13 @@ func (p *Pruner) planAll(ctx context.Context, pols []*policy.Policy, region stri
 // planPolicy decides what a pass over pol deletes: for one instance, or every instance with
 // retainable runs (""), restricted to images in region unless it is "".
 func (p *Pruner) planPolicy(ctx context.Context, pol *policy.Policy, instanceID, region string) ([]Decision, error) {
-	runs, err := p.hist.RunsRetainable(ctx, pol.Name, instanceID)
+	// Only the runs made with this Pruner's account: another account's images are invisible to
+	// its client, and an open deletion of one would look like an image already gone.
+	runs, err := p.hist.RunsRetainableOf(ctx, p.account, pol.Name, instanceID)
 	if err != nil {
 		return nil, fmt.Errorf("retention of %s: %w", pol.Name, err)
 	}
-	open, err := p.hist.DeletionsOpen(ctx, pol.Name, instanceID)
+	open, err := p.hist.DeletionsOpenOf(ctx, p.account, pol.Name, instanceID)
 	if err != nil {
 		return nil, fmt.Errorf("retention of %s: %w", pol.Name, err)
 	}
@@ -355,7 +392,7 @@ func (p *Pruner) decideInstance(pol *policy.Policy, now time.Time, runs []histor
 			// Deleted, but the outcome was never recorded (a crash after the call): close the
 			// row. DeleteImages is not called for an image DescribeImages does not report.
 			out = append(out, Decision{Policy: pol.Name, InstanceID: r.InstanceID, Region: r.Region,
-				ImageID: r.ImageID, ImageName: c.open.ImageName, RunID: r.ID, Slot: r.ScheduledAt,
+				ImageID: r.ImageID, ImageName: c.open.ImageName, RunID: r.ID, Slot: r.ScheduledAt, Account: r.Account,
 				Reason: c.open.Reason, DeletionID: c.open.ID, attempts: c.open.Attempts, gone: true})
 			continue
 		}
@@ -388,6 +425,7 @@ func (p *Pruner) decideInstance(pol *policy.Policy, now time.Time, runs []histor
 			ImageName:       name,
 			RunID:           c.run.ID,
 			Slot:            c.run.ScheduledAt,
+			Account:         c.run.Account,
 			Reason:          reasons[i],
 			DeleteSnapshots: pol.Retention.DeleteSnapshots,
 		}

@@ -53,20 +53,30 @@ type env struct {
 
 func newEnv(t *testing.T, pols ...*policy.Policy) *env {
 	t.Helper()
+	e := newEnvWith(t, cvmsim.Options{})
+	e.cfg.Policies = pols
+	return e
+}
+
+// newEnvWith is newEnv with no policy, over a simulator of simOpts (its accounts) with the
+// settings every test here uses.
+func newEnvWith(t *testing.T, simOpts cvmsim.Options) *env {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a bound, not a timing
 	t.Cleanup(cancel)
 	clk := clockwork.NewFakeClockAt(t0)
 	// No limits at the simulator: its fake clock stands still while the paces run on real time.
 	// Images stay CREATING for an hour of fake time unless completed.
-	sim, client := simtest.Start(t, cvmsim.Options{Clock: clk, MaxClockSkew: -1, ImageReadyAfter: time.Hour, Logger: zerolog.Nop(),
-		Limits: map[string]int{cvmsim.ActionCreateImage: 0, cvmsim.ActionDescribeImages: 0, cvmsim.ActionDeleteImages: 0}})
+	simOpts.Clock, simOpts.MaxClockSkew, simOpts.ImageReadyAfter, simOpts.Logger = clk, -1, time.Hour, zerolog.Nop()
+	simOpts.Limits = map[string]int{cvmsim.ActionCreateImage: 0, cvmsim.ActionDescribeImages: 0, cvmsim.ActionDeleteImages: 0}
+	sim, client := simtest.Start(t, simOpts)
 	store, err := history.Open(ctx, pgtest.NewDatabase(t), zerolog.Nop())
 	require.NoError(t, err)
 	t.Cleanup(store.Close)
 	_, err = store.Migrate(ctx)
 	require.NoError(t, err)
 
-	cfg := &policy.Config{API: policy.DefaultAPI(), Policies: pols}
+	cfg := &policy.Config{API: policy.DefaultAPI()}
 	e := &env{t: t, ctx: ctx, clk: clk, sim: sim, client: client, store: store, cfg: cfg}
 	e.p = retention.NewPruner(retention.Options{
 		CVM: client, History: store, Config: func() *policy.Config { return e.cfg },
@@ -330,7 +340,7 @@ func TestPlanDeletesNothing(t *testing.T) {
 	for _, id := range []string{"ins-web00001", "ins-web00002"} {
 		for i, r := range []history.Run{runs[id][1], runs[id][0]} { // newest first
 			want = append(want, retention.Decision{Policy: "web-nightly", InstanceID: id, Region: guangzhou,
-				ImageID: r.ImageID, ImageName: r.ImageName, RunID: r.ID, Slot: r.ScheduledAt,
+				ImageID: r.ImageID, ImageName: r.ImageName, RunID: r.ID, Slot: r.ScheduledAt, Account: policy.DefaultAccount,
 				Reason: fmt.Sprintf("keep_last 1: %s newest available image", []string{"2nd", "3rd"}[i])})
 		}
 	}

@@ -102,11 +102,11 @@ func (s *Scheduler) warm(w Warmer) {
 	})
 }
 
-// nextFires returns each policy's first slot after t.
+// nextFires returns the first slot after t of each policy this scheduler fires.
 func (s *Scheduler) nextFires(t time.Time) []nextFire {
-	cfg := s.cfg.Load()
-	fires := make([]nextFire, 0, len(cfg.Policies))
-	for _, p := range cfg.Policies {
+	pols := s.policies(s.cfg.Load())
+	fires := make([]nextFire, 0, len(pols))
+	for _, p := range pols {
 		if p.Schedule == nil {
 			continue
 		}

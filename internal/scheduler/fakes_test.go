@@ -13,6 +13,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/policy"
 )
 
 // broadcast is a "something changed" signal: wait on C(), which is closed at the next change.
@@ -224,6 +225,10 @@ func (h *fakeHistory) claimOne(p history.RunClaimParams) (history.Run, bool) {
 		ErrorCode:    p.ErrorCode,
 		ErrorMessage: p.ErrorMessage,
 		DaemonID:     p.DaemonID,
+		Account:      p.Account,
+	}
+	if r.Account == "" {
+		r.Account = policy.DefaultAccount // as the store writes it
 	}
 	if p.Status.Terminal() {
 		at := p.StartedAt

@@ -52,12 +52,17 @@ func outcomeFromRun(r history.Run) Outcome {
 	}
 }
 
+// ErrOtherAccount is RunOnce's error for a policy of another account than the scheduler's
+// (Options.Account): that account's scheduler fires it.
+var ErrOtherAccount = errors.New("policy of another account")
+
 // RunOnce fires one policy now, through exactly the path of a scheduled fire (same pool, pace,
 // retries, ResolveTargets and BeforeFire hooks, and history), with the current instant truncated
 // to the second (UTC) as the slot. It targets the given instances, which must be targets of the
 // policy (or instances ResolveTargets skips), or all of its targets when none are given, and
-// returns once every run has an outcome, in the order of the targets. The
-// scheduler must be started. If ctx ends first, RunOnce returns its error and the runs go on.
+// returns once every run has an outcome, in the order of the targets. The scheduler must be
+// started, and serve the policy's account (ErrOtherAccount otherwise). If ctx ends first, RunOnce
+// returns its error and the runs go on.
 func (s *Scheduler) RunOnce(ctx context.Context, policyName string, instances []string) ([]Outcome, error) {
 	return s.RunOnceAt(ctx, policyName, instances, s.clock.Now())
 }
@@ -68,6 +73,10 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 	p := s.policyByName(policyName)
 	if p == nil {
 		return nil, fmt.Errorf("unknown policy %q (known: %s)", policyName, strings.Join(s.policyNames(), ", "))
+	}
+	if !s.owns(p) {
+		return nil, fmt.Errorf("policy %s uses account %s; this scheduler fires the policies of account %s: %w",
+			p.Name, policyAccount(p), s.opts.Account, ErrOtherAccount)
 	}
 	s.mu.Lock()
 	running := s.started && !s.stopping
@@ -129,11 +138,11 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 	return outcomes, nil
 }
 
-// policyNames lists the loaded policies' names.
+// policyNames lists the names of the loaded policies this scheduler fires.
 func (s *Scheduler) policyNames() []string {
-	cfg := s.cfg.Load()
-	names := make([]string, 0, len(cfg.Policies))
-	for _, p := range cfg.Policies {
+	pols := s.policies(s.cfg.Load())
+	names := make([]string, 0, len(pols))
+	for _, p := range pols {
 		names = append(names, p.Name)
 	}
 	return names

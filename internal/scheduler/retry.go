@@ -114,7 +114,7 @@ func asPolicy(b policy.Backoff) backoff.Policy {
 
 // retry returns the configured retry settings, with defaults for backoffs left zero.
 func (s *Scheduler) retry() policy.Retry {
-	r := s.cfg.Load().API.Retry
+	r := s.api().Retry
 	if r.Transient == (policy.Backoff{}) {
 		r.Transient = defaultTransient
 	}

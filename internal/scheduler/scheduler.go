@@ -2,6 +2,12 @@
 // makes one run per (policy, instance, slot), and sends the runs' calls through one worker pool
 // and one pace shared by every policy, with retries by error class, recording every slot and
 // every call in history.
+//
+// A Scheduler may serve one account of the policy file (Options.Account, docs/policies.md
+// "Accounts"): it then fires only that account's policies, with that account's api: settings
+// (CreateImage rate, workers, retries, DescribeImages rate) and its own worker pool and paces, so
+// a daemon runs one Scheduler per account, each with a CVM client signed by that account, and
+// the accounts never wait on each other.
 package scheduler
 
 import (
@@ -10,6 +16,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +51,13 @@ const maxMissedSlots = 100
 
 // Options configures a Scheduler. Config, CVM and History are required.
 type Options struct {
+	// Account, when set, is the account (policy.Account.Name) this scheduler serves: it fires
+	// only the policies whose account it is, takes its rates, workers and retries from that
+	// account's api: block (Config.Account(Account).API) instead of the top-level one, and at
+	// start takes over only the unfinished runs made with that account. CVM must then be signed
+	// with that account's credentials. Empty serves every policy with the top-level api: block
+	// (tests and tools with one client). Every claim records its policy's account either way.
+	Account string
 	// Config is the policy config to start with. Live, when set, is the one config pointer the
 	// daemon shares with the scheduler (New stores Config in it); nil makes one.
 	Config  *policy.Config
@@ -120,6 +135,8 @@ type Scheduler struct {
 	daemonID     string
 	workers      int
 	cfg          *policy.Live
+	apiMu        sync.Mutex
+	lastAPI      policy.API    // the api: settings of the last config that had the account
 	pace         *pace.Limiter // CreateImage
 	describePace *pace.Limiter // DescribeImages
 
@@ -166,6 +183,10 @@ func New(opts Options) (*Scheduler, error) {
 	if err := CheckConfig(opts.Config); err != nil {
 		return nil, err
 	}
+	api, ok := accountAPI(opts.Config, opts.Account)
+	if !ok {
+		return nil, fmt.Errorf("scheduler: account %q is not in the policy config (accounts: %s)", opts.Account, accountNames(opts.Config))
+	}
 	if opts.Clock == nil {
 		opts.Clock = clockwork.NewRealClock()
 	}
@@ -182,7 +203,6 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = DefaultShutdownGrace
 	}
-	api := opts.Config.API
 	s := &Scheduler{
 		opts:         opts,
 		cvm:          opts.CVM,
@@ -194,6 +214,7 @@ func New(opts Options) (*Scheduler, error) {
 		workers:      api.Workers,
 		pace:         pace.New(opts.Clock, api.CreateImageRate, opts.Pace),
 		describePace: opts.DescribePace,
+		lastAPI:      api,
 		jitter:       backoff.NewJitter(opts.Rand),
 		budget:       backoff.NewBudget(opts.Clock, backoff.BudgetOptions{}),
 		baseCtx:      context.Background(),
@@ -275,8 +296,8 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if !s.opts.DisableCron {
 		s.run.Go(s.cronLoop)
 	}
-	s.log.Info().Int("workers", s.workers).Int("create_image_rate", s.cfg.Load().API.CreateImageRate).
-		Int("policies", len(s.cfg.Load().Policies)).Str("daemon_id", s.daemonID).Msg("scheduler started")
+	s.log.Info().Int("workers", s.workers).Int("create_image_rate", s.api().CreateImageRate).
+		Int("policies", len(s.policies(s.cfg.Load()))).Str("daemon_id", s.daemonID).Msg("scheduler started")
 	return nil
 }
 
@@ -289,6 +310,11 @@ func (s *Scheduler) recoverRuns(ctx context.Context) error {
 	runs, err := s.hist.RunsUnfinished(ctx)
 	if err != nil {
 		return fmt.Errorf("recover unfinished runs: %w", err)
+	}
+	if s.opts.Account != "" {
+		// Another account's runs are that account's scheduler's: only its credentials find
+		// their images. (Read once at start, so filtered here rather than in SQL.)
+		runs = slices.DeleteFunc(runs, func(r history.Run) bool { return r.Account != s.opts.Account })
 	}
 	var ids []int64
 	for _, r := range runs {
@@ -426,31 +452,120 @@ func (s *Scheduler) recordLeftovers() {
 	}
 }
 
-// CheckConfig refuses a config the scheduler cannot run (none, or API settings out of range):
-// what a reload checks before it swaps anything in.
+// CheckConfig refuses a config the scheduler cannot run (none, or API settings out of range in
+// the top-level api: block or in an account's): what a reload checks before it swaps anything in.
 func CheckConfig(cfg *policy.Config) error {
 	if cfg == nil {
 		return errors.New("scheduler: no policy config")
 	}
-	return checkAPI(cfg.API)
+	if err := checkAPI(cfg.API); err != nil {
+		return err
+	}
+	for _, a := range cfg.Accounts {
+		if err := checkAPI(a.API); err != nil {
+			return fmt.Errorf("account %s: %w", a.Name, err)
+		}
+	}
+	return nil
 }
 
+// accountAPI returns the api: settings a scheduler of account uses under cfg: the account's
+// (Config.Account), or the top-level block for "" (every policy). ok is false when cfg has no
+// such account.
+func accountAPI(cfg *policy.Config, account string) (api policy.API, ok bool) {
+	if account == "" {
+		return cfg.API, true
+	}
+	a := cfg.Account(account)
+	if a == nil {
+		return policy.API{}, false
+	}
+	return a.API, true
+}
+
+// accountNames lists cfg's account names for messages.
+func accountNames(cfg *policy.Config) string {
+	if len(cfg.Accounts) == 0 {
+		return policy.DefaultAccount
+	}
+	names := make([]string, len(cfg.Accounts))
+	for i, a := range cfg.Accounts {
+		names[i] = a.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+// policyAccount is the account p's calls are made with: p.Account, or the default account for a
+// hand-built policy that names none (policy.Config.Account answers "" the same way).
+func policyAccount(p *policy.Policy) string {
+	if p.Account == "" {
+		return policy.DefaultAccount
+	}
+	return p.Account
+}
+
+// owns reports whether this scheduler fires p: every policy without Options.Account, else the
+// policies of that account.
+func (s *Scheduler) owns(p *policy.Policy) bool {
+	return s.opts.Account == "" || policyAccount(p) == s.opts.Account
+}
+
+// policies returns cfg's policies this scheduler fires, in file order.
+func (s *Scheduler) policies(cfg *policy.Config) []*policy.Policy {
+	if s.opts.Account == "" {
+		return cfg.Policies
+	}
+	out := make([]*policy.Policy, 0, len(cfg.Policies))
+	for _, p := range cfg.Policies {
+		if s.owns(p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// api returns the api: settings in effect: those of the current config for this scheduler's
+// account, or, when a reload removed the account, the last ones it had (it then owns no policy
+// and only finishes the runs it holds).
+func (s *Scheduler) api() policy.API {
+	if api, ok := accountAPI(s.cfg.Load(), s.opts.Account); ok {
+		return api
+	}
+	s.apiMu.Lock()
+	defer s.apiMu.Unlock()
+	return s.lastAPI
+}
+
+// Account is the account this scheduler serves (Options.Account); empty for every account.
+func (s *Scheduler) Account() string { return s.opts.Account }
+
 // Reload swaps in a new policy config (in the Live it shares, if any): schedules are recomputed,
-// the paces take the new rates. The number of workers is fixed at Start; a change takes effect at
-// the next start. A config CheckConfig refuses is refused and the running one stays; a daemon
-// checks first and then swaps its Live, so this cannot fail for it.
+// the paces take the new rates (the account's, with Options.Account). The number of workers is
+// fixed at Start; a change takes effect at the next start. A config CheckConfig refuses is
+// refused and the running one stays; a daemon checks first and then swaps its Live, so this
+// cannot fail for it. A config without this scheduler's account leaves it no policy to fire; it
+// keeps its rates and finishes the runs it holds.
 func (s *Scheduler) Reload(cfg *policy.Config) error {
 	if err := CheckConfig(cfg); err != nil {
 		return fmt.Errorf("reload: %w", err)
 	}
 	s.cfg.Store(cfg)
-	s.pace.SetRate(cfg.API.CreateImageRate)
-	s.describePace.SetRate(describeRate(cfg.API))
-	if cfg.API.Workers != s.workers {
-		s.log.Warn().Int("workers", s.workers).Int("configured_workers", cfg.API.Workers).
+	api, ok := accountAPI(cfg, s.opts.Account)
+	if ok {
+		s.apiMu.Lock()
+		s.lastAPI = api
+		s.apiMu.Unlock()
+		s.pace.SetRate(api.CreateImageRate)
+		s.describePace.SetRate(describeRate(api))
+	} else {
+		s.log.Warn().Msg("this scheduler's account is no longer configured: none of its policies is fired")
+		api = s.api()
+	}
+	if api.Workers != s.workers {
+		s.log.Warn().Int("workers", s.workers).Int("configured_workers", api.Workers).
 			Msg("the number of workers changes at the next start")
 	}
-	s.log.Info().Int("policies", len(cfg.Policies)).Int("create_image_rate", cfg.API.CreateImageRate).
+	s.log.Info().Int("policies", len(s.policies(cfg))).Int("create_image_rate", api.CreateImageRate).
 		Msg("policies reloaded")
 	s.signal(s.reload)
 	return nil
@@ -477,9 +592,10 @@ func (s *Scheduler) jobLog(j *job) *zerolog.Logger {
 	return &l
 }
 
-// DescribePace is the pace of DescribeImages calls (api.describe_images_rate). Everything that
-// calls DescribeImages for this account (crash recovery here, completion tracking and retention
-// elsewhere) waits on this one limiter, so together they stay under the API's limit.
+// DescribePace is the pace of DescribeImages calls (api.describe_images_rate of the scheduler's
+// account). Everything that calls DescribeImages for this account (crash recovery here,
+// completion tracking, retention and the quota gate elsewhere) waits on this one limiter, so
+// together they stay under the API's limit; another account's components wait on their own.
 func (s *Scheduler) DescribePace() *pace.Limiter { return s.describePace }
 
 // Config returns the policy config in effect now (the last one given to New or Reload), for

@@ -48,6 +48,7 @@ func (s *Scheduler) claimJobs(jobs []*job, retried bool) error {
 			Status:       j.planStatus,
 			ErrorCode:    j.planCode,
 			ErrorMessage: j.planMessage,
+			Account:      policyAccount(j.policy),
 			Manual:       j.manual,
 		}
 	}
@@ -248,7 +249,8 @@ type missedSlots struct {
 	reason func(p *policy.Policy, slot time.Time) string
 }
 
-// catchUp walks, for every policy seen before, the slots between its last handled slot and now:
+// catchUp walks, for every policy seen before (of this scheduler's account, with
+// Options.Account), the slots between its last handled slot and now:
 // the latest still inside its start window is fired, every other one is recorded missed. A
 // policy never seen has nothing before now.
 func (s *Scheduler) catchUp(now time.Time) {
@@ -263,7 +265,7 @@ func (s *Scheduler) catchUp(now time.Time) {
 	var batch []nextFire
 	var missed []missedSlots
 	marks := map[string]time.Time{}
-	for _, p := range s.cfg.Load().Policies {
+	for _, p := range s.policies(s.cfg.Load()) {
 		from, seen := last[p.Name]
 		if p.Schedule == nil {
 			continue
