@@ -77,3 +77,31 @@ COMMENT ON COLUMN copy_coverage.last_available_slot IS 'Slot of that copy''s run
 COMMENT ON COLUMN copy_coverage.last_available_age IS 'How long ago that copy became available (now() - image_copies.available_at).';
 COMMENT ON COLUMN copy_coverage.overdue IS
     'true when no copy became available in the region within policies.overdue_seconds (for a region never reached: since its first copy was requested); false for a disabled policy.';
+
+-- One row per (loaded restore test, instance its policy targets): the newest passed test of the
+-- instance's image, and whether the instance is overdue for one (restore_test_configs.overdue_seconds
+-- since the newest pass, or since the test was loaded when none passed).
+CREATE VIEW restore_coverage AS
+SELECT t.name AS restore_test, cv.policy, cv.instance_id,
+    l.id AS last_passed_id, l.image_id AS last_passed_image_id, l.region AS last_passed_region,
+    l.checked_at AS last_passed_at, now() - l.checked_at AS last_passed_age,
+    (COALESCE(l.checked_at, t.loaded_at) < now() - make_interval(secs => t.overdue_seconds)) AS overdue
+FROM restore_test_configs t
+JOIN coverage cv ON cv.policy = t.policy
+LEFT JOIN LATERAL (SELECT r.id, r.image_id, r.region, r.checked_at FROM restore_tests r
+    WHERE r.test = t.name AND r.instance_id = cv.instance_id AND r.checked_at IS NOT NULL AND r.status = 'passed'
+    ORDER BY r.checked_at DESC LIMIT 1) l ON true
+WHERE t.removed_at IS NULL;
+
+COMMENT ON VIEW restore_coverage IS
+    'One row per (loaded restore test, instance its policy targets): the newest passed restore test of the instance''s image, and whether it is overdue.';
+COMMENT ON COLUMN restore_coverage.restore_test IS 'Restore test name (restore_test_configs.name).';
+COMMENT ON COLUMN restore_coverage.policy IS 'Policy whose images the test restores.';
+COMMENT ON COLUMN restore_coverage.instance_id IS 'Instance the policy images.';
+COMMENT ON COLUMN restore_coverage.last_passed_id IS 'restore_tests.id of the newest passed test of the instance; NULL when none passed.';
+COMMENT ON COLUMN restore_coverage.last_passed_image_id IS 'Image that test launched from.';
+COMMENT ON COLUMN restore_coverage.last_passed_region IS 'Region that test launched in.';
+COMMENT ON COLUMN restore_coverage.last_passed_at IS 'When that test passed (restore_tests.checked_at).';
+COMMENT ON COLUMN restore_coverage.last_passed_age IS 'How long ago that test passed.';
+COMMENT ON COLUMN restore_coverage.overdue IS
+    'true when no test of the instance passed within restore_test_configs.overdue_seconds (since the test was loaded when none passed).';
