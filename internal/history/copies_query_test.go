@@ -122,7 +122,7 @@ func TestCopyCoverageListAndSummary(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, none)
 
-	sum, err := s.CopyCoverageSummary(ctx)
+	sum, err := s.CopyCoverageSummary(ctx, []string{"web", "db"})
 	require.NoError(t, err)
 	require.Len(t, sum, 1)
 	require.Equal(t, "web", sum[0].Policy)

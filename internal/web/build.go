@@ -269,7 +269,13 @@ func copyRegions(cfg *policy.Config) []string {
 // copySummaries fills each policy's cells of the copy columns from copy_coverage, one query for
 // the page.
 func (h *handler) copySummaries(ctx context.Context, p *page, cfg *policy.Config, now time.Time) error {
-	sums, err := h.opts.History.CopyCoverageSummary(ctx)
+	var copying []string // the policies with copy_to: the others have no copies to count
+	for _, pol := range cfg.Policies {
+		if len(pol.CopyTo) > 0 {
+			copying = append(copying, pol.Name)
+		}
+	}
+	sums, err := h.opts.History.CopyCoverageSummary(ctx, copying)
 	if err != nil {
 		return err
 	}

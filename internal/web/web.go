@@ -43,7 +43,7 @@ type History interface {
 	DailyCoverageOf(ctx context.Context, policy string, instances []string, from, to time.Time) ([]history.DailyCoverage, error)
 	RunsList(ctx context.Context, f history.RunFilter) ([]history.RunListed, error)
 	CopyCoverageList(ctx context.Context, policy string, instances []string) ([]history.CopyCoverage, error)
-	CopyCoverageSummary(ctx context.Context) ([]history.CopyRegionSummary, error)
+	CopyCoverageSummary(ctx context.Context, policies []string) ([]history.CopyRegionSummary, error)
 }
 
 var _ History = (*history.Store)(nil)
