@@ -216,7 +216,7 @@ func TestCopiesToTwoRegions(t *testing.T) {
 
 	out, err = latest("na-siliconvalley")
 	require.Error(t, err, "no copy there: exit 1")
-	require.Contains(t, out, "has no available copy in na-siliconvalley")
+	require.Contains(t, out, "has no available image or copy in na-siliconvalley")
 }
 
 // TestCopyKilledBetweenCallAndWrite: the leader is killed with SIGKILL while SyncImages is being

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -31,7 +32,8 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	name := fs.String("policy", "", "only this policy")
 	instance := fs.String("instance", "", "only this instance (ins-xxxxxxxx)")
 	statusFlag := fs.String("status", "", "only runs in this status: available, requested, pending, failed, skipped or missed")
-	format := fs.String("format", "table", "table, json or csv (json and csv use the column names of image_runs)")
+	account := fs.String("account", "", "only runs and deletions made with this account (accounts: in the policy file; image_runs.account)")
+	format := fs.String("format", "table", "table, json or csv (json and csv use the column names of image_runs, with each run's copies)")
 	limit := fs.Int("limit", 50, "recent runs to list (0 = all)")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
 		return code
@@ -44,6 +46,10 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	status := history.Status(*statusFlag)
 	if status != "" && !validStatus(status) {
 		fmt.Fprintf(stderr, "imager history: --status: %q is not one of available, requested, pending, failed, skipped, missed\n", quoteShort(*statusFlag))
+		return exitUsage
+	}
+	if *account != "" && !accountNameRe.MatchString(*account) {
+		fmt.Fprintf(stderr, "imager history: --account: %q is not an account name (1 to 32 of a-z, 0-9 and -)\n", quoteShort(*account))
 		return exitUsage
 	}
 	if *format != "table" && *format != "json" && *format != "csv" {
@@ -72,8 +78,20 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 			return exitFail
 		}
 	}
+	if *account != "" {
+		known, err := store.AccountKnown(ctx, *account)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager history: %v\n", err)
+			return exitFail
+		}
+		if !known {
+			fmt.Fprintf(stderr, "imager history: unknown account %q: no run was made with it\n", *account)
+			return exitFail
+		}
+	}
 	h := historyReport{store: store, since: since, sinceText: *sinceFlag, now: time.Now(),
-		filter: history.RunFilter{Since: time.Now().Add(-since), Policy: *name, Instance: *instance, Status: status, Limit: *limit}}
+		filter: history.RunFilter{Since: time.Now().Add(-since), Policy: *name, Instance: *instance, Status: status,
+			Account: *account, Limit: *limit}}
 	switch *format {
 	case "json":
 		err = h.writeJSON(ctx, stdout)
@@ -88,6 +106,9 @@ func cmdHistory(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	}
 	return exitOK
 }
+
+// accountNameRe is the form of an account name (docs/policies.md "Accounts").
+var accountNameRe = regexp.MustCompile(`^[a-z0-9-]{1,32}$`)
 
 func validStatus(s history.Status) bool {
 	for _, st := range runStatuses {
@@ -120,19 +141,52 @@ func (h *historyReport) keep(policy, instance string) bool {
 	return (h.filter.Policy == "" || policy == h.filter.Policy) && (h.filter.Instance == "" || instance == h.filter.Instance)
 }
 
-// deletions lists the deletions decided in the window that pass the filters.
-func (h *historyReport) deletions(ctx context.Context) ([]history.Deletion, error) {
+// deletions lists the deletions decided in the window that pass the filters, with the account
+// of each (image_deletions.account) by deletion id.
+func (h *historyReport) deletions(ctx context.Context) ([]history.Deletion, map[int64]string, error) {
 	all, err := h.store.DeletionsRecent(ctx, h.filter.Since)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var out []history.Deletion
+	var ids []int64
 	for _, d := range all {
 		if h.keep(d.Policy, d.InstanceID) {
 			out = append(out, d)
+			ids = append(ids, d.ID)
 		}
 	}
-	return out, nil
+	accounts, err := h.store.DeletionAccounts(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	if h.filter.Account != "" {
+		kept := out[:0]
+		for _, d := range out {
+			if accounts[d.ID] == h.filter.Account {
+				kept = append(kept, d)
+			}
+		}
+		out = kept
+	}
+	return out, accounts, nil
+}
+
+// listRuns lists the runs the filters select with their copies, read in one query.
+func (h *historyReport) listRuns(ctx context.Context) ([]history.RunListed, map[int64][]history.Copy, error) {
+	runs, err := h.store.RunsList(ctx, h.filter)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids := make([]int64, len(runs))
+	for i, r := range runs {
+		ids[i] = r.ID
+	}
+	copies, err := h.store.CopiesOfRuns(ctx, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	return runs, copies, nil
 }
 
 func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error {
@@ -151,19 +205,16 @@ func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error 
 		}
 	}
 	fmt.Fprintln(stdout)
-	runs, err := h.store.RunsList(ctx, h.filter)
-	if err != nil {
-		return err
-	}
-	copies, err := h.copiesOf(ctx, runs)
+	runs, copies, err := h.listRuns(ctx)
 	if err != nil {
 		return err
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "SLOT (UTC)\tPOLICY\tINSTANCE\tSTATUS\tIMAGE\tNAME\tATTEMPTS\tCOPIES\tERROR")
+	fmt.Fprintln(w, "SLOT (UTC)\tPOLICY\tACCOUNT\tINSTANCE\tSTATUS\tIMAGE\tNAME\tATTEMPTS\tCOPIES\tERROR")
 	for _, r := range runs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ScheduledAt.Format("2006-01-02 15:04:05"), r.Policy,
-			r.InstanceID, r.Status, dash(r.ImageID), r.ImageName, r.CreateImageAttempts, dash(copiesText(copies[r.ID])), errorText(r.Run))
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", r.ScheduledAt.Format("2006-01-02 15:04:05"), r.Policy,
+			r.Account, r.InstanceID, r.Status, dash(r.ImageID), r.ImageName, r.CreateImageAttempts,
+			copiesText(copies[r.ID]), errorText(r.Run))
 	}
 	w.Flush()
 
@@ -172,7 +223,9 @@ func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error 
 	if err != nil {
 		return err
 	}
-	failures = h.keepRuns(failures)
+	if failures, err = h.keepRuns(ctx, failures); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "\nFailures in the last %s: %d\n", h.sinceText, len(failures))
 	w = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	for _, r := range failures {
@@ -184,7 +237,9 @@ func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error 
 	if err != nil {
 		return err
 	}
-	lastFailed = h.keepRuns(lastFailed)
+	if lastFailed, err = h.keepRuns(ctx, lastFailed); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "\nInstances whose last image in the last %s failed: %d\n", h.sinceText, len(lastFailed))
 	w = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	for _, r := range lastFailed {
@@ -196,7 +251,9 @@ func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error 
 	if err != nil {
 		return err
 	}
-	last = h.keepRuns(last)
+	if last, err = h.keepRuns(ctx, last); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "\nLast good image per instance: %d instances\n", len(last))
 	w = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "INSTANCE\tPOLICY\tIMAGE\tNAME\tAGE")
@@ -209,31 +266,82 @@ func (h *historyReport) writeTable(ctx context.Context, stdout io.Writer) error 
 	}
 	w.Flush()
 
-	dels, err := h.deletions(ctx)
+	dels, accounts, err := h.deletions(ctx)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "\nImages imager decided to delete in the last %s: %d\n", h.sinceText, len(dels))
 	if len(dels) > 0 {
 		w = tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(w, "DECIDED (UTC)\tPOLICY\tINSTANCE\tIMAGE\tNAME\tSTATUS\tREASON\tERROR")
+		fmt.Fprintln(w, "DECIDED (UTC)\tPOLICY\tACCOUNT\tINSTANCE\tIMAGE\tNAME\tSTATUS\tREASON\tERROR")
 		for _, d := range dels {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.RequestedAt.Format("2006-01-02 15:04:05"), d.Policy,
-				d.InstanceID, d.ImageID, d.ImageName, d.Status, d.Reason, joinCode(d.ErrorCode, d.ErrorMessage))
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.RequestedAt.Format("2006-01-02 15:04:05"), d.Policy,
+				accounts[d.ID], d.InstanceID, d.ImageID, d.ImageName, d.Status, d.Reason, joinCode(d.ErrorCode, d.ErrorMessage))
 		}
 		w.Flush()
 	}
 	return nil
 }
 
-func (h *historyReport) keepRuns(runs []history.Run) []history.Run {
+// keepRuns keeps the runs that pass the filters: --policy, --instance and, read in one query for
+// the runs left, --account.
+func (h *historyReport) keepRuns(ctx context.Context, runs []history.Run) ([]history.Run, error) {
 	var out []history.Run
+	var ids []int64
 	for _, r := range runs {
 		if h.keep(r.Policy, r.InstanceID) {
 			out = append(out, r)
+			ids = append(ids, r.ID)
 		}
 	}
-	return out
+	if h.filter.Account == "" {
+		return out, nil
+	}
+	accounts, err := h.store.RunAccounts(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	kept := out[:0]
+	for _, r := range out {
+		if accounts[r.ID] == h.filter.Account {
+			kept = append(kept, r)
+		}
+	}
+	return kept, nil
+}
+
+// copyState is a copy's status as imager history prints it: deleted once retention deleted it.
+func copyState(c history.Copy) string {
+	if c.DeletedAt != nil {
+		return "deleted"
+	}
+	return string(c.Status)
+}
+
+// copiesText is the table's COPIES cell: region:status per copy, a failed copy with its error
+// code in parentheses; "-" for none.
+func copiesText(copies []history.Copy) string {
+	if len(copies) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(copies))
+	for i, c := range copies {
+		parts[i] = c.Region + ":" + copyState(c)
+		if c.Status == history.CopyStatusFailed && c.ErrorCode != "" {
+			parts[i] += "(" + c.ErrorCode + ")"
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// copiesCSV is the csv's copies field: region:status:image_id:error_code per copy, joined by ";"
+// (empty parts for an image id not known yet and no error; "" for no copies).
+func copiesCSV(copies []history.Copy) string {
+	parts := make([]string, len(copies))
+	for i, c := range copies {
+		parts[i] = strings.Join([]string{c.Region, copyState(c), c.ImageID, c.ErrorCode}, ":")
+	}
+	return strings.Join(parts, ";")
 }
 
 // runJSON is one run in --format json: the columns of image_runs under their own names, plus the
@@ -257,57 +365,21 @@ type runJSON struct {
 	DaemonID            string     `json:"daemon_id"`
 	UpdatedAt           time.Time  `json:"updated_at"`
 	Term                *int64     `json:"term"`
+	Account             string     `json:"account"`
 	CreateImageAttempts int        `json:"create_image_attempts"`
 	Copies              []copyJSON `json:"copies"`
 }
 
-// copyJSON is one copy of a run's image in another region (image_copies), in --format json.
+// copyJSON is one copy of a run in --format json, under the column names of image_copies.
 type copyJSON struct {
-	Region       string     `json:"region"`
-	ImageID      *string    `json:"image_id"`
-	ImageName    string     `json:"image_name"`
-	Status       string     `json:"status"`
-	ErrorCode    *string    `json:"error_code"`
-	ErrorMessage *string    `json:"error_message"`
-	RequestedAt  time.Time  `json:"requested_at"`
-	AvailableAt  *time.Time `json:"available_at"`
-	DeletedAt    *time.Time `json:"deleted_at"`
-}
-
-func toCopiesJSON(cs []history.Copy) []copyJSON {
-	out := make([]copyJSON, 0, len(cs))
-	for _, c := range cs {
-		out = append(out, copyJSON{Region: c.Region, ImageID: nullable(c.ImageID), ImageName: c.ImageName,
-			Status: string(c.Status), ErrorCode: nullable(c.ErrorCode), ErrorMessage: nullable(c.ErrorMessage),
-			RequestedAt: c.RequestedAt, AvailableAt: c.AvailableAt, DeletedAt: c.DeletedAt})
-	}
-	return out
-}
-
-// copiesText is a run's copies in one field: region:status[:image_id], with ";" between copies
-// and "deleted" for a copy retention deleted (the table's COPIES column and the CSV's copies).
-func copiesText(cs []history.Copy) string {
-	parts := make([]string, 0, len(cs))
-	for _, c := range cs {
-		p := c.Region + ":" + string(c.Status)
-		if c.DeletedAt != nil {
-			p = c.Region + ":deleted"
-		}
-		if c.ImageID != "" {
-			p += ":" + c.ImageID
-		}
-		parts = append(parts, p)
-	}
-	return strings.Join(parts, ";")
-}
-
-// copiesOf reads the copies of the listed runs in one query.
-func (h *historyReport) copiesOf(ctx context.Context, runs []history.RunListed) (map[int64][]history.Copy, error) {
-	ids := make([]int64, len(runs))
-	for i, r := range runs {
-		ids[i] = r.ID
-	}
-	return h.store.CopiesOfRuns(ctx, ids)
+	Region      string     `json:"region"`
+	ImageID     *string    `json:"image_id"`
+	ImageName   string     `json:"image_name"`
+	Status      string     `json:"status"`
+	ErrorCode   *string    `json:"error_code"`
+	RequestedAt time.Time  `json:"requested_at"`
+	AvailableAt *time.Time `json:"available_at"`
+	DeletedAt   *time.Time `json:"deleted_at"`
 }
 
 // deletionJSON is one deletion in --format json, under the column names of image_deletions.
@@ -327,6 +399,7 @@ type deletionJSON struct {
 	ErrorCode    *string    `json:"error_code"`
 	ErrorMessage *string    `json:"error_message"`
 	Attempts     int        `json:"attempts"`
+	Account      string     `json:"account"`
 }
 
 func nullable(s string) *string {
@@ -336,25 +409,28 @@ func nullable(s string) *string {
 	return &s
 }
 
-func toRunJSON(r history.RunListed) runJSON {
-	return runJSON{ID: r.ID, Policy: r.Policy, InstanceID: r.InstanceID, Region: r.Region, ScheduledAt: r.ScheduledAt,
+func toRunJSON(r history.RunListed, copies []history.Copy) runJSON {
+	out := runJSON{ID: r.ID, Policy: r.Policy, InstanceID: r.InstanceID, Region: r.Region, ScheduledAt: r.ScheduledAt,
 		StartedAt: r.StartedAt, FinishedAt: r.FinishedAt, Status: string(r.Status), ImageName: r.ImageName,
 		ImageID: nullable(r.ImageID), ImageSizeGiB: r.ImageSizeGiB, RequestID: nullable(r.RequestID),
 		ErrorCode: nullable(r.ErrorCode), ErrorMessage: nullable(r.ErrorMessage), Attempts: r.Attempts,
-		DaemonID: r.DaemonID, UpdatedAt: r.UpdatedAt, Term: r.Term, CreateImageAttempts: r.CreateImageAttempts}
+		DaemonID: r.DaemonID, UpdatedAt: r.UpdatedAt, Term: r.Term, Account: r.Account,
+		CreateImageAttempts: r.CreateImageAttempts, Copies: []copyJSON{}}
+	for _, c := range copies {
+		out.Copies = append(out.Copies, copyJSON{Region: c.Region, ImageID: nullable(c.ImageID), ImageName: c.ImageName,
+			Status: string(c.Status), ErrorCode: nullable(c.ErrorCode), RequestedAt: c.RequestedAt,
+			AvailableAt: c.AvailableAt, DeletedAt: c.DeletedAt})
+	}
+	return out
 }
 
 // writeJSON prints one object: {"runs": [...], "deletions": [...]}.
 func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
-	runs, err := h.store.RunsList(ctx, h.filter)
+	runs, copies, err := h.listRuns(ctx)
 	if err != nil {
 		return err
 	}
-	dels, err := h.deletions(ctx)
-	if err != nil {
-		return err
-	}
-	copies, err := h.copiesOf(ctx, runs)
+	dels, accounts, err := h.deletions(ctx)
 	if err != nil {
 		return err
 	}
@@ -363,9 +439,7 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 		Deletions []deletionJSON `json:"deletions"`
 	}{Runs: []runJSON{}, Deletions: []deletionJSON{}}
 	for _, r := range runs {
-		j := toRunJSON(r)
-		j.Copies = toCopiesJSON(copies[r.ID])
-		out.Runs = append(out.Runs, j)
+		out.Runs = append(out.Runs, toRunJSON(r, copies[r.ID]))
 	}
 	for _, d := range dels {
 		var runID *int64
@@ -376,26 +450,22 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 			Policy: d.Policy, InstanceID: d.InstanceID, Region: d.Region, RunID: runID, Reason: d.Reason,
 			RequestedAt: d.RequestedAt, FinishedAt: d.FinishedAt, Status: string(d.Status),
 			RequestID: nullable(d.RequestID), ErrorCode: nullable(d.ErrorCode), ErrorMessage: nullable(d.ErrorMessage),
-			Attempts: d.Attempts})
+			Attempts: d.Attempts, Account: accounts[d.ID]})
 	}
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	return enc.Encode(out)
 }
 
-// runCSVColumns are the CSV header: image_runs' columns, then create_image_attempts and the
-// run's copies (copiesText).
+// runCSVColumns are the CSV header: image_runs' columns, then create_image_attempts, account and
+// copies (copiesCSV); the later columns come last so the earlier ones keep their positions.
 var runCSVColumns = []string{"id", "policy", "instance_id", "region", "scheduled_at", "started_at", "finished_at",
 	"status", "image_name", "image_id", "image_size_gib", "request_id", "error_code", "error_message", "attempts",
-	"daemon_id", "updated_at", "term", "create_image_attempts", "copies"}
+	"daemon_id", "updated_at", "term", "create_image_attempts", "account", "copies"}
 
 // writeCSV prints the runs (only: one table per CSV) with a header row; NULL is an empty field.
 func (h *historyReport) writeCSV(ctx context.Context, stdout io.Writer) error {
-	runs, err := h.store.RunsList(ctx, h.filter)
-	if err != nil {
-		return err
-	}
-	copies, err := h.copiesOf(ctx, runs)
+	runs, copies, err := h.listRuns(ctx)
 	if err != nil {
 		return err
 	}
@@ -419,7 +489,7 @@ func (h *historyReport) writeCSV(ctx context.Context, stdout io.Writer) error {
 		rec := []string{strconv.FormatInt(r.ID, 10), r.Policy, r.InstanceID, r.Region, ts(&r.ScheduledAt),
 			ts(&r.StartedAt), ts(r.FinishedAt), string(r.Status), r.ImageName, r.ImageID, num(r.ImageSizeGiB),
 			r.RequestID, r.ErrorCode, r.ErrorMessage, strconv.Itoa(r.Attempts), r.DaemonID, ts(&r.UpdatedAt),
-			num(r.Term), strconv.Itoa(r.CreateImageAttempts), copiesText(copies[r.ID])}
+			num(r.Term), strconv.Itoa(r.CreateImageAttempts), r.Account, copiesCSV(copies[r.ID])}
 		if err := w.Write(rec); err != nil {
 			return err
 		}

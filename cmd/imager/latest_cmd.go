@@ -18,8 +18,8 @@ import (
 )
 
 // cmdLatest prints the image to restore an instance from: the newest available image at or
-// before --before (or, with --region, its newest copy in that region), with its slot, policy and
-// tags, and the tccli command lines that use it.
+// before --before, with its slot, policy and tags, and the tccli command lines that use it. With
+// --region, the newest image usable in that region: a copy there (copy_to) or an image made there.
 func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("latest", flag.ContinueOnError)
@@ -28,8 +28,9 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	instance := fs.String("instance", "", "instance to restore (ins-xxxxxxxx); required")
 	beforeFlag := fs.String("before", "", "newest image whose slot is at or before this time: RFC 3339 (2026-03-29T03:00:00Z), "+
 		"2006-01-02 15:04 (UTC), a date, or a duration back from now (36h, 7d); default now")
-	region := fs.String("region", "", "restore in this region: the newest copy there (copy_to), or the image itself in its own region (default: the image's region)")
 	format := fs.String("format", "table", "table or json")
+	region := fs.String("region", "", "the region to restore in (e.g. ap-singapore): the newest image usable there, "+
+		"a copy made by copy_to or an image made there; default the image's own region")
 	policies := fs.String("policies", os.Getenv("IMAGER_POLICIES"),
 		"policy file or directory, to list the policy's own image tags as well as imager's (optional; env IMAGER_POLICIES)")
 	if ok, code := parseFlags(fs, args, stdout, stderr); !ok {
@@ -60,19 +61,10 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exitFail
 	}
 	defer store.Close()
-	r, err := store.ImageLatest(ctx, *instance, before)
-	var copied *history.Copy
-	if *region != "" && (err != nil || r.Region != *region) {
-		// Not the image's own region: the newest copy there.
-		var c history.Copy
-		r, c, err = store.CopyLatest(ctx, *instance, *region, before)
-		if errors.Is(err, history.ErrNotFound) {
-			fmt.Fprintf(stderr, "imager latest: %s has no available copy in %s with a slot at or before %s (copy_to makes them; deleted copies do not count)\n",
-				quoteShort(*instance), quoteShort(*region), before.UTC().Format(time.RFC3339))
-			return exitFail
-		}
-		copied = &c
+	if *region != "" {
+		return latestIn(ctx, store, *instance, *region, before, now, *format, stdout, stderr)
 	}
+	r, err := store.ImageLatest(ctx, *instance, before)
 	if errors.Is(err, history.ErrNotFound) {
 		fmt.Fprintf(stderr, "imager latest: %s has no available image with a slot at or before %s (deleted images do not count)\n",
 			quoteShort(*instance), before.UTC().Format(time.RFC3339))
@@ -92,22 +84,14 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			tags = policy.ImageTags(cfg.Policy(r.Policy), r.InstanceID, r.ScheduledAt)
 		}
 	}
-	// The image to restore from: the run's own, or its copy in another region.
-	imgRegion, imgID, imgName, availableAt := r.Region, r.ImageID, r.ImageName, r.FinishedAt
-	if copied != nil {
-		imgRegion, imgID, imgName, availableAt = copied.Region, copied.ImageID, copied.ImageName, copied.AvailableAt
-	}
-	reset := fmt.Sprintf("tccli cvm ResetInstance --region %s --InstanceId %s --ImageId %s", imgRegion, r.InstanceID, imgID)
+	reset := fmt.Sprintf("tccli cvm ResetInstance --region %s --InstanceId %s --ImageId %s", r.Region, r.InstanceID, r.ImageID)
 	runNew := fmt.Sprintf(`tccli cvm RunInstances --region %s --ImageId %s --Placement '{"Zone":"<zone>"}' --InstanceType <type>`,
-		imgRegion, imgID)
+		r.Region, r.ImageID)
 	if *format == "json" {
 		out := map[string]any{
-			"instance_id": r.InstanceID, "policy": r.Policy, "slot": r.ScheduledAt, "region": imgRegion,
-			"image_id": imgID, "image_name": imgName, "run_id": r.ID, "available_at": availableAt,
+			"instance_id": r.InstanceID, "policy": r.Policy, "slot": r.ScheduledAt, "region": r.Region,
+			"image_id": r.ImageID, "image_name": r.ImageName, "run_id": r.ID, "available_at": r.FinishedAt,
 			"tags": tags, "reset_instance": reset, "run_instances": runNew,
-		}
-		if copied != nil {
-			out["copy_of"] = map[string]any{"image_id": r.ImageID, "region": r.Region, "copy_id": copied.ID}
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -119,17 +103,14 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "Instance:\t%s\n", r.InstanceID)
-	fmt.Fprintf(w, "Image:\t%s\n", imgID)
-	fmt.Fprintf(w, "Name:\t%s\n", imgName)
+	fmt.Fprintf(w, "Image:\t%s\n", r.ImageID)
+	fmt.Fprintf(w, "Name:\t%s\n", r.ImageName)
 	fmt.Fprintf(w, "Slot (UTC):\t%s\n", r.ScheduledAt.Format("2006-01-02 15:04:05"))
-	if availableAt != nil {
-		fmt.Fprintf(w, "Available:\t%s (%s ago)\n", availableAt.Format("2006-01-02 15:04:05"), formatAge(now.Sub(*availableAt)))
+	if r.FinishedAt != nil {
+		fmt.Fprintf(w, "Available:\t%s (%s ago)\n", r.FinishedAt.Format("2006-01-02 15:04:05"), formatAge(now.Sub(*r.FinishedAt)))
 	}
 	fmt.Fprintf(w, "Policy:\t%s\n", r.Policy)
-	fmt.Fprintf(w, "Region:\t%s\n", imgRegion)
-	if copied != nil {
-		fmt.Fprintf(w, "Copy of:\t%s in %s\n", r.ImageID, r.Region)
-	}
+	fmt.Fprintf(w, "Region:\t%s\n", r.Region)
 	keys := make([]string, 0, len(tags))
 	for k := range tags {
 		keys = append(keys, k)
@@ -143,10 +124,73 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintf(w, "%s\t%s=%s\n", label, k, tags[k])
 	}
 	w.Flush()
-	if copied != nil {
-		fmt.Fprintf(stdout, "\nRestore in %s: ResetInstance needs the instance in that region too; a new instance works anywhere the copy is.\n", imgRegion)
-	}
 	fmt.Fprintf(stdout, "\nRestore the instance in place (replaces its system disk):\n  %s\n", reset)
+	fmt.Fprintf(stdout, "\nOr start a new instance from the image (fill in the zone and type of the original):\n  %s\n", runNew)
+	return exitOK
+}
+
+// latestIn is imager latest --region: the newest image of instance usable in region (a copy there,
+// or an image made there) and the command lines that use it in that region. The instance itself
+// lives in its own region, so for a copy ResetInstance names an instance of region to fill in.
+func latestIn(ctx context.Context, store *history.Store, instance, region string, before, now time.Time, format string,
+	stdout, stderr io.Writer) int {
+	m, err := store.ImageLatestIn(ctx, instance, region, before)
+	if errors.Is(err, history.ErrNotFound) {
+		fmt.Fprintf(stderr, "imager latest: %s has no available image or copy in %s with a slot at or before %s "+
+			"(copies are made by a policy's copy_to; deleted images and copies do not count)\n",
+			quoteShort(instance), quoteShort(region), before.UTC().Format(time.RFC3339))
+		return exitFail
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "imager latest: %v\n", err)
+		return exitFail
+	}
+	target := m.InstanceID
+	if m.CopyID != 0 {
+		target = "<instance in " + m.Region + ">"
+	}
+	reset := fmt.Sprintf("tccli cvm ResetInstance --region %s --InstanceId %s --ImageId %s", m.Region, target, m.ImageID)
+	runNew := fmt.Sprintf(`tccli cvm RunInstances --region %s --ImageId %s --Placement '{"Zone":"<zone>"}' --InstanceType <type>`,
+		m.Region, m.ImageID)
+	if format == "json" {
+		out := map[string]any{
+			"instance_id": m.InstanceID, "policy": m.Policy, "account": m.Account, "slot": m.Slot, "region": m.Region,
+			"image_id": m.ImageID, "image_name": m.ImageName, "run_id": m.RunID, "available_at": m.AvailableAt,
+			"copy_id": nil, "source_region": nil, "source_image_id": nil,
+			"reset_instance": reset, "run_instances": runNew,
+		}
+		if m.CopyID != 0 {
+			out["copy_id"], out["source_region"], out["source_image_id"] = m.CopyID, m.SourceRegion, m.SourceImageID
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			fmt.Fprintf(stderr, "imager latest: %v\n", err)
+			return exitFail
+		}
+		return exitOK
+	}
+	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(w, "Instance:\t%s\n", m.InstanceID)
+	fmt.Fprintf(w, "Image:\t%s\n", m.ImageID)
+	fmt.Fprintf(w, "Name:\t%s\n", m.ImageName)
+	fmt.Fprintf(w, "Slot (UTC):\t%s\n", m.Slot.Format("2006-01-02 15:04:05"))
+	if m.AvailableAt != nil {
+		fmt.Fprintf(w, "Available:\t%s (%s ago)\n", m.AvailableAt.Format("2006-01-02 15:04:05"), formatAge(now.Sub(*m.AvailableAt)))
+	}
+	fmt.Fprintf(w, "Policy:\t%s\n", m.Policy)
+	fmt.Fprintf(w, "Account:\t%s\n", m.Account)
+	fmt.Fprintf(w, "Region:\t%s\n", m.Region)
+	if m.CopyID != 0 {
+		fmt.Fprintf(w, "Copy of:\t%s in %s\n", m.SourceImageID, m.SourceRegion)
+	}
+	w.Flush()
+	if m.CopyID == 0 {
+		fmt.Fprintf(stdout, "\nRestore the instance in place (replaces its system disk):\n  %s\n", reset)
+	} else {
+		fmt.Fprintf(stdout, "\nRestore an instance of %s in place (replaces its system disk; %s itself is in %s):\n  %s\n",
+			m.Region, m.InstanceID, m.SourceRegion, reset)
+	}
 	fmt.Fprintf(stdout, "\nOr start a new instance from the image (fill in the zone and type of the original):\n  %s\n", runNew)
 	return exitOK
 }

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -46,6 +47,8 @@ type statusReplica struct {
 
 type statusPolicy struct {
 	Name     string     `json:"name"`
+	Account  string     `json:"account"` // whose credentials the policy's calls use (docs/policies.md "Accounts")
+	CopyTo   []string   `json:"copy_to"` // regions its images are copied to, [] for none
 	Enabled  bool       `json:"enabled"`
 	LastSlot *time.Time `json:"last_slot"` // null when never handled
 	NextSlot *time.Time `json:"next_slot"` // null when disabled or never due
@@ -125,7 +128,13 @@ func readStatus(ctx context.Context, store *history.Store, cfg *policy.Config) (
 	}
 	rep.Policies = []statusPolicy{}
 	for _, p := range cfg.Policies {
-		sp := statusPolicy{Name: p.Name, Enabled: p.Enabled}
+		sp := statusPolicy{Name: p.Name, Account: p.Account, CopyTo: []string{}, Enabled: p.Enabled}
+		if sp.Account == "" {
+			sp.Account = policy.DefaultAccount
+		}
+		for _, c := range p.CopyTo {
+			sp.CopyTo = append(sp.CopyTo, c.Region)
+		}
 		if s, ok := slots[p.Name]; ok {
 			last := s.LastSlot
 			sp.LastSlot = &last
@@ -163,7 +172,7 @@ func printStatus(w io.Writer, rep statusReport) {
 	_ = tw.Flush()
 	fmt.Fprintln(w, "\npolicies:")
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  POLICY\tLAST SLOT\tNEXT SLOT")
+	fmt.Fprintln(tw, "  POLICY\tACCOUNT\tLAST SLOT\tNEXT SLOT\tCOPY TO")
 	for _, p := range rep.Policies {
 		last, next := "never", "never (disabled)"
 		if p.LastSlot != nil {
@@ -174,7 +183,11 @@ func printStatus(w io.Writer, rep statusReport) {
 		} else if p.Enabled {
 			next = "none"
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\n", p.Name, last, next)
+		copyTo := "-"
+		if len(p.CopyTo) > 0 {
+			copyTo = strings.Join(p.CopyTo, ",")
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", p.Name, p.Account, last, next, copyTo)
 	}
 	_ = tw.Flush()
 }

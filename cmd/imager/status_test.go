@@ -22,7 +22,7 @@ func TestOnceWithoutLeaderTakesTheLeaseAndStatusShowsIt(t *testing.T) {
 defaults: {region: ap-guangzhou, timezone: UTC}
 policies:
   - {name: web, schedule: "0 3 * * *", instances: [ins-stat0001]}
-  - {name: off, schedule: "0 4 * * *", instances: [ins-stat0001], enabled: false}
+  - {name: off, schedule: "0 4 * * *", instances: [ins-stat0001], enabled: false, copy_to: [{region: ap-singapore}, {region: ap-shanghai}]}
 `)
 	code, stdout, stderr := e.imager(t, append(e.daemonArgs("once", policies), "--policy", "web")...)
 	require.Equalf(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
@@ -52,12 +52,17 @@ policies:
 	require.True(t, rep.Policies[0].NextSlot.After(rep.Now))
 	require.Nil(t, rep.Policies[1].LastSlot)
 	require.Nil(t, rep.Policies[1].NextSlot, "disabled: never fired")
+	require.Equal(t, "default", rep.Policies[0].Account, "no accounts: block: the default account")
+	require.Equal(t, []string{}, rep.Policies[0].CopyTo)
+	require.Equal(t, []string{"ap-singapore", "ap-shanghai"}, rep.Policies[1].CopyTo)
 
 	code, stdout, _ = e.imager(t, "status", "--policies", policies, "--database-url", e.dbURL)
 	require.Equal(t, 0, code)
 	require.Contains(t, stdout, "leader:   none live; the last was "+rep.Leader.DaemonID+" (term 1)")
 	require.Contains(t, stdout, "2026-11-26T03:00:00Z")
 	require.Contains(t, stdout, "never (disabled)")
+	require.Regexp(t, `POLICY +ACCOUNT +LAST SLOT +NEXT SLOT +COPY TO\n`, stdout)
+	require.Regexp(t, `  off +default +never +never \(disabled\) +ap-singapore,ap-shanghai\n`, stdout)
 
 	code, _, stderr = e.imager(t, "status", "--policies", policies, "--database-url", e.dbURL, "--format", "xml")
 	require.Equal(t, exitUsage, code)

@@ -14,26 +14,36 @@ type RunFilter struct {
 	Policy   string
 	Instance string
 	Status   Status
-	Limit    int // <= 0: all
+	Account  string // image_runs.account
+	Limit    int    // <= 0: all
 }
 
 // RunListed is a run with the number of CreateImage calls made for it (image_runs.attempts
 // counts every API call, DescribeImages included).
 type RunListed struct {
 	Run
+	Account             string // image_runs.account
 	CreateImageAttempts int
 	Term                *int64
 	UpdatedAt           time.Time
 }
 
+// runFilterWhere is RunFilter's condition over $1..$5: since, policy, instance, status, account.
+const runFilterWhere = `scheduled_at >= $1 AND ($2 = '' OR policy = $2) AND ($3 = '' OR instance_id = $3)
+	AND ($4 = '' OR status = $4) AND ($5 = '' OR account = $5)`
+
 // RunsList lists the runs f selects, newest slot first.
 func (s *Store) RunsList(ctx context.Context, f RunFilter) ([]RunListed, error) {
-	rows, err := s.pool.Query(ctx, `SELECT `+runColumns+`,
+	// The columns are listed here rather than through runColumns, so the listing reads account
+	// whatever scanRun reads.
+	rows, err := s.pool.Query(ctx, `SELECT id, policy, instance_id, region, scheduled_at, started_at, finished_at, status,
+	image_name, COALESCE(image_id, ''), image_size_gib, COALESCE(request_id, ''),
+	COALESCE(error_code, ''), COALESCE(error_message, ''), attempts, daemon_id, account,
 	(SELECT count(*) FROM image_attempts a WHERE a.run_id = image_runs.id AND a.action = 'CreateImage'),
 	term, updated_at
 FROM image_runs
-WHERE scheduled_at >= $1 AND ($2 = '' OR policy = $2) AND ($3 = '' OR instance_id = $3) AND ($4 = '' OR status = $4)
-ORDER BY scheduled_at DESC, id DESC LIMIT $5`, f.Since, f.Policy, f.Instance, string(f.Status), limitArg(f.Limit))
+WHERE `+runFilterWhere+`
+ORDER BY scheduled_at DESC, id DESC LIMIT $6`, f.Since, f.Policy, f.Instance, string(f.Status), f.Account, limitArg(f.Limit))
 	if err != nil {
 		return nil, fmt.Errorf("list runs: %w", s.translate(err))
 	}
@@ -57,8 +67,8 @@ ORDER BY scheduled_at DESC, id DESC LIMIT $5`, f.Since, f.Policy, f.Instance, st
 // RunStatusCounts counts the runs f selects per status (f.Limit is ignored).
 func (s *Store) RunStatusCounts(ctx context.Context, f RunFilter) (map[Status]int64, error) {
 	rows, err := s.pool.Query(ctx, `SELECT status, count(*) FROM image_runs
-WHERE scheduled_at >= $1 AND ($2 = '' OR policy = $2) AND ($3 = '' OR instance_id = $3) AND ($4 = '' OR status = $4)
-GROUP BY status`, f.Since, f.Policy, f.Instance, string(f.Status))
+WHERE `+runFilterWhere+`
+GROUP BY status`, f.Since, f.Policy, f.Instance, string(f.Status), f.Account)
 	if err != nil {
 		return nil, fmt.Errorf("count runs: %w", s.translate(err))
 	}

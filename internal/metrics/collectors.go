@@ -16,12 +16,13 @@ type LastAvailable struct {
 	At       time.Time
 }
 
-// LastAvailableCopy is when the newest available copy of one (policy, instance) in one region
-// became available.
+// LastAvailableCopy is when the newest available copy of one (policy, instance) in one other
+// region became available, and the account of the copies there.
 type LastAvailableCopy struct {
 	Policy   string
 	Instance string
 	Region   string
+	Account  string
 	At       time.Time
 }
 
@@ -37,9 +38,9 @@ type Sources struct {
 	// LastAvailable returns the coverage view's last available image per (policy, instance):
 	// imager_last_available_image_timestamp_seconds.
 	LastAvailable func(ctx context.Context) ([]LastAvailable, error)
-	// LastAvailableCopies returns the copy_coverage view's last available copy per (policy,
+	// LastAvailableCopy returns the copy_coverage view's newest available copy per (policy,
 	// instance, region): imager_last_available_copy_timestamp_seconds.
-	LastAvailableCopies func(ctx context.Context) ([]LastAvailableCopy, error)
+	LastAvailableCopy func(ctx context.Context) ([]LastAvailableCopy, error)
 	// RPOBreaches returns the rows of rpo_breaches per loaded policy: imager_rpo_breaches.
 	RPOBreaches func(ctx context.Context) ([]PolicyCount, error)
 	// NotificationsPending returns how many notifications wait for delivery (read from the
@@ -101,7 +102,8 @@ func (m *Metrics) registerMore(opts Options) {
 			Help: "Notifications waiting for delivery in the notifications outbox (0: notifications not set up).",
 		}, func() float64 { return 0 }))
 	}
-	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.RPOBreaches != nil || opts.NotificationsPending != nil || opts.Replicas != nil {
+	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.LastAvailableCopy != nil || opts.RPOBreaches != nil ||
+		opts.NotificationsPending != nil || opts.Replicas != nil {
 		m.registry.MustRegister(&historyCollector{opts: opts, log: opts.Logger})
 	}
 }
@@ -146,9 +148,11 @@ var (
 	lastAvailableDesc = prometheus.NewDesc("imager_last_available_image_timestamp_seconds",
 		"Unix time the newest available image of a (policy, instance) became available (coverage view).",
 		[]string{"policy", "instance"}, nil)
-	lastCopyDesc = prometheus.NewDesc("imager_last_available_copy_timestamp_seconds",
-		"Unix time the newest available copy of a (policy, instance) in another region became available (copy_coverage view).",
-		[]string{"policy", "instance", "region"}, nil)
+	// The copies' gauge carries the account; the source images' gauge keeps its labels (a new
+	// label would start new series under the existing alerts and dashboards).
+	lastAvailableCopyDesc = prometheus.NewDesc("imager_last_available_copy_timestamp_seconds",
+		"Unix time the newest available copy of a (policy, instance) in another region became available (copy_coverage view), with the account of the copies.",
+		[]string{"policy", "instance", "region", "account"}, nil)
 	rpoDesc = prometheus.NewDesc("imager_rpo_breaches",
 		"Instances of a loaded policy without an image within 1.5 intervals (rows of the rpo_breaches view).",
 		[]string{"policy"}, nil)
@@ -171,8 +175,8 @@ func (c *historyCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- historyUpDesc
 	ch <- runsDesc
 	ch <- lastAvailableDesc
-	if c.opts.LastAvailableCopies != nil {
-		ch <- lastCopyDesc
+	if c.opts.LastAvailableCopy != nil {
+		ch <- lastAvailableCopyDesc
 	}
 	ch <- rpoDesc
 	if c.opts.NotificationsPending != nil {
@@ -212,14 +216,14 @@ func (c *historyCollector) Collect(ch chan<- prometheus.Metric) {
 				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance)
 		}
 	}
-	if c.opts.LastAvailableCopies != nil && up == 1 {
-		last, err := c.opts.LastAvailableCopies(ctx)
+	if c.opts.LastAvailableCopy != nil && up == 1 {
+		last, err := c.opts.LastAvailableCopy(ctx)
 		if err != nil {
 			failed("imager_last_available_copy_timestamp_seconds", err)
 		}
 		for _, l := range last {
-			ch <- prometheus.MustNewConstMetric(lastCopyDesc, prometheus.GaugeValue,
-				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance, l.Region)
+			ch <- prometheus.MustNewConstMetric(lastAvailableCopyDesc, prometheus.GaugeValue,
+				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance, l.Region, l.Account)
 		}
 	}
 	if c.opts.RPOBreaches != nil && up == 1 {

@@ -8,7 +8,8 @@ import (
 )
 
 // HistoryOptions returns Options whose database-backed sources read imager's history store:
-// run counts, the coverage view's last available images and copy_coverage's copies, RPO breaches, pending notifications and
+// run counts, the coverage view's last available images, the copy_coverage view's last available
+// copies, RPO breaches, pending notifications and
 // the replicas seen in the last minute. The caller sets the rest (spool, health, leadership).
 func HistoryOptions(store *history.Store) Options {
 	return Options{
@@ -31,11 +32,14 @@ func HistoryOptions(store *history.Store) Options {
 				}
 				return out, err
 			},
-			LastAvailableCopies: func(ctx context.Context) ([]LastAvailableCopy, error) {
-				copies, err := store.CopiesLastAvailable(ctx)
-				out := make([]LastAvailableCopy, len(copies))
-				for i, c := range copies {
-					out[i] = LastAvailableCopy{Policy: c.Policy, Instance: c.InstanceID, Region: c.Region, At: c.At}
+			LastAvailableCopy: func(ctx context.Context) ([]LastAvailableCopy, error) {
+				cov, err := store.CopyCoverageList(ctx, "", nil)
+				var out []LastAvailableCopy
+				for _, c := range cov {
+					if c.LastAvailableAt != nil {
+						out = append(out, LastAvailableCopy{Policy: c.Policy, Instance: c.InstanceID, Region: c.Region,
+							Account: c.Account, At: *c.LastAvailableAt})
+					}
 				}
 				return out, err
 			},

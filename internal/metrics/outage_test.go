@@ -81,11 +81,16 @@ func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, store.RunRequested(ctx, r.ID, "img-"+inst[4:], "req"))
 		require.NoError(t, store.RunAvailable(ctx, r.ID, nil, "", now.Add(-time.Duration(7*i)*30*time.Minute)))
-		if i == 0 { // its image copied to another region (copy_to)
-			cs, _, err := store.CopyRequested(ctx, r.ID, []string{"ap-singapore"}, now)
+		if i == 0 {
+			// ins-aaaaaaaa's image has a copy in ap-singapore, available 10 minutes ago, made with
+			// account prod; its copy in ap-shanghai is still syncing (no sample).
+			_, err = store.Pool().Exec(ctx, `UPDATE image_runs SET account = 'prod' WHERE id = $1`, r.ID)
 			require.NoError(t, err)
-			require.NoError(t, store.CopyAnswered(ctx, cs[0].ID, "img-copy0001", "req-sync"))
-			require.NoError(t, store.CopyAvailable(ctx, cs[0].ID, "img-copy0001", now.Add(5*time.Minute)))
+			copies, _, err := store.CopyRequested(ctx, r.ID, []string{"ap-shanghai", "ap-singapore"}, now.Add(-20*time.Minute))
+			require.NoError(t, err)
+			require.NoError(t, store.CopyAnswered(ctx, copies[0].ID, "img-sh000001", "req-s"))
+			require.NoError(t, store.CopyAnswered(ctx, copies[1].ID, "img-sg000001", "req-s"))
+			require.NoError(t, store.CopyAvailable(ctx, copies[1].ID, "", now.Add(-10*time.Minute)))
 		}
 	}
 
@@ -114,8 +119,9 @@ func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
 		map[string]string{"policy": "web", "instance": "ins-aaaaaaaa"}))
 	require.Equal(t, float64(now.Add(-210*time.Minute).Unix()), gauge(t, fams, "imager_last_available_image_timestamp_seconds",
 		map[string]string{"policy": "web", "instance": "ins-bbbbbbbb"}))
-	require.Equal(t, float64(now.Add(5*time.Minute).Unix()), gauge(t, fams, "imager_last_available_copy_timestamp_seconds",
-		map[string]string{"policy": "web", "instance": "ins-aaaaaaaa", "region": "ap-singapore"}))
+	require.Equal(t, float64(now.Add(-10*time.Minute).Unix()), gauge(t, fams, "imager_last_available_copy_timestamp_seconds",
+		map[string]string{"policy": "web", "instance": "ins-aaaaaaaa", "region": "ap-singapore", "account": "prod"}))
+	require.Len(t, fams["imager_last_available_copy_timestamp_seconds"].GetMetric(), 1, "a copy still syncing has no sample")
 	require.Equal(t, 1.0, gauge(t, fams, "imager_rpo_breaches", map[string]string{"policy": "web"}),
 		"ins-bbbbbbbb has no image within 1.5 intervals (3h)")
 	require.Equal(t, 2.0, gauge(t, fams, "imager_runs_total", map[string]string{"policy": "web", "status": "available"}))
@@ -134,5 +140,6 @@ func TestMetricsSurvivePostgreSQLOutage(t *testing.T) {
 	require.Equal(t, 2.0, gauge(t, fams, "imager_runs_total", map[string]string{"policy": "web", "status": "available"}))
 	require.NotContains(t, fams, "imager_rpo_breaches", "a family that could not be read is left out, not reported as 0")
 	require.NotContains(t, fams, "imager_runs_last_24h")
+	require.NotContains(t, fams, "imager_last_available_copy_timestamp_seconds")
 	require.Contains(t, fams, "go_goroutines")
 }

@@ -76,21 +76,32 @@ type gridRow struct {
 	Instance string     `json:"instance"`
 	Overdue  bool       `json:"overdue"`
 	Cells    []gridCell `json:"cells"`
+	Copies   []copyCell `json:"copies"`
+}
+
+// copyCell is one cell of a grid's copy columns as the browser sees it.
+type copyCell struct {
+	Text  string `json:"text"`
+	Color string `json:"color"`
+	BG    string `json:"bg"`
 }
 
 type gridTable struct {
-	Policy string    `json:"policy"`
-	Days   []string  `json:"days"`
-	Rows   []gridRow `json:"rows"`
+	Policy  string    `json:"policy"`
+	Days    []string  `json:"days"`
+	Regions []string  `json:"regions"`
+	Rows    []gridRow `json:"rows"`
 }
 
 const readGrids = `[...document.querySelectorAll('table.cov')].map(tb => ({
 	policy: tb.dataset.policy,
 	days: [...tb.querySelectorAll('thead th[title]')].map(th => th.title),
+	regions: [...tb.querySelectorAll('thead th.copy')].map(th => th.textContent),
 	rows: [...tb.querySelectorAll('tbody tr')].map(tr => ({
 		instance: tr.dataset.instance,
 		overdue: tr.querySelector('th').classList.contains('overdue'),
-		cells: [...tr.querySelectorAll('td')].map(td => ({cls: td.className, title: td.title, bg: getComputedStyle(td).backgroundColor})),
+		cells: [...tr.querySelectorAll('td:not(.copy)')].map(td => ({cls: td.className, title: td.title, bg: getComputedStyle(td).backgroundColor})),
+		copies: [...tr.querySelectorAll('td.copy')].map(td => ({text: td.textContent, color: getComputedStyle(td).color, bg: getComputedStyle(td).backgroundColor})),
 	})),
 }))`
 
@@ -236,4 +247,43 @@ policies:
 		{now.Add(-2 * time.Hour).Format("2006-01-02 15:04 UTC"), "db-nightly", "ins-dddddddd", "InsufficientBalance", "account balance too low"},
 		{daysAgo(1).Format("2006-01-02 15:04 UTC"), "web-daily", "ins-bbbbbbbb", "InvalidInstanceId.NotFound", `instance <ins-bbbbbbbb> not found & "gone"`},
 	}, failures)
+}
+
+// TestPageCopiesInBrowser: the copy columns as a browser shows them: the account and copy columns
+// of the policies table, and per instance the age of its newest copy in each region, red on pink
+// when overdue.
+func TestPageCopiesInBrowser(t *testing.T) {
+	s := newStore(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := loadPolicies(t, s, copyPolicies, now)
+	seedCopies(t, s, now)
+	srv := serve(t, options(s, cfg, now, now))
+
+	b := newBrowser(t)
+	require.NoError(t, chromedp.Do(b, chromedp.Navigate(srv.URL+"/"), chromedp.WaitReady(chromedp.CSS("#failures"))))
+	policies := evaluate[[][]string](t, b, readPolicies)
+	heads := evaluate[[]string](t, b, `[...document.querySelectorAll('#policies thead th')].map(th => th.textContent)`)
+	grids := evaluate[[]gridTable](t, b, readGrids)
+
+	require.Equal(t, []string{"Policy", "Account", "Schedule", "Time zone", "Next fire", "Last fire", "Last fire by status",
+		"RPO breaches", "Copies in ap-shanghai", "Copies in ap-singapore"}, heads)
+	require.Equal(t, []string{"web", "prod"}, policies[0][:2])
+	require.Equal(t, []string{"0 of 1 overdue", "1 of 2 overdue (oldest 1d 14h)"}, policies[0][8:])
+	require.Equal(t, []string{"db", "partner"}, policies[1][:2])
+	require.Equal(t, []string{"—", "—"}, policies[1][8:])
+
+	web := grids[0]
+	require.Equal(t, []string{"ap-singapore", "ap-shanghai"}, web.Regions)
+	require.Len(t, web.Days, 30, "the copy columns are not days")
+	byInstance := map[string]gridRow{}
+	for _, r := range web.Rows {
+		require.Len(t, r.Cells, 30, r.Instance)
+		byInstance[r.Instance] = r
+	}
+	const okText, okBG, pink = "rgb(31, 107, 55)", "rgb(227, 243, 232)", "rgb(253, 232, 234)"
+	require.Equal(t, []copyCell{{"2h 0m", okText, okBG}, {"never", okText, okBG}}, byInstance["ins-aaaaaaaa"].Copies)
+	require.Equal(t, copyCell{"1d 14h", red, pink}, byInstance["ins-bbbbbbbb"].Copies[0])
+	require.Equal(t, "–", byInstance["ins-bbbbbbbb"].Copies[1].Text)
+	require.Equal(t, transparent, byInstance["ins-cccccccc"].Copies[0].BG)
+	require.Empty(t, grids[1].Regions, "db copies nowhere")
 }

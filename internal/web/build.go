@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strconv"
 	"time"
 
@@ -24,10 +25,17 @@ type page struct {
 	PoliciesLoaded bool
 	LoadedAt       string
 	Sources        []string
-	Policies       []policyView
-	Grids          []grid
-	Failures       []failure
-	FailuresSince  string
+	// ShowAccount adds the policies' account column: shown when the policy files name accounts
+	// (more than one, or one other than "default"); with the one default account it would repeat
+	// "default" on every row.
+	ShowAccount bool
+	// CopyRegions are the policies table's copy columns: every copy_to region of the loaded
+	// policies, sorted.
+	CopyRegions   []string
+	Policies      []policyView
+	Grids         []grid
+	Failures      []failure
+	FailuresSince string
 }
 
 type dbState struct {
@@ -38,6 +46,7 @@ type dbState struct {
 
 type policyView struct {
 	Name       string
+	Account    string
 	Schedule   string
 	Timezone   string
 	Enabled    bool
@@ -49,6 +58,17 @@ type policyView struct {
 	Known      bool // Breaches and LastFire were read from the database
 	Instances  int
 	Anchor     string
+	Copies     []copySummary // one per page.CopyRegions
+}
+
+// copySummary is one policy's copies in one region (a cell of the policies table), from
+// copy_coverage.
+type copySummary struct {
+	Wanted    bool // the policy copies there (copy_to)
+	Instances int  // rows of copy_coverage
+	Overdue   int
+	Oldest    string // age of the oldest of the instances' newest available copies, "" when none
+	Title     string
 }
 
 type statusCount struct {
@@ -72,6 +92,8 @@ type grid struct {
 	PageURLs   []pageLink
 	Empty      bool // no targeted instance in coverage yet
 	Unreadable bool // the database did not answer
+	// CopyRegions are the policy's copy_to regions, one column each after the days.
+	CopyRegions []string
 }
 
 type pageLink struct {
@@ -91,6 +113,15 @@ type gridRow struct {
 	Overdue  bool
 	Title    string
 	Cells    []cell
+	Copies   []copyCell // one per grid.CopyRegions
+}
+
+// copyCell is an instance's newest available copy in one region: its age, red when the region
+// is overdue (copy_coverage).
+type copyCell struct {
+	Class string // copy-ok, copy-overdue, copy-none (no copy requested there yet)
+	Text  string
+	Title string
 }
 
 type cell struct {
@@ -131,6 +162,7 @@ func (h *handler) build(ctx context.Context, q query) *page {
 		p.LoadedAt = loadedAt.UTC().Format("2006-01-02 15:04:05 UTC")
 		p.Sources = cfg.Sources
 		rows = history.PolicyRows(cfg, now)
+		p.ShowAccount, p.CopyRegions = accountsNamed(cfg), copyRegions(cfg)
 	}
 
 	db := h.opts.History
@@ -150,13 +182,16 @@ func (h *handler) build(ctx context.Context, q query) *page {
 	up := func() bool { return db != nil && p.DB.Error == "" }
 
 	for i, pol := range policiesOf(cfg) {
-		v := policyView{Name: pol.Name, Schedule: pol.ScheduleSpec, Timezone: rows[i].Timezone,
+		v := policyView{Name: pol.Name, Account: pol.Account, Schedule: pol.ScheduleSpec, Timezone: rows[i].Timezone,
 			Enabled: pol.Enabled, Anchor: "grid-" + pol.Name}
 		if next := pol.Schedule.Next(now); !next.IsZero() && pol.Enabled {
 			v.NextFire = next.Format("2006-01-02 15:04 MST")
 			v.NextFireIn = "in " + human(next.Sub(now))
 		}
 		g := grid{Policy: pol.Name, Anchor: v.Anchor}
+		for _, c := range pol.CopyTo {
+			g.CopyRegions = append(g.CopyRegions, c.Region)
+		}
 		if up() {
 			page := 1
 			if q.policy == pol.Name {
@@ -177,6 +212,12 @@ func (h *handler) build(ctx context.Context, q query) *page {
 		p.Grids = append(p.Grids, g)
 	}
 
+	if up() && len(p.CopyRegions) > 0 {
+		if err := h.copySummaries(ctx, p, cfg, now); err != nil {
+			failed(err)
+		}
+	}
+
 	since := now.AddDate(0, 0, -GridDays)
 	p.FailuresSince = since.UTC().Format("2006-01-02")
 	if up() {
@@ -195,6 +236,79 @@ func (h *handler) build(ctx context.Context, q query) *page {
 	}
 	p.DB.Up = up()
 	return p
+}
+
+// accountsNamed reports whether the policy files name accounts: more than one, or one other than
+// the default account.
+func accountsNamed(cfg *policy.Config) bool {
+	if len(cfg.Accounts) > 1 {
+		return true
+	}
+	for _, p := range cfg.Policies {
+		if p.Account != "" && p.Account != policy.DefaultAccount {
+			return true
+		}
+	}
+	return false
+}
+
+// copyRegions is the union of the loaded policies' copy_to regions, sorted.
+func copyRegions(cfg *policy.Config) []string {
+	var out []string
+	for _, p := range cfg.Policies {
+		for _, c := range p.CopyTo {
+			if !slices.Contains(out, c.Region) {
+				out = append(out, c.Region)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// copySummaries fills each policy's cells of the copy columns from copy_coverage, one query for
+// the page.
+func (h *handler) copySummaries(ctx context.Context, p *page, cfg *policy.Config, now time.Time) error {
+	var copying []string // the policies with copy_to: the others have no copies to count
+	for _, pol := range cfg.Policies {
+		if len(pol.CopyTo) > 0 {
+			copying = append(copying, pol.Name)
+		}
+	}
+	sums, err := h.opts.History.CopyCoverageSummary(ctx, copying)
+	if err != nil {
+		return err
+	}
+	type key struct{ policy, region string }
+	byKey := make(map[key]history.CopyRegionSummary, len(sums))
+	for _, s := range sums {
+		byKey[key{s.Policy, s.Region}] = s
+	}
+	for i := range p.Policies {
+		v := &p.Policies[i]
+		pol := cfg.Policy(v.Name)
+		v.Copies = make([]copySummary, len(p.CopyRegions))
+		for j, region := range p.CopyRegions {
+			c := &v.Copies[j]
+			c.Wanted = pol != nil && slices.ContainsFunc(pol.CopyTo, func(t policy.CopyTarget) bool { return t.Region == region })
+			s, ok := byKey[key{v.Name, region}]
+			switch {
+			case !c.Wanted && !ok:
+				c.Title = v.Name + " does not copy to " + region
+				continue
+			case !ok:
+				c.Title = "no copy requested in " + region + " yet"
+				continue
+			}
+			c.Instances, c.Overdue = s.Instances, s.Overdue
+			c.Title = fmt.Sprintf("%d instances with copies in %s, %d overdue", s.Instances, region, s.Overdue)
+			if s.OldestAt != nil {
+				c.Oldest = human(now.Sub(*s.OldestAt))
+				c.Title += "; the oldest newest copy became available " + c.Oldest + " ago"
+			}
+		}
+	}
+	return nil
 }
 
 func policiesOf(cfg *policy.Config) []*policy.Policy {
@@ -282,9 +396,24 @@ func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz strin
 	for _, d := range days {
 		byDay[key{d.InstanceID, d.Day.Format(time.DateOnly)}] = d
 	}
+	type copyKey struct{ instance, region string }
+	copies := map[copyKey]history.CopyCoverage{}
+	if len(g.CopyRegions) > 0 {
+		cc, err := db.CopyCoverageList(ctx, g.Policy, ids)
+		if err != nil {
+			return err
+		}
+		for _, c := range cc {
+			copies[copyKey{c.InstanceID, c.Region}] = c
+		}
+	}
 	g.Rows = make([]gridRow, 0, len(cov.Rows))
 	for _, c := range cov.Rows {
 		row := gridRow{Instance: c.InstanceID, Overdue: c.Overdue, Title: instanceTitle(c, now)}
+		for _, region := range g.CopyRegions {
+			cc, ok := copies[copyKey{c.InstanceID, region}]
+			row.Copies = append(row.Copies, newCopyCell(region, cc, ok, now))
+		}
 		row.Cells = make([]cell, 0, GridDays)
 		for d := from; !d.After(to); d = d.AddDate(0, 0, 1) {
 			date := d.Format(time.DateOnly)
@@ -299,6 +428,27 @@ func (h *handler) fillGrid(ctx context.Context, g *grid, v *policyView, tz strin
 	}
 	g.pageLinks()
 	return nil
+}
+
+// newCopyCell is an instance's cell of one copy region: the age of its newest available copy
+// there, red when overdue, "never" when none became available, "–" when no copy was requested.
+func newCopyCell(region string, c history.CopyCoverage, found bool, now time.Time) copyCell {
+	if !found {
+		return copyCell{Class: "copy-none", Text: "–", Title: region + ": no copy requested yet"}
+	}
+	cell := copyCell{Class: "copy-ok", Text: "never", Title: region + ": no copy available yet"}
+	if c.LastAvailableAt != nil {
+		cell.Text = human(now.Sub(*c.LastAvailableAt))
+		cell.Title = region + ": newest copy " + c.LastAvailableImageID + ", available " + cell.Text + " ago"
+		if c.LastAvailableSlot != nil {
+			cell.Title += " (slot " + c.LastAvailableSlot.Format("2006-01-02 15:04 UTC") + ")"
+		}
+	}
+	if c.Overdue {
+		cell.Class = "copy-overdue"
+		cell.Title += "; OVERDUE"
+	}
+	return cell
 }
 
 // cellTitle is a grid cell's tooltip: the day, its best status and the image id (available,

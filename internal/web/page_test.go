@@ -13,6 +13,7 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/web"
 )
@@ -231,4 +232,114 @@ func BenchmarkPage10kInstances(b *testing.B) {
 		size = rec.Body.Len()
 	}
 	b.ReportMetric(float64(size)/1024, "KiB/page")
+}
+
+// copyPolicies copy web's images to two regions; db copies nowhere. Two accounts name the
+// policies' credentials.
+const copyPolicies = `version: 1
+accounts:
+  - name: prod
+    role: {role_arn: "qcs::cam::uin/100000000001:roleName/imager"}
+  - name: partner
+    role: {role_arn: "qcs::cam::uin/100000000002:roleName/imager"}
+defaults:
+  region: ap-guangzhou
+policies:
+  - name: web
+    account: prod
+    schedule: "0 3 * * *"
+    instances: [ins-aaaaaaaa, ins-bbbbbbbb, ins-cccccccc]
+    copy_to:
+      - region: ap-singapore
+      - region: ap-shanghai
+  - name: db
+    account: partner
+    schedule: "0 2 * * *"
+    instances: [ins-dddddddd]
+`
+
+// seedCopies makes, for the policies of copyPolicies at now: ins-aaaaaaaa's image of 3h ago
+// copied to ap-singapore (available 2h ago) and ap-shanghai (failed); ins-bbbbbbbb's image of 40h
+// ago copied to ap-singapore only, whose copy is 38h old (overdue); ins-cccccccc has no copy.
+func seedCopies(t testing.TB, s *history.Store, now time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	sd := seeder{t: t, s: s}
+	copyOf := func(inst string, slot time.Time, imageID string) history.Run {
+		sd.available("web", inst, slot, imageID, slot.Add(20*time.Minute))
+		runs, err := s.RunsList(ctx, history.RunFilter{Since: slot, Instance: inst, Limit: 1})
+		require.NoError(t, err)
+		return runs[0].Run
+	}
+	a := copyOf("ins-aaaaaaaa", now.Add(-3*time.Hour), "img-a0000001")
+	rows, _, err := s.CopyRequested(ctx, a.ID, []string{"ap-shanghai", "ap-singapore"}, now.Add(-150*time.Minute))
+	require.NoError(t, err)
+	require.NoError(t, s.CopyFailed(ctx, rows[0].ID, "InvalidRegion", "no", now.Add(-140*time.Minute)))
+	require.NoError(t, s.CopyAnswered(ctx, rows[1].ID, "img-sga00001", "req"))
+	require.NoError(t, s.CopyAvailable(ctx, rows[1].ID, "", now.Add(-2*time.Hour)))
+	b := copyOf("ins-bbbbbbbb", now.Add(-40*time.Hour), "img-b0000001")
+	rows, _, err = s.CopyRequested(ctx, b.ID, []string{"ap-singapore"}, now.Add(-39*time.Hour-30*time.Minute))
+	require.NoError(t, err)
+	require.NoError(t, s.CopyAnswered(ctx, rows[0].ID, "img-sgb00001", "req"))
+	require.NoError(t, s.CopyAvailable(ctx, rows[0].ID, "", now.Add(-38*time.Hour)))
+	sd.available("web", "ins-cccccccc", now.Add(-3*time.Hour), "img-c0000001", now.Add(-150*time.Minute))
+	sd.available("db", "ins-dddddddd", now.Add(-4*time.Hour), "img-d0000001", now.Add(-220*time.Minute))
+}
+
+// The policies table has an account column (the files name accounts) and a column per copy
+// region; the grid has a column per copy region of its policy with the newest copy's age.
+func TestPageCopiesAndAccounts(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := loadPolicies(t, s, copyPolicies, now)
+	seedCopies(t, s, now)
+	_, body := get(t, serve(t, options(s, cfg, now, now)).URL+"/")
+
+	require.Contains(t, body, `<th>Policy</th><th>Account</th><th>Schedule</th>`)
+	require.Contains(t, body, `>Copies in ap-shanghai</th><th class="copies" title="the instances' newest copies in ap-singapore: how many are overdue">Copies in ap-singapore</th></tr>`,
+		"the union of the copy_to regions, sorted")
+	row := func(pol string) string {
+		start := strings.Index(body, `<tr id="policy-`+pol+`">`)
+		require.GreaterOrEqual(t, start, 0)
+		return body[start : start+strings.Index(body[start:], "</tr>")]
+	}
+	require.Contains(t, row("web"), `<td class="account">prod</td>`)
+	require.Contains(t, row("db"), `<td class="account">partner</td>`)
+	require.Regexp(t, `<td class="copies" title="1 instances with copies in ap-shanghai, 0 overdue">0 of 1 overdue</td>`+
+		`<td class="copies" title="2 instances with copies in ap-singapore, 1 overdue; [^"]*"><span class="breach">1</span> of 2 overdue <span class="muted">\(oldest 1d 14h\)</span></td>`,
+		row("web"))
+	require.Contains(t, row("db"), `<td class="copies" title="db does not copy to ap-shanghai"><span class="muted">—</span></td>`)
+
+	g := gridOf(t, body, "web")
+	require.Contains(t, g, `<th class="copy first" data-region="ap-singapore">ap-singapore</th><th class="copy" data-region="ap-shanghai">ap-shanghai</th></tr>`,
+		"the policy's own copy_to regions, in its order")
+	cells := func(inst string) string {
+		start := strings.Index(g, `<tr data-instance="`+inst+`">`)
+		require.GreaterOrEqual(t, start, 0, inst)
+		r := g[start : start+strings.Index(g[start:], "</tr>")]
+		return r[strings.Index(r, `<td class="copy `):]
+	}
+	require.Equal(t, `<td class="copy copy-ok first" title="ap-singapore: newest copy img-sga00001, available 2h 0m ago (slot `+
+		now.Add(-3*time.Hour).Format("2006-01-02 15:04 UTC")+`)">2h 0m</td>`+
+		`<td class="copy copy-ok" title="ap-shanghai: no copy available yet">never</td>`, cells("ins-aaaaaaaa"),
+		"a failed copy 2h20m ago is not overdue yet (1.5 x 24h)")
+	require.Contains(t, cells("ins-bbbbbbbb"), `<td class="copy copy-overdue first" title="ap-singapore: newest copy img-sgb00001, available 1d 14h ago`)
+	require.Contains(t, cells("ins-bbbbbbbb"), `; OVERDUE">1d 14h</td>`)
+	require.Contains(t, cells("ins-bbbbbbbb"), `<td class="copy copy-none" title="ap-shanghai: no copy requested yet">–</td>`)
+	require.Contains(t, cells("ins-cccccccc"), `<td class="copy copy-none first" title="ap-singapore: no copy requested yet">–</td>`)
+	require.NotContains(t, gridOf(t, body, "db"), `class="copy`, "db copies nowhere: no copy columns")
+}
+
+// With the one default account the account column is left out; without copy_to there are no
+// copy columns.
+func TestPageWithoutAccountsOrCopies(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := loadPolicies(t, s, webPolicy, now)
+	_, body := get(t, serve(t, options(s, cfg, now, now)).URL+"/")
+	require.Contains(t, body, `<th>Policy</th><th>Schedule</th>`)
+	require.NotContains(t, body, "Copies in")
+	require.NotContains(t, body, `class="account"`)
 }

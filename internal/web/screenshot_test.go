@@ -29,14 +29,24 @@ func TestScreenshot(t *testing.T) {
 	s := newStore(t)
 	now := time.Now().UTC().Truncate(time.Second)
 	cfg := loadPolicies(t, s, `version: 1
+accounts:
+  - name: prod
+    role: {role_arn: "qcs::cam::uin/100000000001:roleName/imager"}
+  - name: data
+    role: {role_arn: "qcs::cam::uin/100000000002:roleName/imager"}
 defaults:
   region: ap-guangzhou
 policies:
   - name: web-nightly
+    account: prod
     schedule: "0 3 * * *"
     timezone: Asia/Shanghai
     instances: [ins-0a1b2c3d]
+    copy_to:
+      - region: ap-singapore
+      - region: eu-frankfurt
   - name: db-every-6h
+    account: data
     schedule: "@every 6h"
     instances: [ins-9f8e7d6c]
 `, now)
@@ -108,6 +118,19 @@ policies:
 				r.policy + "-" + r.instance + "-" + r.slot.Format("20060102-1504"), null(r.imageID), null(r.code),
 				null(r.msg), 1, "demo"}, nil
 		}))
+	require.NoError(t, err)
+	require.NoError(t, s.RebuildDerived(ctx)) // written in bulk: the kept answers are computed once
+	// web-nightly's images are copied 35 minutes after they are made, to ap-singapore and
+	// eu-frankfurt, except that one instance's copies to eu-frankfurt stopped three days ago.
+	_, err = s.Pool().Exec(ctx, `INSERT INTO image_copies (run_id, account, policy, instance_id, slot, source_region,
+	source_image_id, region, image_name, image_id, status, requested_at, available_at, finished_at, attempts)
+SELECT r.id, 'prod', r.policy, r.instance_id, r.scheduled_at, r.region, r.image_id, g.region, r.image_name,
+	'img-' || substr(md5(r.id::text || g.region), 1, 8), 'available', r.finished_at,
+	r.finished_at + interval '35 minutes', r.finished_at + interval '35 minutes', 1
+FROM image_runs r CROSS JOIN (VALUES ('ap-singapore'), ('eu-frankfurt')) g(region)
+WHERE r.policy = 'web-nightly' AND r.status = 'available'
+	AND NOT (g.region = 'eu-frankfurt' AND r.instance_id = $1 AND r.scheduled_at > $2)`,
+		fmt.Sprintf("ins-%08x", uint32(0x3a7c1e00+5*0x1011f)), now.Add(-72*time.Hour))
 	require.NoError(t, err)
 
 	srv := serve(t, options(s, cfg, now.Add(-26*time.Hour), now))

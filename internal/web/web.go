@@ -1,6 +1,7 @@
 // Package web serves imager's read-only status page (GET / on --listen, docs/operations.md "Status page"):
-// the daemon's state, each policy's schedule and last fire, a 30-day coverage grid per policy and
-// the recent failures. It is rendered on the server with html/template and embedded CSS; the page
+// the daemon's state, each policy's schedule, last fire and copies in other regions, a 30-day
+// coverage grid per policy (with each instance's newest copy per copy_to region) and the recent
+// failures. It is rendered on the server with html/template and embedded CSS; the page
 // needs no JavaScript.
 //
 // The page is informational: when PostgreSQL is unreachable it still answers 200, with a banner
@@ -41,6 +42,8 @@ type History interface {
 	LastFireOf(ctx context.Context, policy string) (time.Time, map[history.Status]int64, error)
 	DailyCoverageOf(ctx context.Context, policy string, instances []string, from, to time.Time) ([]history.DailyCoverage, error)
 	RunsList(ctx context.Context, f history.RunFilter) ([]history.RunListed, error)
+	CopyCoverageList(ctx context.Context, policy string, instances []string) ([]history.CopyCoverage, error)
+	CopyCoverageSummary(ctx context.Context, policies []string) ([]history.CopyRegionSummary, error)
 }
 
 var _ History = (*history.Store)(nil)
