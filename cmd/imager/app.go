@@ -14,18 +14,13 @@ import (
 	tccommon "github.com/tencentcloud/tencentcloud-sdk-go/tencentcloud/common"
 
 	"github.com/imager-dev/imager/internal/copies"
-	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
 	"github.com/imager-dev/imager/internal/leader"
 	"github.com/imager-dev/imager/internal/lifecycle"
 	"github.com/imager-dev/imager/internal/metrics"
 	"github.com/imager-dev/imager/internal/notify"
-	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
-	"github.com/imager-dev/imager/internal/quota"
-	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
-	"github.com/imager-dev/imager/internal/targets"
 	"github.com/imager-dev/imager/internal/web"
 )
 
@@ -46,13 +41,12 @@ type daemon struct {
 	clock    clockwork.Clock
 	dc       daemonConfig
 	store    *history.Store
-	client   *cvm.Client
 	elector  *leader.Elector
 	metrics  *metrics.Server // nil without --listen
 	daemonID string
 	cfg      policy.Live // the one config pointer: the scheduler, retention and the status page read it
-	// describePace is the one DescribeImages pace of this process, across terms.
-	describePace *pace.Limiter
+	// accounts holds each account's client and paces, by account name, across terms.
+	accounts map[string]*accountClient
 	// notifier delivers webhooks and pings from the outbox; it runs only on the leader.
 	notifier *notify.Notifier
 	// met is nil without --listen.
@@ -74,10 +68,8 @@ type daemon struct {
 type leaderWork struct {
 	term     int64
 	recorder *history.Recorder
-	sched    *scheduler.Scheduler
-	tracker  *lifecycle.Tracker
+	units    []*accountWork // one per account, in the file's order
 	copier   *copies.Copier
-	pruner   *retention.Pruner
 	notifier *notify.Notifier
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -145,7 +137,7 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 		mo := metrics.HistoryOptions(store)
 		mo.QueueDepth = func() int {
 			if w := d.leading(); w != nil {
-				return w.sched.QueueDepth()
+				return w.queueDepth()
 			}
 			return 0
 		}
@@ -181,13 +173,10 @@ func openDaemon(ctx context.Context, dc daemonConfig, log zerolog.Logger) (*daem
 		d.met = m
 		m.SetConfigReload(true, now)
 	}
-	if d.client, err = newCVMClient(dc.opts, dc.credential, log, onCall); err != nil {
+	if err := d.openAccounts(onCall); err != nil {
 		d.close()
 		return nil, err
 	}
-	// One DescribeImages pace for crash recovery, completion tracking, retention and the quota
-	// gate, so together they stay under api.describe_images_rate.
-	d.describePace = pace.New(d.clock, dc.cfg.API.DescribeImagesRate, pace.Options{})
 	return d, nil
 }
 
@@ -297,7 +286,8 @@ func (t fencedTracker) RunFinish(ctx context.Context, p history.RunFinishParams)
 
 var _ lifecycle.TrackerHistory = fencedTracker{}
 
-// buildWork opens the spool and builds the leader's components, every write fenced by term.
+// buildWork opens the spool and builds the leader's components, every write fenced by term:
+// the copier, and each account's scheduler, tracker and pruner.
 func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 	log := d.log.With().Int64("term", term).Logger()
 	store := d.store.WithTerm(term)
@@ -306,90 +296,15 @@ func (d *daemon) buildWork(term int64) (*leaderWork, error) {
 		return nil, fmt.Errorf("--spool-dir: %w", err)
 	}
 	w := &leaderWork{term: term, recorder: rec, notifier: d.notifier}
-	cfg := d.cfg.Load()
-	var sched *scheduler.Scheduler
-	liveConfig := d.cfg.Load
-
-	deletePace := pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{})
-	w.pruner = retention.NewPruner(retention.Options{
-		CVM: d.client, History: store, DescribePace: d.describePace, Config: liveConfig,
-		DeletePace: deletePace,
-		Clock:      d.clock, Logger: log.With().Str("component", "retention").Logger(),
-	})
-	// The copier has its own SyncImages pace; it shares the DescribeImages and DeleteImages paces
-	// with tracking and retention, so the three stay under each API limit together.
-	w.copier = copies.New(copies.Options{
-		History:      store,
-		CVM:          func(string) copies.CVM { return d.client },
-		Config:       liveConfig,
-		DescribePace: func(string) copies.Pace { return d.describePace },
-		DeletePace:   func(string) copies.Pace { return deletePace },
-		Clock:        d.clock,
-		Logger:       log.With().Str("component", "copier").Logger(),
-		PollInterval: d.dc.pollInterval,
-	})
-	gate := quota.NewGate(quota.Options{
-		CVM: d.client, Pace: d.describePace, Clock: d.clock, Prune: w.pruner.PruneRegion,
-		Logger: log.With().Str("component", "quota").Logger(),
-	})
-	resolver := targets.NewResolver(targets.Options{
-		CVM: d.client, Clock: d.clock, Logger: log.With().Str("component", "targets").Logger(),
-	})
-	sched, err = scheduler.New(scheduler.Options{
-		Config:           cfg,
-		Live:             &d.cfg,
-		CVM:              d.client,
-		History:          rec,
-		Clock:            d.clock,
-		Logger:           log.With().Str("component", "scheduler").Logger(),
-		DaemonID:         d.daemonID,
-		APIDryRun:        d.dc.opts.apiDryRun,
-		ShutdownGrace:    d.dc.opts.shutdownGrace,
-		DisableCron:      d.dc.noCron,
-		DescribePace:     d.describePace,
-		ResolveTargets:   resolver.Resolve,
-		ResolveDataDisks: resolver.DataDisks,
-		BeforeFire:       gate.Check,
-		BeforeFireBatch:  resolver.Prime,
-		OnQuotaExceeded:  gate.OnQuotaExceeded,
-		OnFenced:         d.elector.Demote,
-		OnOutcome: func(o scheduler.Outcome) {
-			if d.met != nil {
-				d.met.ObserveRun(o.Policy, string(o.Status))
-			}
-		},
-		OnPaceWait: func(wait time.Duration) {
-			if d.met != nil {
-				d.met.ObservePaceWait(wait)
-			}
-		},
-	})
-	if err != nil {
-		_ = rec.Close()
-		return nil, err
+	w.copier = d.newCopier(store, log)
+	for _, a := range configAccounts(d.cfg.Load()) {
+		u, err := d.buildAccount(w, a, store, log)
+		if err != nil {
+			_ = rec.Close()
+			return nil, err
+		}
+		w.units = append(w.units, u)
 	}
-	w.sched = sched
-	w.tracker = lifecycle.NewTracker(lifecycle.TrackerOptions{
-		History:      fencedTracker{TrackerHistory: lifecycle.RecorderHistory(rec), onFenced: d.elector.Demote},
-		CVM:          d.client,
-		Pace:         d.describePace,
-		Config:       liveConfig,
-		Clock:        d.clock,
-		Logger:       log.With().Str("component", "tracker").Logger(),
-		PollInterval: d.dc.pollInterval,
-		OnTerminal: func(r history.Run) {
-			if d.met != nil {
-				d.met.ObserveRun(r.Policy, string(r.Status))
-			}
-		},
-		OnAvailable: func(ctx context.Context, r history.Run) {
-			w.copier.Kick()
-			if _, err := w.pruner.PruneInstance(ctx, r.Policy, r.InstanceID); err != nil && ctx.Err() == nil {
-				log.Warn().Err(err).Str("policy", r.Policy).Str("instance", r.InstanceID).
-					Msg("retention pass failed; its deletions are retried at the next pass")
-			}
-		},
-	})
 	return w, nil
 }
 
@@ -405,18 +320,20 @@ func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 		return fail(err)
 	}
 	d.recorder.Store(w.recorder)
-	if err := w.sched.Start(ctx); err != nil {
-		return fail(err)
-	}
-	if err := w.tracker.Start(ctx); err != nil {
-		return fail(err)
+	for _, u := range w.units {
+		if err := u.sched.Start(ctx); err != nil {
+			return fail(err)
+		}
+		if err := u.tracker.Start(ctx); err != nil {
+			return fail(err)
+		}
 	}
 	if err := w.copier.Start(ctx); err != nil {
 		return fail(err)
 	}
 	// The policies table first: the coverage views join it, and the notifier's first pass
 	// evaluates rpo_breaches at once.
-	d.syncPolicies(ctx, w.sched.Config())
+	d.syncPolicies(ctx, w.units[0].sched.Config())
 	if err := d.notifier.Start(ctx); err != nil {
 		return fail(err)
 	}
@@ -433,13 +350,17 @@ func (w *leaderWork) stop(log zerolog.Logger) {
 	if w.cancel != nil {
 		w.cancel()
 	}
-	w.sched.Stop()
+	for _, u := range w.units {
+		u.sched.Stop()
+	}
 	w.wg.Wait()
 	if w.notifier != nil {
 		w.notifier.Stop()
 	}
 	w.copier.Stop()
-	w.tracker.Stop()
+	for _, u := range w.units {
+		u.tracker.Stop()
+	}
 	if err := w.recorder.Close(); err != nil {
 		log.Error().Err(err).Msg("closing the history spool")
 	}
@@ -455,10 +376,12 @@ func (d *daemon) sweepRetention(ctx context.Context, w *leaderWork) {
 			return
 		case <-t.Chan():
 		}
-		if n, err := w.pruner.PruneAll(ctx); err != nil && ctx.Err() == nil {
-			d.log.Warn().Err(err).Int("deleted", n).Msg("periodic retention pass failed; retried at the next pass")
-		} else if n > 0 {
-			d.log.Info().Int("deleted", n).Msg("periodic retention pass")
+		for _, u := range w.units {
+			if n, err := u.pruner.PruneAll(ctx); err != nil && ctx.Err() == nil {
+				d.log.Warn().Err(err).Str("account", u.name).Int("deleted", n).Msg("periodic retention pass failed; retried at the next pass")
+			} else if n > 0 {
+				d.log.Info().Str("account", u.name).Int("deleted", n).Msg("periodic retention pass")
+			}
 		}
 	}
 }
@@ -527,7 +450,7 @@ func (d *daemon) serveFireRequests(ctx context.Context, w *leaderWork) {
 func (d *daemon) fireRequest(ctx context.Context, store *history.Store, w *leaderWork, f history.FireRequest) {
 	log := d.log.With().Int64("fire_request", f.ID).Str("policy", f.Policy).Str("requested_by", f.RequestedBy).Logger()
 	log.Info().Strs("instances", f.Instances).Time("slot", f.Slot).Msg("firing at the request of imager once")
-	_, err := w.sched.RunOnceAt(ctx, f.Policy, f.Instances, f.Slot)
+	_, err := w.runOnceAt(ctx, d.cfg.Load(), f.Policy, f.Instances, f.Slot)
 	if ctx.Err() != nil {
 		return // leadership ended: the next leader takes the request over
 	}
@@ -556,6 +479,9 @@ func (d *daemon) reload(cfg *policy.Config) (err error) {
 	if err := scheduler.CheckConfig(cfg); err != nil {
 		return err
 	}
+	if err := sameAccounts(d.cfg.Load(), cfg); err != nil {
+		return err
+	}
 	notify, err := d.notifier.Resolve(cfg)
 	if err != nil {
 		return fmt.Errorf("notify: %w", err)
@@ -566,8 +492,10 @@ func (d *daemon) reload(cfg *policy.Config) (err error) {
 	now := d.clock.Now()
 	d.loadedAt.Store(&now)
 	if w := d.leading(); w != nil {
-		if err := w.sched.Reload(cfg); err != nil { // checked above: it only applies
-			return err
+		for _, u := range w.units {
+			if err := u.sched.Reload(cfg); err != nil { // checked above: it only applies
+				return err
+			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		d.syncPolicies(ctx, cfg)
@@ -592,8 +520,8 @@ func (d *daemon) close() {
 		d.elector.Stop()
 	}
 	d.stopWork()
-	if d.client != nil {
-		d.client.Close()
+	for _, ac := range d.accounts {
+		ac.client.Close()
 	}
 	if d.metrics != nil {
 		d.metrics.Stop()

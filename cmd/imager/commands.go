@@ -300,7 +300,7 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return onceThroughLeader(ctx, d, req, lease, stdout, stderr, log)
 	}
 	log.Info().Int64("term", w.term).Msg("no leader running: firing under a lease of its own")
-	outcomes, err := w.sched.RunOnceAt(ctx, *name, instances, slot)
+	outcomes, err := w.runOnceAt(ctx, cfg, *name, instances, slot)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager once: %v\n", err)
 		return exitFail
@@ -313,11 +313,11 @@ func cmdOnce(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			requested = append(requested, oc.RunID)
 		}
 	}
-	follow := len(requested) > 0 && !*noWait && canFollowImages(ctx, d.client, cfg.Policy(*name), outcomes, log)
+	p := cfg.Policy(*name)
+	follow := len(requested) > 0 && !*noWait && canFollowImages(ctx, d.accountOf(p.Account).client, p, outcomes, log)
 	if follow {
 		log.Info().Int("images", len(requested)).Msg("waiting for the images to become usable")
-		w.tracker.Kick()
-		final, err := w.tracker.WaitTerminal(ctx, requested)
+		final, err := w.waitTerminal(ctx, cfg, outcomes)
 		if err != nil {
 			fmt.Fprintf(stderr, "imager once: waiting for images: %v\n", err)
 			return exitFail

@@ -230,25 +230,25 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	results := make([][]scheduler.Outcome, len(cfg.Policies))
 	errs := make([]error, len(cfg.Policies))
 	for i, p := range cfg.Policies {
-		wg.Go(func() { results[i], errs[i] = w.sched.RunOnce(ctx, p.Name, nil) })
+		wg.Go(func() { results[i], errs[i] = w.runOnce(ctx, cfg, p.Name, nil) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	elapsed := time.Since(started)
-	if err := waitUsable(ctx, w, out, slices.Concat(results...)); err != nil {
+	if err := waitUsable(ctx, w, cfg, out, slices.Concat(results...)); err != nil {
 		return err
 	}
 	// Two more fires of web-nightly (keep_last: 2): the tracker's retention pass after each
 	// prunes the oldest image of every instance.
 	for range 2 {
 		fmt.Fprintln(out, "imager demo: firing web-nightly again (retention keeps the 2 newest images per instance) ...")
-		outs, err := w.sched.RunOnce(ctx, "web-nightly", nil)
+		outs, err := w.runOnce(ctx, cfg, "web-nightly", nil)
 		if err != nil {
 			return err
 		}
-		if err := waitUsable(ctx, w, out, outs); err != nil {
+		if err := waitUsable(ctx, w, cfg, out, outs); err != nil {
 			return err
 		}
 	}
@@ -365,7 +365,7 @@ func freeListen(addr string) string {
 }
 
 // waitUsable follows the accepted images of outs until each is NORMAL or failed.
-func waitUsable(ctx context.Context, w *leaderWork, out io.Writer, outs []scheduler.Outcome) error {
+func waitUsable(ctx context.Context, w *leaderWork, cfg *policy.Config, out io.Writer, outs []scheduler.Outcome) error {
 	var ids []int64
 	for _, o := range outs {
 		if o.Status == history.StatusRequested {
@@ -373,8 +373,7 @@ func waitUsable(ctx context.Context, w *leaderWork, out io.Writer, outs []schedu
 		}
 	}
 	fmt.Fprintf(out, "imager demo: %d images accepted; following them with DescribeImages until they are usable ...\n", len(ids))
-	w.tracker.Kick()
-	_, err := w.tracker.WaitTerminal(ctx, ids)
+	_, err := w.waitTerminal(ctx, cfg, outs)
 	return err
 }
 

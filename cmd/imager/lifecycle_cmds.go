@@ -71,21 +71,42 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "imager prune: migrate: %v\n", err)
 		return exitFail
 	}
-	client, err := newCVMClient(o, nil, log, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "imager prune: %v\n", err)
-		return exitFail
+	// One pruner per account, each with the account's client, weighing the images made with it.
+	var pruners []*retention.Pruner
+	accts := configAccounts(cfg)
+	for _, a := range accts {
+		if *name != "" && cfg.Policy(*name).Account != a.Name && len(accts) > 1 {
+			continue
+		}
+		cred, err := accountCredential(a, nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager prune: %v\n", err)
+			return exitFail
+		}
+		client, err := newCVMClient(o, cred, log.With().Str("account", a.Name).Logger(), nil)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager prune: account %s: %v\n", a.Name, err)
+			return exitFail
+		}
+		defer client.Close()
+		serves := a.Name
+		if len(accts) == 1 {
+			serves = "" // every image, including those recorded before the file named its account
+		}
+		pruners = append(pruners, retention.NewPruner(retention.Options{
+			CVM: client, History: store, Config: func() *policy.Config { return cfg }, Account: serves,
+			Clock: clockwork.NewRealClock(), Logger: log.With().Str("component", "retention").Str("account", a.Name).Logger(),
+		}))
 	}
-	defer client.Close()
-	pruner := retention.NewPruner(retention.Options{
-		CVM: client, History: store, Config: func() *policy.Config { return cfg },
-		Clock: clockwork.NewRealClock(), Logger: log.With().Str("component", "retention").Logger(),
-	})
 
-	decisions, err := pruner.Plan(ctx, *name)
-	if err != nil {
-		fmt.Fprintf(stderr, "imager prune: %v\n", err)
-		return exitFail
+	var decisions []retention.Decision
+	for _, pruner := range pruners {
+		ds, err := pruner.Plan(ctx, *name)
+		if err != nil {
+			fmt.Fprintf(stderr, "imager prune: %v\n", err)
+			return exitFail
+		}
+		decisions = append(decisions, ds...)
 	}
 	verb := "would delete"
 	if !*dryRun {
@@ -99,10 +120,17 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return exitOK
 	}
 	var deleted int
-	if *name != "" {
-		deleted, err = pruner.PrunePolicy(ctx, *name)
-	} else {
-		deleted, err = pruner.PruneAll(ctx)
+	for _, pruner := range pruners {
+		var n int
+		if *name != "" {
+			n, err = pruner.PrunePolicy(ctx, *name)
+		} else {
+			n, err = pruner.PruneAll(ctx)
+		}
+		deleted += n
+		if err != nil {
+			break
+		}
 	}
 	fmt.Fprintf(stdout, "%d images deleted\n", deleted)
 	if err != nil {

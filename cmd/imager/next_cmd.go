@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/targets"
 )
@@ -89,24 +90,37 @@ func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 
-	var resolver *targets.Resolver
+	// One resolver per account: each lists the instances its own credentials see.
+	resolvers := map[string]*targets.Resolver{}
 	if !*offline {
-		client, err := newCVMClient(o, nil, log, nil)
-		switch {
-		case err != nil && *from != "":
-			// A preview from a given instant needs no API: say so and go on offline.
-			fmt.Fprintf(stderr, "imager next: targets not resolved (%v); showing fire times only\n", err)
-		case err != nil:
-			fmt.Fprintf(stderr, "imager next: %v (or use --offline)\n", err)
-			return exitFail
-		default:
-			defer client.Close()
-			resolver = targets.NewResolver(targets.Options{CVM: client, Logger: log.With().Str("component", "targets").Logger()})
+		for _, a := range configAccounts(cfg) {
+			cred, err := accountCredential(a, nil)
+			var client *cvm.Client
+			if err == nil {
+				client, err = newCVMClient(o, cred, log, nil)
+			}
+			switch {
+			case err != nil && *from != "":
+				// A preview from a given instant needs no API: say so and go on offline.
+				fmt.Fprintf(stderr, "imager next: targets not resolved (%v); showing fire times only\n", err)
+			case err != nil:
+				fmt.Fprintf(stderr, "imager next: %v (or use --offline)\n", err)
+				return exitFail
+			default:
+				defer client.Close()
+				resolvers[a.Name] = targets.NewResolver(targets.Options{CVM: client, Logger: log.With().Str("component", "targets").Logger()})
+			}
 		}
 	}
 	code := exitOK
 	for _, p := range policies {
 		targetsNow := fmt.Sprintf("%d listed instances", len(p.Instances))
+		resolver := resolvers[p.Account]
+		if len(resolvers) == 1 && resolver == nil {
+			for _, r := range resolvers {
+				resolver = r
+			}
+		}
 		switch {
 		case resolver != nil:
 			ids, skipped, err := resolver.Resolve(ctx, p)

@@ -153,6 +153,14 @@ func (c *cluster) start(t *testing.T, name, spool string, extra ...string) *proc
 	p := &proc{name: name, done: make(chan struct{})}
 	p.cmd = exec.Command(c.bin, c.args("run", spool, extra...)...)
 	p.cmd.Env = c.env()
+	startProc(t, p)
+	return p
+}
+
+// startProc starts p.cmd, collects its log lines, kills it when the test ends (printing its last
+// lines when the test failed) and waits until it logs that it runs.
+func startProc(t *testing.T, p *proc) {
+	t.Helper()
 	stderr, err := p.cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, p.cmd.Start())
@@ -177,7 +185,6 @@ func (c *cluster) start(t *testing.T, name, spool string, extra ...string) *proc
 		}
 	})
 	p.waitLog(t, "imager running")
-	return p
 }
 
 func (p *proc) log() string {

@@ -262,13 +262,16 @@ func (p *Pruner) cfg() *policy.Config {
 	return p.config()
 }
 
-// api returns the api: settings of the Pruner's account (the top-level block without
-// Options.Account); ok is false without a config or when it has no such account.
+// api returns the api: settings of the Pruner's account (without Options.Account: the only
+// account's when the file names one, else the top-level block); ok is false without a config or
+// when it has no such account.
 func (p *Pruner) api() (api policy.API, ok bool) {
 	cfg := p.cfg()
 	switch {
 	case cfg == nil:
 		return policy.API{}, false
+	case p.account == "" && len(cfg.Accounts) == 1:
+		return cfg.Accounts[0].API, true
 	case p.account == "":
 		return cfg.API, true
 	}

@@ -470,10 +470,13 @@ func CheckConfig(cfg *policy.Config) error {
 }
 
 // accountAPI returns the api: settings a scheduler of account uses under cfg: the account's
-// (Config.Account), or the top-level block for "" (every policy). ok is false when cfg has no
-// such account.
+// (Config.Account), or for "" (every policy) the only account's when the file names one, else the
+// top-level block. ok is false when cfg has no such account.
 func accountAPI(cfg *policy.Config, account string) (api policy.API, ok bool) {
 	if account == "" {
+		if len(cfg.Accounts) == 1 {
+			return cfg.Accounts[0].API, true
+		}
 		return cfg.API, true
 	}
 	a := cfg.Account(account)
