@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
-	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/pgcluster/pgtest"
+	"github.com/imager-dev/imager/internal/policy"
 )
 
 // Two accounts end to end (docs/policies.md "Accounts"): the real binary leads against a simulator
