@@ -138,9 +138,10 @@ type invocation struct {
 }
 
 // Run runs cmd on every instance (each once), in RunCommands of up to tat.MaxInstances, and
-// follows their tasks until each instance has its outcome (h.Done) or ctx ends. An instance whose
-// agent is offline (RunCommand refuses the whole call for it) is told StatusAgentOffline and the
-// call is sent again without it. It returns when every instance has its outcome, or when ctx
+// follows their tasks until each instance has its outcome (h.Done) or ctx ends. RunCommand refuses
+// the whole call for one instance that cannot take it: an instance whose agent is offline is told
+// StatusAgentOffline and the call is sent again without it; one that is not RUNNING or not found
+// makes the runner send to each instance alone, so only that one is told StatusError. It returns when every instance has its outcome, or when ctx
 // ends: instances not told by then may or may not run the command.
 func (r *Runner) Run(ctx context.Context, cmd Command, instances []string, h Handler) {
 	var open []*invocation
@@ -203,6 +204,13 @@ func (r *Runner) send(ctx context.Context, cmd Command, batch []string, h Handle
 			}
 			try = 0
 			continue
+		case instanceRefused(ae.Code) && len(batch) > 1:
+			// One instance the call names cannot take it (stopped, gone): every other one still
+			// gets the command, each alone.
+			for _, id := range batch {
+				open = append(open, r.send(ctx, cmd, []string{id}, h)...)
+			}
+			return open
 		case (ae.Class == cvm.ClassThrottled || ae.Class == cvm.ClassTransient) && try < sendTries:
 			if ae.Class == cvm.ClassThrottled {
 				r.pace.Throttle()
@@ -218,6 +226,16 @@ func (r *Runner) send(ctx context.Context, cmd Command, batch []string, h Handle
 		return open
 	}
 	return open
+}
+
+// instanceRefused reports whether code refuses a RunCommand because of one of its instances,
+// other than its agent: not RUNNING, not found, or a malformed id.
+func instanceRefused(code string) bool {
+	switch code {
+	case tat.CodeInstanceStateNotRunning, "ResourceNotFound.InstanceNotFound", "InvalidParameterValue.InvalidInstanceId":
+		return true
+	}
+	return false
 }
 
 // offline returns the instances of batch whose agent is not online, each with the error that says
