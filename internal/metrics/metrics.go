@@ -62,6 +62,8 @@ type Metrics struct {
 	paceWait  prometheus.Histogram
 	reloadOK  prometheus.Gauge
 	reloadAt  prometheus.Gauge
+
+	hookFrozen *prometheus.HistogramVec // hooks.go
 }
 
 // New builds the registry with the Go and process collectors and imager's own.
@@ -82,6 +84,7 @@ func New(opts Options) *Metrics {
 	m.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.apiCalls, m.apiDuration)
 	m.registerMore(opts)
+	m.registerHooks()
 	if opts.Leading != nil {
 		m.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "imager_leader",

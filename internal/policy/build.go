@@ -104,6 +104,7 @@ func (b *builder) build(rp *rawPolicy) (p *Policy, ok bool) {
 		p.Enabled = rp.enabled.v
 	}
 	p.Notify = rp.notify.v
+	p.Hooks = rp.hooks
 	return p, !inheritedBad && rp.decodeErrs == 0 && len(*b.errs) == start
 }
 

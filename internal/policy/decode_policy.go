@@ -76,6 +76,7 @@ type rawPolicy struct {
 	conc      val[Concurrency]
 	account   val[string]
 	copies    rawCopies
+	hooks     *Hooks // hooks.go
 }
 
 func (d *decoder) defaults(n *yaml.Node, at pos) *rawDefaults {
@@ -142,6 +143,7 @@ func (d *decoder) policy(n *yaml.Node, field string) *rawPolicy {
 		"concurrency": func(p pair) { rp.conc = d.concurrency(p.v, join(field, "concurrency")) },
 		"account":     func(p pair) { rp.account = d.str(p.v, join(field, "account")) },
 		"copy_to":     func(p pair) { rp.copies = d.copies(p, join(field, "copy_to"), 2) },
+		"hooks":       func(p pair) { rp.hooks = d.hooks(p.v, join(field, "hooks")) },
 	})
 	rp.decodeErrs = len(*d.errs) - start
 	return rp

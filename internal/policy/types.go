@@ -69,6 +69,8 @@ type Policy struct {
 	// Concurrency says whether a slot is sent while the same instance's previous image of the
 	// policy is still being made (`concurrency`, default forbid).
 	Concurrency Concurrency
+	// Hooks runs commands on each instance around its CreateImage (`hooks:`, hooks.go); nil: none.
+	Hooks *Hooks
 
 	// Parsed templates, set by Load. Hand-built policies leave them nil and the render functions
 	// parse the strings above instead.

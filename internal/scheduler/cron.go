@@ -219,7 +219,7 @@ func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
 	}
 	err := s.claimJobs(jobs, false)
 	if err == nil {
-		s.enqueueAll(jobs, false)
+		s.sendFire(jobs, false)
 		return
 	}
 	if errors.Is(err, history.ErrFenced) {
@@ -230,7 +230,7 @@ func (s *Scheduler) fireScheduled(p *policy.Policy, slot time.Time) {
 		Msg("cannot claim the slot; retrying until its start window closes")
 	s.run.Go(func() {
 		if s.claimUntilWindow(s.stopCtx, jobs) == nil {
-			s.enqueueAll(jobs, false)
+			s.sendFire(jobs, false)
 		}
 	})
 }

@@ -56,6 +56,18 @@ type History interface {
 	AttemptInsert(ctx context.Context, a history.Attempt) error
 	// RunsUnfinished lists runs in status pending or requested, oldest first (crash recovery).
 	RunsUnfinished(ctx context.Context) ([]history.Run, error)
+
+	// The hooks' rows (hooks.go), never spooled.
+
+	// HookRunsRequest records a phase's command for runs before it is sent; it returns the rows
+	// written (none for a run that has that phase already, or a post without a pre that ran).
+	HookRunsRequest(ctx context.Context, phase history.HookPhase, runIDs []int64, at time.Time) ([]history.HookRun, error)
+	// HookRunsInvoked records the TAT invocation that carries hooks.
+	HookRunsInvoked(ctx context.Context, ids []int64, invocationID string) error
+	// HookRunFinish records a hook's end, with its hook_failed event when it did not succeed.
+	HookRunFinish(ctx context.Context, r history.HookResult) (history.HookRun, error)
+	// HookRunsPostDue lists an account's pre hooks whose post was never requested.
+	HookRunsPostDue(ctx context.Context, account string) ([]history.HookRun, error)
 }
 
 // The implementations the daemon wires in. (They cannot assert this themselves: the scheduler

@@ -570,3 +570,21 @@ func (h *fakeHistory) waitEmptyFires(ctx context.Context, n int) ([]fakeFire, er
 		}
 	}
 }
+
+// The fake history has no hooks: tests of hooks run on PostgreSQL (hooks_test.go).
+
+func (h *fakeHistory) HookRunsRequest(context.Context, history.HookPhase, []int64, time.Time) ([]history.HookRun, error) {
+	return nil, errors.New("fake history: no hooks")
+}
+
+func (h *fakeHistory) HookRunsInvoked(context.Context, []int64, string) error {
+	return errors.New("fake history: no hooks")
+}
+
+func (h *fakeHistory) HookRunFinish(context.Context, history.HookResult) (history.HookRun, error) {
+	return history.HookRun{}, errors.New("fake history: no hooks")
+}
+
+func (h *fakeHistory) HookRunsPostDue(context.Context, string) ([]history.HookRun, error) {
+	return nil, nil
+}

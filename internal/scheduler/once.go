@@ -123,7 +123,7 @@ func (s *Scheduler) RunOnceAt(ctx context.Context, policyName string, instances 
 			return nil, fmt.Errorf("run policy %s: %w", p.Name, err)
 		}
 	}
-	if !s.enqueueAll(jobs, true) {
+	if !s.sendFire(jobs, true) {
 		return nil, errors.New("scheduler is stopping")
 	}
 	outcomes := make([]Outcome, 0, len(jobs))

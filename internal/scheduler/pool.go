@@ -45,6 +45,8 @@ type job struct {
 	planCode    string
 	planMessage string
 
+	hook *jobHook // the hooks of a policy with hooks: (hooks.go); nil otherwise
+
 	done    chan struct{} // closed once outcome is set
 	outcome Outcome
 }
@@ -310,6 +312,7 @@ func (s *Scheduler) finishRun(j *job, status history.Status, code, message strin
 // finish completes j for this stage: logs the outcome and wakes whoever waits for it.
 func (s *Scheduler) finish(j *job, o Outcome) {
 	j.outcome = o
+	s.queuePost(j)
 	if s.opts.OnOutcome != nil && !o.AlreadyClaimed {
 		s.opts.OnOutcome(o)
 	}

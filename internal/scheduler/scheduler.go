@@ -27,6 +27,7 @@ import (
 
 	"github.com/imager-dev/imager/internal/backoff"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/hooks"
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/startstop"
@@ -118,6 +119,18 @@ type Options struct {
 	OnOutcome func(o Outcome)
 	// OnPaceWait is told how long each CreateImage waited on the pace (metrics). Nil means none.
 	OnPaceWait func(d time.Duration)
+	// TAT runs the policies' hooks (docs/policies.md "Hooks"), signed like CVM by this
+	// scheduler's account. Nil: the runs of a policy with hooks fail with PreHookFailed (or are
+	// imaged without them under on_pre_failure: continue).
+	TAT hooks.TAT
+	// TATPace spaces this account's TAT calls (shared with whatever else calls TAT for the
+	// account); nil makes one of hooks.DefaultRate.
+	TATPace *pace.Limiter
+	// HookPollInterval is how often the hooks' tasks are polled; 0 is hooks.DefaultPollInterval.
+	HookPollInterval time.Duration
+	// OnHookFrozen is told, per instance, how long it stayed between the end of its pre hook and
+	// the start of its post hook (metrics); it must not block. Nil means none.
+	OnHookFrozen func(policy string, frozen time.Duration)
 	// MissedReason returns the error_message of the missed rows recorded at start for slots that
 	// passed before this scheduler ran (e.g. "slot passed while no imager leader was running").
 	// Nil means that message.
@@ -139,6 +152,9 @@ type Scheduler struct {
 	lastAPI      policy.API    // the api: settings of the last config that had the account
 	pace         *pace.Limiter // CreateImage
 	describePace *pace.Limiter // DescribeImages
+
+	hooks *hooks.Runner // nil without Options.TAT
+	posts postQueue     // post hooks to send (hooks.go)
 
 	jitter *backoff.Jitter
 	budget *backoff.Budget // transient CreateImage failures, across every run (retryOrFail)
@@ -222,6 +238,11 @@ func New(opts Options) (*Scheduler, error) {
 		reload:       make(chan struct{}, 1),
 		idle:         make(chan struct{}, api.Workers),
 		work:         make(chan *job, api.Workers),
+		posts:        postQueue{wake: make(chan struct{}, 1)},
+	}
+	if opts.TAT != nil {
+		s.hooks = hooks.New(hooks.Options{TAT: opts.TAT, Pace: opts.TATPace, Clock: opts.Clock,
+			PollInterval: opts.HookPollInterval, Logger: opts.Logger})
 	}
 	// A Start whose recovery failed may be tried again; started and stopping keep it to one run.
 	s.run.Restartable = true
@@ -288,11 +309,14 @@ func (s *Scheduler) Start(ctx context.Context) error {
 		return err
 	}
 
+	s.repairPosts(ctx)
+
 	for range s.workers {
 		s.idle <- struct{}{}
 		s.run.Go(s.worker)
 	}
 	s.run.Go(s.dispatch)
+	s.run.Go(s.postLoop)
 	if !s.opts.DisableCron {
 		s.run.Go(s.cronLoop)
 	}
@@ -406,6 +430,7 @@ func (s *Scheduler) Stop() {
 		s.run.Stop() // every goroutine has returned: this only marks the scheduler stopped
 		s.callCancel()
 		s.recordLeftovers()
+		s.flushPosts()
 		s.log.Info().Msg("scheduler stopped")
 	})
 }
