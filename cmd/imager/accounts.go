@@ -15,6 +15,7 @@ import (
 	"github.com/imager-dev/imager/internal/copies"
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/hooks"
 	"github.com/imager-dev/imager/internal/lifecycle"
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
@@ -22,6 +23,7 @@ import (
 	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
 	"github.com/imager-dev/imager/internal/targets"
+	"github.com/imager-dev/imager/internal/tat"
 )
 
 // Each account of the policy file (docs/policies.md "Accounts") has its own client, signed with
@@ -39,6 +41,10 @@ type accountClient struct {
 	describePace *pace.Limiter
 	// deletePace is the account's one DeleteImages pace (retention and the copies' retention).
 	deletePace *pace.Limiter
+	// tat runs commands on the account's instances (hooks, restore tests' checks), through client;
+	// tatPace is the account's one pace for every TAT call (hooks.DefaultRate, TAT's limit).
+	tat     *tat.Client
+	tatPace *pace.Limiter
 }
 
 // configAccounts is cfg's accounts in file order: the one default account without an accounts:
@@ -74,7 +80,9 @@ func (d *daemon) openAccounts(onCall func(action, code string, elapsed time.Dura
 		}
 		d.accounts[a.Name] = &accountClient{account: a, client: client,
 			describePace: pace.New(d.clock, a.API.DescribeImagesRate, pace.Options{}),
-			deletePace:   pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{})}
+			deletePace:   pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{}),
+			tat:          tat.New(client),
+			tatPace:      pace.New(d.clock, hooks.DefaultRate, pace.Options{})}
 	}
 	return nil
 }
@@ -162,18 +170,25 @@ func (d *daemon) buildAccount(w *leaderWork, a *policy.Account, store *history.S
 	})
 	var err error
 	u.sched, err = scheduler.New(scheduler.Options{
-		Config:           d.cfg.Load(),
-		Live:             &d.cfg,
-		Account:          serves,
-		CVM:              ac.client,
-		History:          w.recorder,
-		Clock:            d.clock,
-		Logger:           log.With().Str("component", "scheduler").Logger(),
-		DaemonID:         d.daemonID,
-		APIDryRun:        d.dc.opts.apiDryRun,
-		ShutdownGrace:    d.dc.opts.shutdownGrace,
-		DisableCron:      d.dc.noCron,
-		DescribePace:     ac.describePace,
+		Config:        d.cfg.Load(),
+		Live:          &d.cfg,
+		Account:       serves,
+		CVM:           ac.client,
+		History:       w.recorder,
+		Clock:         d.clock,
+		Logger:        log.With().Str("component", "scheduler").Logger(),
+		DaemonID:      d.daemonID,
+		APIDryRun:     d.dc.opts.apiDryRun,
+		ShutdownGrace: d.dc.opts.shutdownGrace,
+		DisableCron:   d.dc.noCron,
+		DescribePace:  ac.describePace,
+		TAT:           ac.tat,
+		TATPace:       ac.tatPace,
+		OnHookFrozen: func(policy string, frozen time.Duration) {
+			if d.met != nil {
+				d.met.ObserveHookFrozen(policy, frozen)
+			}
+		},
 		ResolveTargets:   resolver.Resolve,
 		ResolveDataDisks: resolver.DataDisks,
 		BeforeFire:       gate.Check,

@@ -273,6 +273,7 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 		calls, elapsed.Seconds(), sim.MaxInAnySecond(cvmsim.ActionCreateImage), cfg.API.CreateImageRate, throttled)
 	fmt.Fprintf(out, "Copies seen by the simulator: %d SyncImages calls answered, at most %d in any sliding second (limit %d).\n",
 		syncs, sim.MaxInAnySecond(cvmsim.ActionSyncImages), copies.DefaultSyncRate)
+	fmt.Fprintln(out, hooksSeen(sim))
 
 	if err := printAudit(ctx, out, dbURL); err != nil {
 		return err
@@ -528,4 +529,37 @@ func printQuery(ctx context.Context, out io.Writer, pool *pgxpool.Pool, sql stri
 	}
 	fmt.Fprintf(out, "(%d rows)\n", len(table)-1)
 	return nil
+}
+
+// hooksSeen says what the simulator saw of the hooks: their TAT tasks, and whether each instance's
+// CreateImage came after its pre task ended and before its post task started.
+func hooksSeen(sim *cvmsim.Server) string {
+	type window struct{ preEnd, postStart time.Time }
+	by := map[string]*window{}
+	pre, post := 0, 0
+	for _, t := range sim.Tasks() {
+		w := by[t.InstanceID]
+		if w == nil {
+			w = &window{}
+			by[t.InstanceID] = w
+		}
+		switch {
+		case strings.Contains(t.Content, "--unfreeze"):
+			post++
+			w.postStart = t.StartedAt
+		case strings.Contains(t.Content, "--freeze"):
+			pre++
+			w.preEnd = t.FinishedAt
+		}
+	}
+	inside := 0
+	for _, c := range sim.Calls() {
+		id, _ := c.Params["InstanceId"].(string)
+		if w := by[id]; c.Action == cvmsim.ActionCreateImage && c.Code == "" && w != nil &&
+			!w.preEnd.IsZero() && !w.postStart.IsZero() && c.At.After(w.preEnd) && c.At.Before(w.postStart) {
+			inside++
+		}
+	}
+	return fmt.Sprintf("Hooks seen by the simulator: %d pre and %d post TAT tasks (db-fsi); %d CreateImage calls between their instance's pre end and post start.",
+		pre, post, inside)
 }
