@@ -66,6 +66,9 @@ type Command struct {
 	Timeout          time.Duration
 	Username         string
 	WorkingDirectory string
+	// Poll is how often this command's unfinished tasks are asked for; 0 is the Runner's
+	// PollInterval. A pre hook polls more often: an instance stays frozen until its end is seen.
+	Poll time.Duration
 }
 
 // Result is the end of a command on one instance.
@@ -276,8 +279,12 @@ func (r *Runner) notSent(h Handler, instances []string, st Status, ae *cvm.APIEr
 
 // follow polls the invocations' tasks until every instance has its outcome or ctx ends.
 func (r *Runner) follow(ctx context.Context, cmd Command, open []*invocation, h Handler) {
+	poll := r.poll
+	if cmd.Poll > 0 {
+		poll = cmd.Poll
+	}
 	for len(open) > 0 {
-		if !r.sleep(ctx, r.poll) {
+		if !r.sleep(ctx, poll) {
 			return
 		}
 		for _, inv := range open {

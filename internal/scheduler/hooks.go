@@ -31,12 +31,74 @@ const (
 	codePostHookTimeout = "PostHookTimeout"
 )
 
+// prePoll is how often a pre hook's tasks are polled: its instance stays frozen from the task's
+// end until imager has seen it, sent the CreateImage and started the post.
+const prePoll = 250 * time.Millisecond
+
 // jobHook is the hooks' state of one job whose policy has hooks. It is owned with its job.
 type jobHook struct {
 	preID  int64     // hook_runs id of the pre hook
 	ran    bool      // the pre command may have run: the post is due when the job ends
 	preEnd time.Time // when the pre task ended (zero while unknown)
 	posted bool      // the post is queued
+
+	waves   *preWaves // the fire's waves; counted is guarded by waves.mu
+	counted bool      // the job left the queue for a worker (preWaves.taken)
+}
+
+// preWaves paces a fire's pre hooks to its CreateImage pace, so that no instance waits frozen
+// behind the whole fire: the pre command goes to one wave of instances at a time (one second of
+// CreateImage calls, api.create_image_rate instances), and the next wave's pre starts once at most
+// half a second of CreateImage calls of the fire are still queued. An instance then waits at most
+// about a second between the end of its pre and its CreateImage (docs/policies.md "Hooks").
+type preWaves struct {
+	mu     sync.Mutex
+	queued int           // jobs queued for CreateImage after their pre, not yet taken by a worker
+	moved  chan struct{} // one slot: a job was taken
+}
+
+func newPreWaves() *preWaves { return &preWaves{moved: make(chan struct{}, 1)} }
+
+// queue counts a job about to be queued for its CreateImage after its pre hook; nil counts
+// nothing.
+func (w *preWaves) queue() {
+	if w == nil {
+		return
+	}
+	w.mu.Lock()
+	w.queued++
+	w.mu.Unlock()
+}
+
+// taken is told that a worker took j from the queue (each job counts once, retries do not).
+func (w *preWaves) taken(h *jobHook) {
+	w.mu.Lock()
+	if !h.counted {
+		h.counted = true
+		w.queued--
+	}
+	w.mu.Unlock()
+	select {
+	case w.moved <- struct{}{}:
+	default:
+	}
+}
+
+// wait returns once at most limit of the fire's jobs are queued, or false when ctx ends first.
+func (w *preWaves) wait(ctx context.Context, limit int) bool {
+	for {
+		w.mu.Lock()
+		n := w.queued
+		w.mu.Unlock()
+		if n <= limit {
+			return true
+		}
+		select {
+		case <-w.moved:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // postReq is one post command to send.
@@ -104,13 +166,18 @@ func (s *Scheduler) sendFire(jobs []*job, refuse bool) bool {
 
 // hookCommand is c as the runner sends it on p's instances.
 func hookCommand(p *policy.Policy, phase history.HookPhase, c *policy.HookCommand) hooks.Command {
-	return hooks.Command{Region: p.Region, Name: "imager-" + string(phase) + "-" + p.Name, Content: c.Command,
+	cmd := hooks.Command{Region: p.Region, Name: "imager-" + string(phase) + "-" + p.Name, Content: c.Command,
 		CommandType: c.CommandType, Timeout: c.Timeout, Username: p.Hooks.User, WorkingDirectory: p.Hooks.WorkingDirectory}
+	if phase == history.HookPre {
+		cmd.Poll = prePoll
+	}
+	return cmd
 }
 
-// runPreHooks records and runs p's pre command on the jobs' instances, and acts on each outcome as
-// it comes (preDone). Jobs whose outcome is not known when the scheduler stops are set aside
-// with their pre hook closed; their post is sent by Stop.
+// runPreHooks runs p's pre command on the jobs' instances in waves (preWaves): one wave of
+// api.create_image_rate instances at a time, the next once the fire's queue is down to half a
+// second of CreateImage calls. Jobs of waves not started when the scheduler stops or is fenced are
+// set aside unhooked (their rows stay pending for the next leader).
 func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 	if s.hooks == nil {
 		for _, j := range jobs {
@@ -119,6 +186,30 @@ func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 		}
 		return
 	}
+	size := max(1, s.api().CreateImageRate)
+	waves := newPreWaves()
+	for start := 0; start < len(jobs); start += size {
+		if start > 0 && !waves.wait(s.stopCtx, size/2) {
+			for _, j := range jobs[start:] {
+				s.leave(j)
+			}
+			return
+		}
+		end := min(start+size, len(jobs))
+		if !s.runPreWave(p, jobs[start:end], waves) {
+			for _, j := range jobs[end:] {
+				s.leave(j)
+			}
+			return
+		}
+	}
+}
+
+// runPreWave records and runs p's pre command on one wave's instances, and acts on each outcome
+// as it comes (preDone). Jobs whose outcome is not known when the scheduler stops are set aside
+// with their pre hook closed; their post is sent by Stop. It reports false when the rows could
+// not be written because the scheduler is fenced (the wave's jobs are set aside).
+func (s *Scheduler) runPreWave(p *policy.Policy, jobs []*job, waves *preWaves) bool {
 	ids := make([]int64, len(jobs))
 	for i, j := range jobs {
 		ids[i] = j.run.ID
@@ -131,14 +222,14 @@ func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 			for _, j := range jobs {
 				s.leave(j)
 			}
-			return
+			return false
 		}
 		s.log.Error().Err(err).Str("policy", p.Name).Int("runs", len(jobs)).Msg("cannot record the pre hooks; not sending them")
 		for _, j := range jobs {
 			s.preDone(p, j, hooks.Result{InstanceID: j.instance, Status: hooks.StatusError, Code: codeHistoryUnavailable,
 				Message: fmt.Sprintf("cannot record the pre hook: %v", err), FinishedAt: s.clock.Now()})
 		}
-		return
+		return true
 	}
 	byRun := make(map[int64]history.HookRun, len(rows))
 	for _, r := range rows {
@@ -155,12 +246,12 @@ func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 			s.enqueue(j, s.clock.Now())
 			continue
 		}
-		j.hook = &jobHook{preID: row.ID, ran: true}
+		j.hook = &jobHook{preID: row.ID, ran: true, waves: waves}
 		byInstance[j.instance] = j
 		instances = append(instances, j.instance)
 	}
 	if len(instances) == 0 {
-		return
+		return true
 	}
 	rowIDs := func(insts []string) []int64 {
 		out := make([]int64, 0, len(insts))
@@ -192,6 +283,7 @@ func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 			Message: "the scheduler stopped before the pre hook's outcome was known", FinishedAt: s.clock.Now()})
 		s.leave(j)
 	}
+	return true
 }
 
 // preDone acts on the outcome of j's pre hook: record it; on SUCCESS queue the CreateImage at once;
@@ -205,6 +297,7 @@ func (s *Scheduler) preDone(p *policy.Policy, j *job, res hooks.Result) {
 			j.hook.preEnd = res.FinishedAt
 		}
 		if res.Status == hooks.StatusSuccess {
+			j.hook.waves.queue()
 			s.enqueue(j, s.clock.Now())
 			return
 		}
@@ -213,6 +306,9 @@ func (s *Scheduler) preDone(p *policy.Policy, j *job, res hooks.Result) {
 	if p.Hooks.OnPreFailure == policy.HookContinue {
 		s.jobLog(j).Warn().Str("error_code", code).Str("error_message", msg).
 			Msg("pre hook did not succeed; imaging the instance anyway (on_pre_failure: continue)")
+		if j.hook != nil {
+			j.hook.waves.queue()
+		}
 		s.enqueue(j, s.clock.Now())
 		return
 	}

@@ -161,6 +161,9 @@ func (s *Scheduler) worker() {
 // runJob takes one step of a run: claim, look-up, one paced CreateImage, and the decision on its
 // answer. A run that must retry goes back to the queue; it does not hold the worker.
 func (s *Scheduler) runJob(j *job) {
+	if j.hook != nil && j.hook.waves != nil {
+		j.hook.waves.taken(j.hook) // the fire's next wave of pre hooks may start (hooks.go)
+	}
 	if s.stopCtx.Err() != nil {
 		s.leave(j)
 		return
