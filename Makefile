@@ -6,7 +6,7 @@ test:
 	go vet ./... && go test -race ./...
 
 bench:
-	go run ./cmd/imager-bench --only pacing,pacing-loaded,pacing-defaults,fire,one-fire,scale,history,hot --out BENCHMARKS.md
+	go run ./cmd/imager-bench --only pacing,pacing-loaded,pacing-defaults,fire,one-fire,hooks,scale,history,hot --out BENCHMARKS.md
 
 demo:
 	go run ./cmd/imager demo

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imager-dev/imager/internal/hooks"
 	"github.com/imager-dev/imager/internal/pace"
 )
 
@@ -190,6 +191,9 @@ func (r *Report) Markdown(w io.Writer) {
 	}
 	if r.OneFire != nil {
 		collect("one fire", r.writeOneFire(&body))
+	}
+	if r.Hooks != nil {
+		collect("hooks", r.writeHooks(&body))
 	}
 	if r.Scale != nil {
 		collect("scale", r.writeScale(&body))
@@ -520,6 +524,42 @@ func (r *Report) writeOneFire(w io.Writer) []metric {
 		metrics = append(metrics, metric{id: "onefire.flat",
 			name: fmt.Sprintf("write cost at %s / at %s completions", thousands(p.Windows[n-1]), thousands(p.Windows[0])),
 			vals: growth, format: "%.2f", target: ptarget("≤", 1.5)})
+	}
+	metricTable(w, metrics)
+	return metrics
+}
+
+const hooksIntro = `## Hooks: how long an instance stays frozen
+
+One fire of a policy with a pre and a post hook over %d instances, at %d CreateImage calls per
+second (%d workers), through the real scheduler, the simulator's CVM and TAT APIs (each task runs
+%s) and a fresh database. An instance is frozen from the end of its pre task to the start of its
+post task, as the simulator recorded them; "beyond the round trip" subtracts the instance's
+CreateImage call time in the client. The pre hooks run in waves of half create_image_rate
+instances (docs/policies.md "Hooks"), so no instance waits frozen behind the whole fire.
+
+`
+
+func (r *Report) writeHooks(w io.Writer) []metric {
+	p := r.Hooks.Params
+	fmt.Fprintf(w, hooksIntro, p.Instances, p.Limit, p.Workers, fmtDur(p.TaskTime))
+	var f50, f99, e50, e99, maxCreate, maxTAT []float64
+	for _, run := range r.Hooks.Runs {
+		f50 = append(f50, Percentile(run.Frozen, 50).Seconds())
+		f99 = append(f99, Percentile(run.Frozen, 99).Seconds())
+		e50 = append(e50, Percentile(run.Extra, 50).Seconds())
+		e99 = append(e99, Percentile(run.Extra, 99).Seconds())
+		maxCreate = append(maxCreate, float64(run.MaxCreateInAnySecond))
+		maxTAT = append(maxTAT, float64(run.MaxTATInAnySecond))
+	}
+	metrics := []metric{
+		{name: "frozen, p50 (s)", vals: f50, format: "%.3f"},
+		{name: "frozen, p99 (s)", vals: f99, format: "%.3f"},
+		{name: "frozen beyond the CreateImage round trip, p50 (s)", vals: e50, format: "%.3f"},
+		{id: "hooks.frozen", name: "frozen beyond the CreateImage round trip, p99 (s)", short: "frozen beyond the round trip, p99 (s)",
+			vals: e99, format: "%.3f", target: ptarget("≤", 2)},
+		{name: "CreateImage calls in the densest second", vals: maxCreate, format: "%.0f", target: ptarget("≤", float64(p.Limit))},
+		{name: "TAT calls in the densest second", vals: maxTAT, format: "%.0f", target: ptarget("≤", float64(hooks.DefaultRate))},
 	}
 	metricTable(w, metrics)
 	return metrics

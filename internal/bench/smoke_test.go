@@ -172,3 +172,16 @@ func TestOneFireSmoke(t *testing.T) {
 		require.Positive(t, d)
 	}
 }
+
+func TestHooksSmoke(t *testing.T) {
+	t.Parallel()
+	p := QuickScenarios().Hooks
+	run, err := RunHooks(context.Background(), testEnv(t), p)
+	require.NoError(t, err)
+	require.Len(t, run.Frozen, p.Instances, "every instance imaged between its two hook tasks")
+	require.Len(t, run.Extra, p.Instances)
+	require.True(t, slices.IsSorted(run.Frozen))
+	require.Positive(t, run.Frozen[0], "a post starts after its pre ended")
+	require.LessOrEqual(t, run.MaxCreateInAnySecond, p.Limit)
+	require.LessOrEqual(t, run.MaxTATInAnySecond, 20)
+}

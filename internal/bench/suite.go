@@ -34,12 +34,12 @@ const (
 
 // DefaultNames lists the benchmarks Run runs when Config.Only is empty, in run order.
 func DefaultNames() []string {
-	return []string{NamePacing, NameFire, NameOneFire, NameScale, NameHistory, NameHot}
+	return []string{NamePacing, NameFire, NameOneFire, NameHooks, NameScale, NameHistory, NameHot}
 }
 
 // Names lists every benchmark Run knows, in run order.
 func Names() []string {
-	return []string{NamePacing, NamePacingLoaded, NamePacingDefaults, NameFire, NameOneFire, NameScale, NameHistory, NameHot}
+	return []string{NamePacing, NamePacingLoaded, NamePacingDefaults, NameFire, NameOneFire, NameHooks, NameScale, NameHistory, NameHot}
 }
 
 // Config chooses what Run measures.
@@ -73,6 +73,7 @@ type Scenarios struct {
 	PacingDefaults []PacingParams
 	Fire           FireParams
 	OneFire        OneFireParams
+	Hooks          HooksParams
 	Scale          ScaleParams
 	History        HistoryParams
 }
@@ -95,6 +96,7 @@ func FullScenarios() Scenarios {
 		},
 		Fire:    FireParams{Policies: 1000, Limit: 100, Workers: 16, Lead: 2 * time.Second},
 		OneFire: OneFireParams{Targets: 50_000, Windows: []int{1000, 10_000}, Window: 1000},
+		Hooks:   HooksParams{Instances: 100, Limit: 10, Workers: 4, TaskTime: 300 * time.Millisecond},
 		Scale:   ScaleParams{Policies: 1000, Instances: 10, Idle: 60 * time.Second},
 		History: HistoryParams{
 			Runs: 1_000_000, Instances: 10_000, WriteRuns: 5000, Writers: 16,
@@ -119,6 +121,7 @@ func QuickScenarios() Scenarios {
 		},
 		Fire:    FireParams{Policies: 5, Limit: 50, Workers: 4, Lead: 500 * time.Millisecond},
 		OneFire: OneFireParams{Targets: 500, Windows: []int{100, 300}, Window: 100},
+		Hooks:   HooksParams{Instances: 12, Limit: 50, Workers: 4, TaskTime: 10 * time.Millisecond},
 		Scale:   ScaleParams{Policies: 5, Instances: 2},
 		History: HistoryParams{
 			Runs: 4000, Instances: 100, WriteRuns: 50, Writers: 4, Samples: 3,
@@ -162,6 +165,12 @@ type HotBench struct {
 	Runs   [][]HotRun
 }
 
+// HooksBench is the hooks benchmark's parameters and runs.
+type HooksBench struct {
+	Params HooksParams
+	Runs   []HooksRun
+}
+
 // Report is everything one Run measured. Markdown renders it.
 type Report struct {
 	Machine Machine
@@ -174,6 +183,7 @@ type Report struct {
 	Pacing  []PacingScenario // nil when not run
 	Fire    *FireBench
 	OneFire *OneFireBench
+	Hooks   *HooksBench
 	Scale   *ScaleBench
 	History *HistoryBench
 	Hot     *HotBench
@@ -280,6 +290,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				ob.Runs = append(ob.Runs, r)
 			}
 			rep.OneFire = ob
+		case NameHooks:
+			hb := &HooksBench{Params: sc.Hooks}
+			for run := range cfg.Runs {
+				r, err := RunHooks(ctx, env, sc.Hooks)
+				if err != nil {
+					return nil, err
+				}
+				say("hooks %d instances run %d/%d: frozen p50 %s p99 %s; beyond the CreateImage round trip p50 %s p99 %s",
+					sc.Hooks.Instances, run+1, cfg.Runs, Percentile(r.Frozen, 50).Round(time.Millisecond),
+					Percentile(r.Frozen, 99).Round(time.Millisecond), Percentile(r.Extra, 50).Round(time.Millisecond),
+					Percentile(r.Extra, 99).Round(time.Millisecond))
+				hb.Runs = append(hb.Runs, r)
+			}
+			rep.Hooks = hb
 		case NameScale:
 			say("scale %d policies x %d instances: %d daemons, idle window %s", sc.Scale.Policies, sc.Scale.Instances, cfg.Runs, sc.Scale.Idle)
 			runs, err := RunScale(ctx, env, sc.Scale, cfg.Runs)

@@ -47,10 +47,10 @@ type jobHook struct {
 }
 
 // preWaves paces a fire's pre hooks to its CreateImage pace, so that no instance waits frozen
-// behind the whole fire: the pre command goes to one wave of instances at a time (one second of
-// CreateImage calls, api.create_image_rate instances), and the next wave's pre starts once at most
-// half a second of CreateImage calls of the fire are still queued. An instance then waits at most
-// about a second between the end of its pre and its CreateImage (docs/policies.md "Hooks").
+// behind the whole fire: the pre command goes to one wave of instances at a time (half a second
+// of CreateImage calls: api.create_image_rate/2 instances), and the next wave's pre starts once at
+// most half a wave of the fire's CreateImage calls is still queued. An instance then waits well
+// under a second between the end of its pre and its CreateImage (docs/policies.md "Hooks").
 type preWaves struct {
 	mu     sync.Mutex
 	queued int           // jobs queued for CreateImage after their pre, not yet taken by a worker
@@ -175,8 +175,8 @@ func hookCommand(p *policy.Policy, phase history.HookPhase, c *policy.HookComman
 }
 
 // runPreHooks runs p's pre command on the jobs' instances in waves (preWaves): one wave of
-// api.create_image_rate instances at a time, the next once the fire's queue is down to half a
-// second of CreateImage calls. Jobs of waves not started when the scheduler stops or is fenced are
+// api.create_image_rate/2 instances at a time, the next once the fire's queue is down to half a
+// wave. Jobs of waves not started when the scheduler stops or is fenced are
 // set aside unhooked (their rows stay pending for the next leader).
 func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 	if s.hooks == nil {
@@ -186,7 +186,7 @@ func (s *Scheduler) runPreHooks(p *policy.Policy, jobs []*job) {
 		}
 		return
 	}
-	size := max(1, s.api().CreateImageRate)
+	size := max(1, s.api().CreateImageRate/2)
 	waves := newPreWaves()
 	for start := 0; start < len(jobs); start += size {
 		if start > 0 && !waves.wait(s.stopCtx, size/2) {

@@ -255,10 +255,10 @@ func TestHooksAroundCreateImage(t *testing.T) {
 			}
 		}
 	}
-	// db-nightly's 22 instances in waves of create_image_rate (10); the last wave's call is refused
-	// for the offline agent and sent again without it. db-lenient's 2 in one wave.
-	require.ElementsMatch(t, []string{"10:", "10:", "2:" + tat.CodeAgentStatusNotOnline, "1:", "2:"}, preCalls,
-		"pre RunCommands in waves of at most create_image_rate instances")
+	// db-nightly's 22 instances in waves of create_image_rate/2 (5); the last wave's call is
+	// refused for the offline agent and sent again without it. db-lenient's 2 in one wave.
+	require.ElementsMatch(t, []string{"5:", "5:", "5:", "5:", "2:" + tat.CodeAgentStatusNotOnline, "1:", "2:"}, preCalls,
+		"pre RunCommands in waves of at most create_image_rate/2 instances")
 	require.LessOrEqual(t, pace.MaxInAnySecond(tatCalls), 20, "TAT calls keep to the account's TAT rate")
 
 	for _, id := range append(slices.Clone(good), lax, laxOK) {
