@@ -368,6 +368,23 @@ type runJSON struct {
 	Account             string     `json:"account"`
 	CreateImageAttempts int        `json:"create_image_attempts"`
 	Copies              []copyJSON `json:"copies"`
+	Hooks               []hookJSON `json:"hooks"`
+}
+
+// hookJSON is one hook command of a run in --format json, under the column names of hook_runs.
+type hookJSON struct {
+	Phase        string     `json:"phase"`
+	Status       string     `json:"status"`
+	InvocationID *string    `json:"invocation_id"`
+	TaskID       *string    `json:"task_id"`
+	TaskStatus   *string    `json:"task_status"`
+	ExitCode     *int       `json:"exit_code"`
+	Output       *string    `json:"output"`
+	ErrorCode    *string    `json:"error_code"`
+	ErrorMessage *string    `json:"error_message"`
+	RequestedAt  time.Time  `json:"requested_at"`
+	StartedAt    *time.Time `json:"started_at"`
+	FinishedAt   *time.Time `json:"finished_at"`
 }
 
 // copyJSON is one copy of a run in --format json, under the column names of image_copies.
@@ -430,6 +447,14 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ids := make([]int64, len(runs))
+	for i, r := range runs {
+		ids[i] = r.ID
+	}
+	hookRuns, err := h.store.HookRunsOfRuns(ctx, ids)
+	if err != nil {
+		return err
+	}
 	dels, accounts, err := h.deletions(ctx)
 	if err != nil {
 		return err
@@ -439,7 +464,16 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 		Deletions []deletionJSON `json:"deletions"`
 	}{Runs: []runJSON{}, Deletions: []deletionJSON{}}
 	for _, r := range runs {
-		out.Runs = append(out.Runs, toRunJSON(r, copies[r.ID]))
+		j := toRunJSON(r, copies[r.ID])
+		j.Hooks = []hookJSON{}
+		for _, hr := range hookRuns[r.ID] {
+			j.Hooks = append(j.Hooks, hookJSON{Phase: string(hr.Phase), Status: string(hr.Status),
+				InvocationID: nullable(hr.InvocationID), TaskID: nullable(hr.TaskID), TaskStatus: nullable(hr.TaskStatus),
+				ExitCode: hr.ExitCode, Output: nullable(hr.Output), ErrorCode: nullable(hr.ErrorCode),
+				ErrorMessage: nullable(hr.ErrorMessage), RequestedAt: hr.RequestedAt, StartedAt: hr.StartedAt,
+				FinishedAt: hr.FinishedAt})
+		}
+		out.Runs = append(out.Runs, j)
 	}
 	for _, d := range dels {
 		var runID *int64
