@@ -195,7 +195,7 @@ func TestRestoreCopyCandidates(t *testing.T) {
 	r1 := available(t, s, "web", "ins-aaaaaaaa", now.Add(-24*time.Hour), "img-a1000000")
 	c0 := availableCopy(t, s, r0, singapore, "img-s0000000")
 	available(t, s, "web", "ins-bbbbbbbb", now.Add(-24*time.Hour), "img-b0000000") // no copy: not a candidate there
-	_ = r1                                                                             // not copied yet: the copy of r0 is the latest in Singapore
+	_ = r1                                                                         // not copied yet: the copy of r0 is the latest in Singapore
 
 	cs, err := s.RestoreCandidates(ctx, "web-dr", "web", singapore)
 	require.NoError(t, err)
