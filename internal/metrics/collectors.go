@@ -40,6 +40,9 @@ type Sources struct {
 	// LastAvailableCopies returns the copy_coverage view's last available copy per (policy,
 	// instance, region): imager_last_available_copy_timestamp_seconds.
 	LastAvailableCopies func(ctx context.Context) ([]LastAvailableCopy, error)
+	// LastRestoreTests returns the restore_coverage view's newest passed test per (test, policy,
+	// instance): imager_last_restore_test_timestamp_seconds (restore.go).
+	LastRestoreTests func(ctx context.Context) ([]LastRestoreTest, error)
 	// RPOBreaches returns the rows of rpo_breaches per loaded policy: imager_rpo_breaches.
 	RPOBreaches func(ctx context.Context) ([]PolicyCount, error)
 	// NotificationsPending returns how many notifications wait for delivery (read from the
@@ -101,7 +104,8 @@ func (m *Metrics) registerMore(opts Options) {
 			Help: "Notifications waiting for delivery in the notifications outbox (0: notifications not set up).",
 		}, func() float64 { return 0 }))
 	}
-	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.RPOBreaches != nil || opts.NotificationsPending != nil || opts.Replicas != nil {
+	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.RPOBreaches != nil || opts.NotificationsPending != nil || opts.Replicas != nil ||
+		opts.LastRestoreTests != nil {
 		m.registry.MustRegister(&historyCollector{opts: opts, log: opts.Logger})
 	}
 }
@@ -175,6 +179,9 @@ func (c *historyCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- lastCopyDesc
 	}
 	ch <- rpoDesc
+	if c.opts.LastRestoreTests != nil {
+		ch <- lastRestoreDesc
+	}
 	if c.opts.NotificationsPending != nil {
 		ch <- notificationsDesc
 	}
@@ -220,6 +227,11 @@ func (c *historyCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, l := range last {
 			ch <- prometheus.MustNewConstMetric(lastCopyDesc, prometheus.GaugeValue,
 				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance, l.Region)
+		}
+	}
+	if c.opts.LastRestoreTests != nil && up == 1 {
+		if err := collectRestore(ctx, c.opts.LastRestoreTests, ch); err != nil {
+			failed("imager_last_restore_test_timestamp_seconds", err)
 		}
 	}
 	if c.opts.RPOBreaches != nil && up == 1 {

@@ -11,6 +11,7 @@ import (
 	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/cvm/cvmsim"
 	"github.com/imager-dev/imager/internal/history"
+	"github.com/imager-dev/imager/internal/metrics"
 	"github.com/imager-dev/imager/internal/policy"
 )
 
@@ -76,6 +77,10 @@ func TestRestorePasses(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, cov, 1, "the only instance with runs")
 	require.Equal(t, res.ID, cov[0].LastPassedID)
+	last, err := metrics.HistoryOptions(e.store).LastRestoreTests(e.ctx)
+	require.NoError(t, err)
+	require.Equal(t, []metrics.LastRestoreTest{{Test: "web-weekly", Policy: "web-nightly", Instance: "ins-aaaaaaaa", At: *row.CheckedAt}},
+		last, "imager_last_restore_test_timestamp_seconds")
 	cfgs, err := e.store.RestoreConfigsList(e.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 2*3*7*24*time.Hour, cfgs[0].Overdue, "three instances one a week, twice")
