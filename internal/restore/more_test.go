@@ -141,11 +141,14 @@ func TestRestoreFenced(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, 1, lifecycle)
 	e.image("ins-aaaaaaaa", t0.Add(-24*time.Hour))
+	demoted := 0
 	tester := New(Options{History: e.store.WithTerm(42), Account: policy.DefaultAccount, CVM: e.cvm, TAT: e.tat,
-		Config: func() *policy.Config { return e.cfg }, Clock: e.clk, Logger: zerolog.Nop(), PollInterval: poll})
+		Config: func() *policy.Config { return e.cfg }, Clock: e.clk, Logger: zerolog.Nop(), PollInterval: poll,
+		OnFenced: func() { demoted++ }})
 	_, err := tester.RunNow(e.ctx, "web-weekly")
 	require.ErrorIs(t, err, history.ErrFenced)
 	require.Empty(t, e.sim.LaunchedInstances())
+	require.Equal(t, 1, demoted, "OnFenced is told")
 
 	_, err = tester.RunNow(e.ctx, "nope")
 	require.ErrorIs(t, err, ErrUnknownTest)

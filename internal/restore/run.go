@@ -165,7 +165,7 @@ func (t *Tester) runOne(ctx context.Context, cfg *policy.Config, rt *policy.Rest
 // testLog is the logger of one row's events.
 func (t *Tester) testLog(row history.RestoreTest) zerolog.Logger {
 	return t.log.With().Int64("restore_test_id", row.ID).Str("test", row.Test).Str("policy", row.Policy).
-		Str("instance", row.InstanceID).Str("account", row.Account).Str("region", row.Region).Time("slot", row.Slot).Logger()
+		Str("instance", row.InstanceID).Str("region", row.Region).Time("slot", row.Slot).Logger()
 }
 
 // testRun is one test in progress.

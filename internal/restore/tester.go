@@ -149,8 +149,11 @@ type Options struct {
 	Pace func(action string) Pace
 	// Clock decides schedules, waits, keep_for and the times recorded; nil means the real clock.
 	Clock clockwork.Clock
-	// Logger is used as given: the caller sets its component field.
+	// Logger is used as given: the caller sets its component and account fields.
 	Logger zerolog.Logger
+	// OnFenced, when set, is called when a history write is refused because the leadership term
+	// of History is over (history.ErrFenced): the daemon demotes itself.
+	OnFenced func()
 	// PollInterval is the time between status polls of a running test; 0 means DefaultPollInterval.
 	PollInterval time.Duration
 	// CatchUp is how late a slot may still start; 0 means DefaultCatchUp.
@@ -225,7 +228,45 @@ func New(opts Options) *Tester {
 	if t.pace == nil {
 		t.pace = t.ownPace
 	}
+	if opts.OnFenced != nil && t.hist != nil {
+		t.hist = fencedHistory{History: t.hist, onFenced: opts.OnFenced}
+	}
 	return t
+}
+
+// fencedHistory tells onFenced of every write refused by the fence.
+type fencedHistory struct {
+	History
+	onFenced func()
+}
+
+func (h fencedHistory) check(err error) error {
+	if errors.Is(err, history.ErrFenced) {
+		h.onFenced()
+	}
+	return err
+}
+
+func (h fencedHistory) RestoreStart(ctx context.Context, p history.RestoreStartParams) (history.RestoreTest, bool, error) {
+	r, created, err := h.History.RestoreStart(ctx, p)
+	return r, created, h.check(err)
+}
+
+func (h fencedHistory) RestoreLaunched(ctx context.Context, id int64, launchedID string, at time.Time) error {
+	return h.check(h.History.RestoreLaunched(ctx, id, launchedID, at))
+}
+
+func (h fencedHistory) RestoreCheckStarted(ctx context.Context, id int64, invocationID, taskID string) error {
+	return h.check(h.History.RestoreCheckStarted(ctx, id, invocationID, taskID))
+}
+
+func (h fencedHistory) RestoreFinish(ctx context.Context, id int64, o history.RestoreOutcome) (history.RestoreTest, error) {
+	r, err := h.History.RestoreFinish(ctx, id, o)
+	return r, h.check(err)
+}
+
+func (h fencedHistory) RestoreTerminated(ctx context.Context, id int64, at time.Time) error {
+	return h.check(h.History.RestoreTerminated(ctx, id, at))
 }
 
 // ownPace is the tester's own pace of an action, on the real clock: the API counts its limits in
@@ -272,7 +313,7 @@ func (t *Tester) Start(ctx context.Context) error {
 		}
 		t.loop(ctx)
 	})
-	t.log.Info().Str("account", t.account).Int64("poll_interval_ms", t.interval.Milliseconds()).Msg("restore tester started")
+	t.log.Info().Int64("poll_interval_ms", t.interval.Milliseconds()).Msg("restore tester started")
 	return nil
 }
 

@@ -2,6 +2,8 @@ package restore
 
 import (
 	"context"
+	"encoding/json"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -84,6 +86,13 @@ func TestRestorePasses(t *testing.T) {
 	cfgs, err := e.store.RestoreConfigsList(e.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 2*3*7*24*time.Hour, cfgs[0].Overdue, "three instances one a week, twice")
+
+	// Its log: one line per step, JSON with each key once, durations in ms.
+	require.Equal(t, 1, e.logs.Count(`"message":"restore test ended"`, `"status":"passed"`, `"elapsed_ms":`))
+	require.Equal(t, 1, e.logs.Count(`"message":"restore instance terminated"`, `"launched_instance":"`+l.InstanceID+`"`))
+	for _, line := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {
+		requireKeysOnce(t, line)
+	}
 
 	// The same slot of the same instance again (a retry): already tested, nothing new is launched.
 	cands, err := e.store.RestoreCandidates(e.ctx, "web-weekly", "web-nightly", "")
@@ -348,4 +357,23 @@ func TestRestoreSchedule(t *testing.T) {
 	}
 	require.Len(t, e.sim.LaunchedInstances(), 1)
 	require.Empty(t, e.running())
+}
+
+// requireKeysOnce fails when a JSON log line repeats a key.
+func requireKeysOnce(t *testing.T, line string) {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(line))
+	tok, err := dec.Token()
+	require.NoError(t, err, line)
+	require.Equal(t, json.Delim('{'), tok, line)
+	seen := map[string]bool{}
+	for dec.More() {
+		k, err := dec.Token()
+		require.NoError(t, err, line)
+		key := k.(string)
+		require.False(t, seen[key], "key %q twice in %s", key, line)
+		seen[key] = true
+		var v json.RawMessage
+		require.NoError(t, dec.Decode(&v), line)
+	}
 }
