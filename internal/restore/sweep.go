@@ -58,7 +58,7 @@ func (t *Tester) Sweep(ctx context.Context) (SweepResult, error) {
 		if ctx.Err() != nil {
 			return res, ctx.Err()
 		}
-		if t.isInflight(row.ID) {
+		if t.isInflight(row.ID) || t.mine(row) {
 			continue
 		}
 		log := t.testLog(row)
@@ -119,7 +119,7 @@ func (t *Tester) Sweep(ctx context.Context) (SweepResult, error) {
 		case err != nil:
 			errs = append(errs, err)
 			continue
-		case t.isInflight(row.ID):
+		case t.isInflight(row.ID) || t.mine(row):
 			continue
 		}
 		if at := t.terminate(ctx, row, in.ID); at != nil {
@@ -132,6 +132,14 @@ func (t *Tester) Sweep(ctx context.Context) (SweepResult, error) {
 		t.log.Info().Strs("terminated", res.Terminated).Ints64("failed", res.Failed).Msg("restore sweep done")
 	}
 	return res, errors.Join(errs...)
+}
+
+// mine reports whether an unfinished row was started by this process since Start (a RunNow whose
+// row is written but not yet marked in flight): the sweep leaves it to its test.
+func (t *Tester) mine(row history.RestoreTest) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !row.Finished() && !t.started.IsZero() && !row.StartedAt.Before(t.started)
 }
 
 // tagged lists the instances of region carrying TagTest, by their TagToken.

@@ -181,6 +181,7 @@ type Tester struct {
 	running  map[string]bool    // tests with a slot in progress in this process
 	next     map[string]slotKey // the next slot of each test, for the spec it was computed from
 	synced   *policy.Config     // the config restore_test_configs was last synced from
+	started  time.Time          // when Start was called: rows started since are this process's
 	paces    map[string]*pace.Limiter
 
 	// afterPass, when set (tests), is called after every pass of the loop; afterSweep after the
@@ -303,6 +304,9 @@ func (t *Tester) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore tester: %w", err)
 	}
+	t.mu.Lock()
+	t.started = t.clock.Now()
+	t.mu.Unlock()
 	t.life.Go(func() {
 		res, err := t.Sweep(ctx)
 		if err != nil && ctx.Err() == nil {
