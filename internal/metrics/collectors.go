@@ -41,6 +41,9 @@ type Sources struct {
 	// LastAvailableCopy returns the copy_coverage view's newest available copy per (policy,
 	// instance, region): imager_last_available_copy_timestamp_seconds.
 	LastAvailableCopy func(ctx context.Context) ([]LastAvailableCopy, error)
+	// LastRestoreTests returns the restore_coverage view's newest passed test per (test, policy,
+	// instance): imager_last_restore_test_timestamp_seconds (restore.go).
+	LastRestoreTests func(ctx context.Context) ([]LastRestoreTest, error)
 	// RPOBreaches returns the rows of rpo_breaches per loaded policy: imager_rpo_breaches.
 	RPOBreaches func(ctx context.Context) ([]PolicyCount, error)
 	// NotificationsPending returns how many notifications wait for delivery (read from the
@@ -103,7 +106,7 @@ func (m *Metrics) registerMore(opts Options) {
 		}, func() float64 { return 0 }))
 	}
 	if opts.RunCounts != nil || opts.LastAvailable != nil || opts.LastAvailableCopy != nil || opts.RPOBreaches != nil ||
-		opts.NotificationsPending != nil || opts.Replicas != nil {
+		opts.NotificationsPending != nil || opts.Replicas != nil || opts.LastRestoreTests != nil {
 		m.registry.MustRegister(&historyCollector{opts: opts, log: opts.Logger})
 	}
 }
@@ -179,6 +182,9 @@ func (c *historyCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- lastAvailableCopyDesc
 	}
 	ch <- rpoDesc
+	if c.opts.LastRestoreTests != nil {
+		ch <- lastRestoreDesc
+	}
 	if c.opts.NotificationsPending != nil {
 		ch <- notificationsDesc
 	}
@@ -224,6 +230,11 @@ func (c *historyCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, l := range last {
 			ch <- prometheus.MustNewConstMetric(lastAvailableCopyDesc, prometheus.GaugeValue,
 				float64(l.At.UnixNano())/1e9, l.Policy, l.Instance, l.Region, l.Account)
+		}
+	}
+	if c.opts.LastRestoreTests != nil && up == 1 {
+		if err := collectRestore(ctx, c.opts.LastRestoreTests, ch); err != nil {
+			failed("imager_last_restore_test_timestamp_seconds", err)
 		}
 	}
 	if c.opts.RPOBreaches != nil && up == 1 {

@@ -43,6 +43,16 @@ func HistoryOptions(store *history.Store) Options {
 				}
 				return out, err
 			},
+			LastRestoreTests: func(ctx context.Context) ([]LastRestoreTest, error) {
+				cov, err := store.RestoreCoverageList(ctx)
+				var out []LastRestoreTest
+				for _, c := range cov {
+					if c.LastPassedAt != nil {
+						out = append(out, LastRestoreTest{Test: c.Test, Policy: c.Policy, Instance: c.InstanceID, At: *c.LastPassedAt})
+					}
+				}
+				return out, err
+			},
 			RPOBreaches: func(ctx context.Context) ([]PolicyCount, error) {
 				counts, err := store.RPOBreachCounts(ctx)
 				out := make([]PolicyCount, len(counts))

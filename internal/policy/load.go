@@ -135,6 +135,7 @@ type fileResult struct {
 	notifyAt   pos
 	history    *History // the history: block (history.go), nil when absent
 	historyAt  pos
+	restore    []*rawRestoreTest // the restore_tests: block (restore.go)
 }
 
 // load decodes every source, merges them, applies defaults and validates. label names the whole
@@ -148,6 +149,7 @@ func load(label string, srcs []source, now time.Time, opts loadOptions) (*Config
 	var accounts *rawAccounts
 	apiBad := false
 	var raws []*rawPolicy
+	var restoreRaws []*rawRestoreTest
 	unreadable := false
 	for _, src := range srcs {
 		cfg.Sources = append(cfg.Sources, src.name)
@@ -194,6 +196,7 @@ func load(label string, srcs []source, now time.Time, opts loadOptions) (*Config
 			}
 		}
 		raws = append(raws, fr.policies...)
+		restoreRaws = append(restoreRaws, fr.restore...)
 	}
 	if defaults == nil {
 		// A file that could not be read may have held the defaults: then a policy without a
@@ -221,6 +224,13 @@ func load(label string, srcs []source, now time.Time, opts loadOptions) (*Config
 			cfg.byName[p.Name] = p
 		}
 	}
+	declared := map[string]bool{}
+	for _, rp := range raws {
+		if rp.name.set {
+			declared[rp.name.v] = true
+		}
+	}
+	cfg.RestoreTests = b.restoreTests(restoreRaws, cfg, declared)
 	if len(raws) == 0 && len(errs) == 0 {
 		errs = append(errs, FieldError{File: label, Field: "policies", Message: "no policies defined"})
 	}
@@ -328,6 +338,7 @@ func decodeFile(file string, data []byte, errs *[]FieldError) fileResult {
 		"history": func(p pair) {
 			fr.history, fr.historyAt = d.history(p.v), d.at(p.k)
 		},
+		"restore_tests": func(p pair) { fr.restore = d.restoreTests(p.v) },
 		"policies": func(p pair) {
 			n := d.resolve(p.v)
 			if n == nil || isNull(n) {

@@ -459,7 +459,7 @@ func TestParseDuration(t *testing.T) {
 // FuzzLoad feeds arbitrary bytes to the loader: it must never panic, and whatever it accepts must
 // be usable (a schedule that fires, names within the API's limits).
 func FuzzLoad(f *testing.F) {
-	for _, dir := range []string{"testdata/good", "testdata/bad", "testdata/accounts", "testdata/copies"} {
+	for _, dir := range []string{"testdata/good", "testdata/bad", "testdata/accounts", "testdata/copies", "testdata/restore"} {
 		files, _ := filepath.Glob(filepath.Join(dir, "*.yaml"))
 		for _, file := range files {
 			data, err := os.ReadFile(file)

@@ -55,7 +55,7 @@ const (
 const DefaultWebhookTimeout = 10 * time.Second
 
 // WebhookEvents are the events a webhook may subscribe to, in the order docs/notifications.md lists them.
-var WebhookEvents = []string{"failed", "missed", "rpo_breach", "recovered", "copy_failed", "copy_recovered"}
+var WebhookEvents = []string{"failed", "missed", "rpo_breach", "recovered", "copy_failed", "copy_recovered", "restore_failed", "restore_recovered"}
 
 var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
@@ -200,7 +200,8 @@ func (d *decoder) webhook(n *yaml.Node, field string) (Webhook, bool) {
 				return
 			}
 			if len(items) == 0 {
-				d.errorf(p.k.Line, f, "must list at least one of %s (leave events out for all)", strings.Join(WebhookEvents, ", "))
+				// The list is ours, not the file's: written into the format so it is never clipped.
+				d.errorf(p.k.Line, f, "must list at least one of "+strings.Join(WebhookEvents, ", ")+" (leave events out for all)")
 				return
 			}
 			var evs []string
@@ -208,7 +209,7 @@ func (d *decoder) webhook(n *yaml.Node, field string) (Webhook, bool) {
 				switch {
 				case it.line < 0:
 				case !slices.Contains(WebhookEvents, it.v):
-					d.errorf(it.line, index(f, i), "unknown event %s: one of %s", quoteShort(it.v), strings.Join(WebhookEvents, ", "))
+					d.errorf(it.line, index(f, i), "unknown event %s: one of "+strings.Join(WebhookEvents, ", "), quoteShort(it.v))
 				case slices.Contains(evs, it.v):
 					d.errorf(it.line, index(f, i), "duplicate event %q", it.v)
 				default:

@@ -13,7 +13,9 @@ type Config struct {
 	Notify   Notify     // the top-level notify: block (notify.go)
 	History  History    // the top-level history: block (history.go)
 	Policies []*Policy  // in file order (files sorted by name)
-	Sources  []string   // the files read
+	// RestoreTests is the top-level restore_tests: block, in file order (restore.go).
+	RestoreTests []*RestoreTest
+	Sources      []string // the files read
 
 	byName map[string]*Policy
 }
