@@ -20,6 +20,7 @@ import (
 	"github.com/imager-dev/imager/internal/pace"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/quota"
+	"github.com/imager-dev/imager/internal/restore"
 	"github.com/imager-dev/imager/internal/retention"
 	"github.com/imager-dev/imager/internal/scheduler"
 	"github.com/imager-dev/imager/internal/targets"
@@ -45,6 +46,19 @@ type accountClient struct {
 	// tatPace is the account's one pace for every TAT call (hooks.DefaultRate, TAT's limit).
 	tat     *tat.Client
 	tatPace *pace.Limiter
+	// launchPace spaces the restore tests' RunInstances, DescribeInstancesStatus and
+	// TerminateInstances calls of the account (10 per second together, each action's limit).
+	launchPace *pace.Limiter
+}
+
+// restorePace is the pace of a restore test's API action: the account's TAT pace for TAT, its
+// launch pace for the instance calls.
+func (ac *accountClient) restorePace(action string) restore.Pace {
+	switch action {
+	case tat.ActionRunCommand, tat.ActionDescribeInvocationTasks, tat.ActionDescribeAutomationAgentStatus:
+		return ac.tatPace
+	}
+	return ac.launchPace
 }
 
 // configAccounts is cfg's accounts in file order: the one default account without an accounts:
@@ -82,7 +96,8 @@ func (d *daemon) openAccounts(onCall func(action, code string, elapsed time.Dura
 			describePace: pace.New(d.clock, a.API.DescribeImagesRate, pace.Options{}),
 			deletePace:   pace.New(d.clock, retention.DefaultDeleteRate, pace.Options{}),
 			tat:          tat.New(client),
-			tatPace:      pace.New(d.clock, hooks.DefaultRate, pace.Options{})}
+			tatPace:      pace.New(d.clock, hooks.DefaultRate, pace.Options{}),
+			launchPace:   pace.New(d.clock, 10, pace.Options{})}
 	}
 	return nil
 }
@@ -135,6 +150,7 @@ type accountWork struct {
 	sched   *scheduler.Scheduler
 	tracker *lifecycle.Tracker
 	pruner  *retention.Pruner
+	tester  *restore.Tester // the account's restore tests (docs/restore-tests.md)
 }
 
 // serves is the Options.Account of an account's components: "" with one account (it serves every
@@ -209,6 +225,17 @@ func (d *daemon) buildAccount(w *leaderWork, a *policy.Account, store *history.S
 	if err != nil {
 		return nil, fmt.Errorf("account %s: %w", a.Name, err)
 	}
+	u.tester = restore.New(restore.Options{
+		History:  store,
+		Account:  a.Name,
+		CVM:      ac.client,
+		TAT:      ac.tat,
+		Config:   liveConfig,
+		Pace:     ac.restorePace,
+		Clock:    d.clock,
+		Logger:   log.With().Str("component", "restore").Logger(),
+		OnFenced: d.elector.Demote,
+	})
 	u.tracker = lifecycle.NewTracker(lifecycle.TrackerOptions{
 		History:      fencedTracker{TrackerHistory: lifecycle.RecorderHistory(w.recorder), onFenced: d.elector.Demote},
 		CVM:          ac.client,

@@ -337,6 +337,13 @@ func (d *daemon) runWork(ctx context.Context, w *leaderWork) error {
 	if err := d.notifier.Start(ctx); err != nil {
 		return fail(err)
 	}
+	// The restore testers after the policies table: their candidates come from the coverage
+	// view. Each starts with its sweep of what earlier leaders left running.
+	for _, u := range w.units {
+		if err := u.tester.Start(ctx); err != nil {
+			return fail(err)
+		}
+	}
 	ctx, w.cancel = context.WithCancel(ctx)
 	w.wg.Go(func() { d.sweepRetention(ctx, w) })
 	w.wg.Go(func() { d.pruneHistoryLoop(ctx, w) })
@@ -359,6 +366,7 @@ func (w *leaderWork) stop(log zerolog.Logger) {
 	}
 	w.copier.Stop()
 	for _, u := range w.units {
+		u.tester.Stop()
 		u.tracker.Stop()
 	}
 	if err := w.recorder.Close(); err != nil {
@@ -500,6 +508,9 @@ func (d *daemon) reload(cfg *policy.Config) (err error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		d.syncPolicies(ctx, cfg)
 		cancel()
+		for _, u := range w.units {
+			u.tester.Kick() // its pass syncs restore_test_configs and takes the new schedules
+		}
 	}
 	return nil
 }

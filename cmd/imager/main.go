@@ -38,6 +38,7 @@ func commands() []command {
 		{"status", "the leader (term, lease expiry), the replicas seen, and each policy's last and next slot (--format json)", cmdStatus},
 		{"history", "recent runs, failures with their codes, and the last good image per instance", cmdHistory},
 		{"latest", "the image to restore an instance from, with the tccli commands that use it", cmdLatest},
+		{"restore-test", "run a restore test now (NAME --now): launch an instance from the latest image, check it through TAT, terminate it; exit 0 only if it passed", cmdRestoreTest},
 		{"next", "upcoming fires of every policy and how many targets each would have now", cmdNext},
 		{"prune", "apply retention now, or list what it would delete (--dry-run)", cmdPrune},
 		{"prune-history", "delete history older than history.keep now, or count what would go (--dry-run); the leader does it hourly", cmdPruneHistory},
