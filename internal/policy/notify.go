@@ -55,7 +55,7 @@ const (
 const DefaultWebhookTimeout = 10 * time.Second
 
 // WebhookEvents are the events a webhook may subscribe to, in the order docs/notifications.md lists them.
-var WebhookEvents = []string{"failed", "missed", "rpo_breach", "recovered", "copy_failed", "copy_recovered", "restore_failed", "restore_recovered"}
+var WebhookEvents = []string{"failed", "missed", "rpo_breach", "recovered", "copy_failed", "copy_recovered", "hook_failed", "restore_failed", "restore_recovered"}
 
 var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 

@@ -15,7 +15,7 @@ func TestNotifyGood(t *testing.T) {
 	cfg, err := Load(path)
 	require.NoError(t, err)
 	require.Equal(t, []Webhook{
-		{URLEnv: "IMAGER_WEBHOOK_URL", Events: []string{"failed", "missed", "rpo_breach", "recovered", "copy_failed", "copy_recovered", "restore_failed", "restore_recovered"},
+		{URLEnv: "IMAGER_WEBHOOK_URL", Events: []string{"failed", "missed", "rpo_breach", "recovered", "copy_failed", "copy_recovered", "hook_failed", "restore_failed", "restore_recovered"},
 			Timeout: 10 * time.Second, At: Location{File: path, Line: 4, Field: "notify.webhooks[0]"}},
 		{URL: "https://hooks.example.com/services/T000/B000/XXXXSECRET", Events: []string{"failed", "recovered"},
 			Timeout: 3 * time.Second, At: Location{File: path, Line: 5, Field: "notify.webhooks[1]"}},
@@ -62,7 +62,7 @@ func TestNotifyBad(t *testing.T) {
 			{line: 13, field: "policies[0].notify.ping", msg: "must be an http:// or https:// URL"},
 		},
 		"unknown-event.yaml": {
-			{line: 5, field: "notify.webhooks[0].events[1]", msg: `unknown event "exploded": one of failed, missed, rpo_breach, recovered, copy_failed, copy_recovered, restore_failed, restore_recovered`},
+			{line: 5, field: "notify.webhooks[0].events[1]", msg: `unknown event "exploded": one of failed, missed, rpo_breach, recovered, copy_failed, copy_recovered, hook_failed, restore_failed, restore_recovered`},
 			{line: 5, field: "notify.webhooks[0].events[2]", msg: `duplicate event "failed"`},
 			{line: 7, field: "notify.webhooks[1].events", msg: "must list at least one"},
 			{line: 8, field: "notify.webhooks[2].url_env", msg: `"2HOOK" is not an environment variable name`},
