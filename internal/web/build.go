@@ -31,7 +31,9 @@ type page struct {
 	ShowAccount bool
 	// CopyRegions are the policies table's copy columns: every copy_to region of the loaded
 	// policies, sorted.
-	CopyRegions   []string
+	CopyRegions []string
+	// ShowRestore adds the restore tests' column: shown when the files have restore_tests:.
+	ShowRestore   bool
 	Policies      []policyView
 	Grids         []grid
 	Failures      []failure
@@ -59,6 +61,18 @@ type policyView struct {
 	Instances  int
 	Anchor     string
 	Copies     []copySummary // one per page.CopyRegions
+	Restore    restoreCell   // with page.ShowRestore
+}
+
+// restoreCell is one policy's restore tests (a cell of the policies table), from restore_coverage.
+type restoreCell struct {
+	Tested    bool // a restore test names the policy
+	Known     bool // read from the database
+	Instances int
+	Passed    int
+	Overdue   int
+	Oldest    string // age of the oldest of the instances' newest passes, "" when none passed
+	Title     string
 }
 
 // copySummary is one policy's copies in one region (a cell of the policies table), from
@@ -163,6 +177,7 @@ func (h *handler) build(ctx context.Context, q query) *page {
 		p.Sources = cfg.Sources
 		rows = history.PolicyRows(cfg, now)
 		p.ShowAccount, p.CopyRegions = accountsNamed(cfg), copyRegions(cfg)
+		p.ShowRestore = len(cfg.RestoreTests) > 0
 	}
 
 	db := h.opts.History
@@ -217,6 +232,11 @@ func (h *handler) build(ctx context.Context, q query) *page {
 			failed(err)
 		}
 	}
+	if up() && p.ShowRestore {
+		if err := h.restoreSummaries(ctx, p, cfg, now); err != nil {
+			failed(err)
+		}
+	}
 
 	since := now.AddDate(0, 0, -GridDays)
 	p.FailuresSince = since.UTC().Format("2006-01-02")
@@ -268,6 +288,43 @@ func copyRegions(cfg *policy.Config) []string {
 
 // copySummaries fills each policy's cells of the copy columns from copy_coverage, one query for
 // the page.
+// restoreSummaries fills each policy's restore cell from restore_coverage.
+func (h *handler) restoreSummaries(ctx context.Context, p *page, cfg *policy.Config, now time.Time) error {
+	tested := map[string]bool{}
+	var names []string
+	for _, rt := range cfg.RestoreTests {
+		if !tested[rt.Policy] {
+			tested[rt.Policy] = true
+			names = append(names, rt.Policy)
+		}
+	}
+	sums, err := h.opts.History.RestoreCoverageSummary(ctx, names)
+	if err != nil {
+		return err
+	}
+	by := make(map[string]history.RestoreSummary, len(sums))
+	for _, s := range sums {
+		by[s.Policy] = s
+	}
+	for i := range p.Policies {
+		v := &p.Policies[i]
+		c := &v.Restore
+		c.Tested, c.Known = tested[v.Name], true
+		if !c.Tested {
+			c.Title = "no restore test names " + v.Name
+			continue
+		}
+		s := by[v.Name]
+		c.Instances, c.Passed, c.Overdue = s.Instances, s.Passed, s.Overdue
+		c.Title = fmt.Sprintf("%d of %d instances passed a restore test, %d overdue", s.Passed, s.Instances, s.Overdue)
+		if s.OldestAt != nil {
+			c.Oldest = human(now.Sub(*s.OldestAt))
+			c.Title += "; the oldest newest pass was " + c.Oldest + " ago"
+		}
+	}
+	return nil
+}
+
 func (h *handler) copySummaries(ctx context.Context, p *page, cfg *policy.Config, now time.Time) error {
 	var copying []string // the policies with copy_to: the others have no copies to count
 	for _, pol := range cfg.Policies {

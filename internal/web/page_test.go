@@ -343,3 +343,56 @@ func TestPageWithoutAccountsOrCopies(t *testing.T) {
 	require.NotContains(t, body, "Copies in")
 	require.NotContains(t, body, `class="account"`)
 }
+
+// restorePolicies test web's images; db has no restore test.
+const restorePolicies = `version: 1
+defaults:
+  region: ap-guangzhou
+policies:
+  - name: web
+    schedule: "0 3 * * *"
+    instances: [ins-aaaaaaaa, ins-bbbbbbbb]
+  - name: db
+    schedule: "0 2 * * *"
+    instances: [ins-dddddddd]
+restore_tests:
+  - name: web-boots
+    policy: web
+    schedule: "0 6 * * 0"
+    launch: {zone: ap-guangzhou-3}
+    check: {command: "true"}
+`
+
+// The policies table has a restore column when the files have restore_tests: how many of the
+// policy's instances passed, how many are overdue, from restore_coverage.
+func TestPageRestoreTests(t *testing.T) {
+	t.Parallel()
+	s := newStore(t)
+	ctx := context.Background()
+	now := time.Now().UTC().Truncate(time.Second)
+	cfg := loadPolicies(t, s, restorePolicies, now)
+	sd := seeder{t: t, s: s}
+	sd.available("web", "ins-aaaaaaaa", now.Add(-3*time.Hour), "img-a0000001", now.Add(-150*time.Minute))
+	sd.available("web", "ins-bbbbbbbb", now.Add(-3*time.Hour), "img-b0000001", now.Add(-150*time.Minute))
+	sd.available("db", "ins-dddddddd", now.Add(-4*time.Hour), "img-d0000001", now.Add(-220*time.Minute))
+	// Loaded 30 days ago with an overdue bound of 7 days: ins-bbbbbbbb, never tested, is overdue.
+	require.NoError(t, s.RestoreConfigsSync(ctx, []history.RestoreConfig{{Name: "web-boots", Policy: "web", Overdue: 7 * 24 * time.Hour}},
+		now.Add(-30*24*time.Hour)))
+	row, _, err := s.RestoreStart(ctx, history.RestoreStartParams{Test: "web-boots", Slot: now.Add(-2 * time.Hour), Account: "default",
+		Policy: "web", InstanceID: "ins-aaaaaaaa", Region: "ap-guangzhou", Zone: "ap-guangzhou-3", ImageID: "img-a0000001",
+		ClientToken: "tok-1", KeepFor: 30 * time.Minute, StartedAt: now.Add(-2 * time.Hour)})
+	require.NoError(t, err)
+	require.NoError(t, s.RestoreLaunched(ctx, row.ID, "ins-launched1", now.Add(-119*time.Minute)))
+	_, err = s.RestoreFinish(ctx, row.ID, history.RestoreOutcome{Passed: true, At: now.Add(-110 * time.Minute)})
+	require.NoError(t, err)
+
+	_, body := get(t, serve(t, options(s, cfg, now, now)).URL+"/")
+	require.Contains(t, body, `>Restore tests</th></tr>`)
+	row0 := func(pol string) string {
+		i := strings.Index(body, `<tr id="policy-`+pol+`">`)
+		require.GreaterOrEqual(t, i, 0, pol)
+		return body[i : i+strings.Index(body[i:], "</tr>")]
+	}
+	require.Contains(t, row0("web"), `<td class="restore" title="1 of 2 instances passed a restore test, 1 overdue; the oldest newest pass was 1h 50m ago">1 of 2 passed, <span class="breach">1</span> overdue <span class="muted">(oldest 1h 50m)</span></td>`)
+	require.Contains(t, row0("db"), `<td class="restore" title="no restore test names db"><span class="muted">—</span></td>`)
+}

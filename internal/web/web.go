@@ -44,6 +44,7 @@ type History interface {
 	RunsList(ctx context.Context, f history.RunFilter) ([]history.RunListed, error)
 	CopyCoverageList(ctx context.Context, policy string, instances []string) ([]history.CopyCoverage, error)
 	CopyCoverageSummary(ctx context.Context, policies []string) ([]history.CopyRegionSummary, error)
+	RestoreCoverageSummary(ctx context.Context, policies []string) ([]history.RestoreSummary, error)
 }
 
 var _ History = (*history.Store)(nil)
