@@ -256,6 +256,9 @@ func runDemo(ctx context.Context, s demoSettings, log zerolog.Logger, out io.Wri
 	if err := waitCopies(ctx, d.store, w, cfg, out); err != nil {
 		return err
 	}
+	if err := demoRestoreTest(ctx, w, out); err != nil {
+		return err
+	}
 
 	calls, throttled, syncs := 0, 0, 0
 	for _, c := range sim.Calls() {
@@ -562,4 +565,20 @@ func hooksSeen(sim *cvmsim.Server) string {
 	}
 	return fmt.Sprintf("Hooks seen by the simulator: %d pre and %d post TAT tasks (db-fsi); %d CreateImage calls between their instance's pre end and post start.",
 		pre, post, inside)
+}
+
+// demoRestoreTest runs the demo's restore test once and says how it went.
+func demoRestoreTest(ctx context.Context, w *leaderWork, out io.Writer) error {
+	fmt.Fprintln(out, "imager demo: restore test web-weekly: launching an instance from the latest image of web-nightly, checking it through TAT, terminating it ...")
+	res, err := w.units[0].tester.RunNow(ctx, "web-weekly")
+	if err != nil {
+		return err
+	}
+	exit := "none"
+	if res.ExitCode != nil {
+		exit = strconv.Itoa(*res.ExitCode)
+	}
+	fmt.Fprintf(out, "imager demo: restore test web-weekly %s: %s launched from %s (the image of %s), check exit code %s, terminated %t\n",
+		res.Status, res.LaunchedInstanceID, res.ImageID, res.InstanceID, exit, res.Terminated)
+	return nil
 }
