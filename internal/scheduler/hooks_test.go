@@ -415,3 +415,39 @@ func TestHooksPostSentWhenStopped(t *testing.T) {
 }
 
 func testLogger(t *testing.T) zerolog.Logger { return zerolog.New(zerolog.NewTestWriter(t)) }
+
+// TestHooksRecoveredRunGetsItsPre: a previous daemon claimed a slot of a policy with hooks and
+// stopped before its wave's pre hook (SIGTERM sets such slots aside pending). The next scheduler
+// sends it through the pre hook: its CreateImage lies between the pre's end and the post's start.
+func TestHooksRecoveredRunGetsItsPre(t *testing.T) {
+	t.Parallel()
+	const inst = "ins-left0001"
+	st := newHookStack(t, hooksYAML("db-nightly", "fail", []string{inst}, "30s"), []string{inst}, nil, func(store *history.Store) {
+		slot := time.Date(2027, 3, 1, 3, 0, 0, 0, time.UTC)
+		_, claimed, err := store.RunClaim(context.Background(), history.RunClaimParams{Policy: "db-nightly", InstanceID: inst,
+			Region: "ap-guangzhou", ScheduledAt: slot, ImageName: "db-nightly-" + inst + "-left", DaemonID: "old-daemon",
+			StartedAt: slot, Status: history.StatusPending, Account: policy.DefaultAccount})
+		require.NoError(t, err)
+		require.True(t, claimed)
+	})
+	collect(st, st.frozen, 1, "post hooks")
+	var pre, post cvmsim.Task
+	for _, task := range st.sim.Tasks() {
+		switch task.Content {
+		case preCmd:
+			pre = task
+		case postCmd:
+			post = task
+		}
+	}
+	require.False(t, pre.FinishedAt.IsZero(), "the recovered run got its pre hook")
+	var creates []time.Time
+	for _, c := range st.sim.Calls() {
+		if c.Action == cvmsim.ActionCreateImage && c.Code == "" {
+			creates = append(creates, c.At)
+		}
+	}
+	require.Len(t, creates, 1)
+	require.True(t, creates[0].After(pre.FinishedAt) && creates[0].Before(post.StartedAt),
+		"CreateImage %s between the pre's end %s and the post's start %s", creates[0], pre.FinishedAt, post.StartedAt)
+}

@@ -300,7 +300,8 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	s.stopCtx = runCtx
 	s.callCtx, s.callCancel = context.WithCancel(s.baseCtx)
 
-	if err := s.recoverRuns(ctx); err != nil {
+	hooked, err := s.recoverRuns(ctx)
+	if err != nil {
 		s.run.Stop()
 		s.callCancel()
 		s.mu.Lock()
@@ -309,7 +310,12 @@ func (s *Scheduler) Start(ctx context.Context) error {
 		return err
 	}
 
+	// The posts a previous daemon left first: only then do recovered runs get new pre hooks (a
+	// fresh pre row must not be taken for one left without its post).
 	s.repairPosts(ctx)
+	for _, jobs := range hooked {
+		s.sendFire(jobs, false)
+	}
 
 	for range s.workers {
 		s.idle <- struct{}{}
@@ -329,11 +335,14 @@ func (s *Scheduler) Start(ctx context.Context) error {
 // the call and the database write), after taking them over under this daemon's term (a fenced
 // write: a replica that is no longer leader touches nothing). Each first looks its image up by
 // exact name and adopts it when found; otherwise it is sent again under its recorded name, so a
-// slot never gets a second image.
-func (s *Scheduler) recoverRuns(ctx context.Context) error {
+// slot never gets a second image. The runs of policies with hooks are returned, by policy, for
+// Start to send through their pre hooks (sendFire) once the missing posts are repaired: a slot a
+// stopped leader left before its wave's pre hook (e.g. on SIGTERM) is then imaged frozen, and a
+// run whose pre hook an earlier daemon ran is sent without a second one (runPreWave).
+func (s *Scheduler) recoverRuns(ctx context.Context) (map[*policy.Policy][]*job, error) {
 	runs, err := s.hist.RunsUnfinished(ctx)
 	if err != nil {
-		return fmt.Errorf("recover unfinished runs: %w", err)
+		return nil, fmt.Errorf("recover unfinished runs: %w", err)
 	}
 	if s.opts.Account != "" {
 		// Another account's runs are that account's scheduler's: only its credentials find
@@ -347,16 +356,17 @@ func (s *Scheduler) recoverRuns(ctx context.Context) error {
 		}
 	}
 	if len(ids) == 0 {
-		return nil
+		return nil, nil
 	}
 	if _, err := s.hist.RunsTakeOver(ctx, ids, s.daemonID); err != nil {
 		if errors.Is(err, history.ErrFenced) {
 			s.onFenced(err)
 		}
-		return fmt.Errorf("take over unfinished runs: %w", err)
+		return nil, fmt.Errorf("take over unfinished runs: %w", err)
 	}
 	now := s.clock.Now()
 	n := 0
+	hooked := map[*policy.Policy][]*job{}
 	for _, r := range runs {
 		if r.Status != history.StatusPending {
 			continue
@@ -376,11 +386,15 @@ func (s *Scheduler) recoverRuns(ctx context.Context) error {
 			lookupFirst: true,
 			deadline:    later(r.ScheduledAt.Add(startWindow(p)), now.Add(startWindow(p))),
 		}
-		s.enqueue(j, now)
 		n++
+		if p != nil && p.Hooks != nil {
+			hooked[p] = append(hooked[p], j)
+			continue
+		}
+		s.enqueue(j, now)
 	}
 	s.log.Info().Int("runs", n).Msg("recovering runs left pending")
-	return nil
+	return hooked, nil
 }
 
 // startWindow is p's start window; the default one for a policy no longer loaded.
