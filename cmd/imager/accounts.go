@@ -84,13 +84,9 @@ func accountCredential(a *policy.Account, cred tccommon.CredentialIface) (tccomm
 func (d *daemon) openAccounts(onCall func(action, code string, elapsed time.Duration)) error {
 	d.accounts = map[string]*accountClient{}
 	for _, a := range configAccounts(d.dc.cfg) {
-		cred, err := accountCredential(a, d.dc.credential)
+		client, err := newAccountClient(d.dc.opts, a, d.dc.credential, d.log, onCall)
 		if err != nil {
 			return err
-		}
-		client, err := newCVMClient(d.dc.opts, cred, d.log.With().Str("account", a.Name).Logger(), onCall)
-		if err != nil {
-			return fmt.Errorf("account %s: %w", a.Name, err)
 		}
 		d.accounts[a.Name] = &accountClient{account: a, client: client,
 			describePace: pace.New(d.clock, a.API.DescribeImagesRate, pace.Options{}),
@@ -153,13 +149,14 @@ type accountWork struct {
 	tester  *restore.Tester // the account's restore tests (docs/restore-tests.md)
 }
 
-// serves is the Options.Account of an account's components: "" with one account (it serves every
-// run, including rows written before the file named its account), else the account's name.
-func (d *daemon) serves(account string) string {
-	if len(d.accounts) == 1 {
+// servedAccount is the Options.Account of account name's components when the file has accounts
+// accounts: "" with one (it serves every row, including those written before the file named its
+// account), else the account's name.
+func servedAccount(accounts int, name string) string {
+	if accounts == 1 {
 		return ""
 	}
-	return account
+	return name
 }
 
 // buildAccount builds account a's scheduler, tracker, pruner, quota gate and target resolver.
@@ -168,7 +165,7 @@ func (d *daemon) buildAccount(w *leaderWork, a *policy.Account, store *history.S
 	if ac == nil {
 		return nil, fmt.Errorf("account %s has no client (accounts are opened at start; restart imager to add one)", a.Name)
 	}
-	serves := d.serves(a.Name)
+	serves := servedAccount(len(d.accounts), a.Name)
 	log = log.With().Str("account", a.Name).Logger()
 	u := &accountWork{name: a.Name}
 	liveConfig := d.cfg.Load

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -355,6 +356,18 @@ func printOutcomes(ctx context.Context, stdout io.Writer, outcomes []scheduler.O
 		fmt.Fprintf(stdout, "%d slots, %d not accepted (images not followed)\n", len(outcomes), failed)
 	}
 	if failed > 0 || ctx.Err() != nil {
+		return exitFail
+	}
+	return exitOK
+}
+
+// printJSON prints v as indented JSON on stdout (a command's --format json); a failure to write is
+// the command's error.
+func printJSON(stdout, stderr io.Writer, command string, v any) int {
+	enc := json.NewEncoder(stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		fmt.Fprintf(stderr, "imager %s: %v\n", command, err)
 		return exitFail
 	}
 	return exitOK

@@ -172,17 +172,22 @@ func (h *historyReport) deletions(ctx context.Context) ([]history.Deletion, map[
 	return out, accounts, nil
 }
 
+// runIDs is the ids of runs, in order.
+func runIDs(runs []history.RunListed) []int64 {
+	ids := make([]int64, len(runs))
+	for i, r := range runs {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
 // listRuns lists the runs the filters select with their copies, read in one query.
 func (h *historyReport) listRuns(ctx context.Context) ([]history.RunListed, map[int64][]history.Copy, error) {
 	runs, err := h.store.RunsList(ctx, h.filter)
 	if err != nil {
 		return nil, nil, err
 	}
-	ids := make([]int64, len(runs))
-	for i, r := range runs {
-		ids[i] = r.ID
-	}
-	copies, err := h.store.CopiesOfRuns(ctx, ids)
+	copies, err := h.store.CopiesOfRuns(ctx, runIDs(runs))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -447,11 +452,7 @@ func (h *historyReport) writeJSON(ctx context.Context, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ids := make([]int64, len(runs))
-	for i, r := range runs {
-		ids[i] = r.ID
-	}
-	hookRuns, err := h.store.HookRunsOfRuns(ctx, ids)
+	hookRuns, err := h.store.HookRunsOfRuns(ctx, runIDs(runs))
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -93,13 +92,7 @@ func cmdLatest(ctx context.Context, args []string, stdout, stderr io.Writer) int
 			"image_id": r.ImageID, "image_name": r.ImageName, "run_id": r.ID, "available_at": r.FinishedAt,
 			"tags": tags, "reset_instance": reset, "run_instances": runNew,
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			fmt.Fprintf(stderr, "imager latest: %v\n", err)
-			return exitFail
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "latest", out)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "Instance:\t%s\n", r.InstanceID)
@@ -162,13 +155,7 @@ func latestIn(ctx context.Context, store *history.Store, instance, region string
 		if m.CopyID != 0 {
 			out["copy_id"], out["source_region"], out["source_image_id"] = m.CopyID, m.SourceRegion, m.SourceImageID
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(out); err != nil {
-			fmt.Fprintf(stderr, "imager latest: %v\n", err)
-			return exitFail
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "latest", out)
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "Instance:\t%s\n", m.InstanceID)

@@ -17,16 +17,21 @@ import (
 	"github.com/imager-dev/imager/internal/retention"
 )
 
-// newCVMClient builds the CVM client from --cvm-endpoint and the SDK's credential chain.
-func newCVMClient(o options, cred tccommon.CredentialIface, log zerolog.Logger, onCall func(action, code string, elapsed time.Duration)) (*cvm.Client, error) {
-	if cred == nil {
-		c, err := cvm.LoadCredential()
-		if err != nil {
-			return nil, err
-		}
-		cred = c
+// newAccountClient builds account a's CVM client from --cvm-endpoint and --api-timeout, signed
+// as accountCredential says (cred: a test's or the demo's simulator key for the default chain),
+// logging with the account. An error names the account but no secret.
+func newAccountClient(o options, a *policy.Account, cred tccommon.CredentialIface, log zerolog.Logger,
+	onCall func(action, code string, elapsed time.Duration)) (*cvm.Client, error) {
+	cred, err := accountCredential(a, cred)
+	if err != nil {
+		return nil, err
 	}
-	return cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Timeout: o.apiTimeout, Credential: cred, Logger: log, OnCall: onCall})
+	c, err := cvm.New(cvm.Config{Endpoint: o.cvmEndpoint, Timeout: o.apiTimeout, Credential: cred,
+		Logger: log.With().Str("account", a.Name).Logger(), OnCall: onCall})
+	if err != nil {
+		return nil, fmt.Errorf("account %s: %w", a.Name, err)
+	}
+	return c, nil
 }
 
 func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -78,23 +83,14 @@ func cmdPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if *name != "" && cfg.Policy(*name).Account != a.Name && len(accts) > 1 {
 			continue
 		}
-		cred, err := accountCredential(a, nil)
+		client, err := newAccountClient(o, a, nil, log, nil)
 		if err != nil {
 			fmt.Fprintf(stderr, "imager prune: %v\n", err)
 			return exitFail
 		}
-		client, err := newCVMClient(o, cred, log.With().Str("account", a.Name).Logger(), nil)
-		if err != nil {
-			fmt.Fprintf(stderr, "imager prune: account %s: %v\n", a.Name, err)
-			return exitFail
-		}
 		defer client.Close()
-		serves := a.Name
-		if len(accts) == 1 {
-			serves = "" // every image, including those recorded before the file named its account
-		}
 		pruners = append(pruners, retention.NewPruner(retention.Options{
-			CVM: client, History: store, Config: func() *policy.Config { return cfg }, Account: serves,
+			CVM: client, History: store, Config: func() *policy.Config { return cfg }, Account: servedAccount(len(accts), a.Name),
 			Clock: clockwork.NewRealClock(), Logger: log.With().Str("component", "retention").Str("account", a.Name).Logger(),
 		}))
 	}

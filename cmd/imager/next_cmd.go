@@ -8,7 +8,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/imager-dev/imager/internal/cvm"
 	"github.com/imager-dev/imager/internal/policy"
 	"github.com/imager-dev/imager/internal/targets"
 )
@@ -94,11 +93,7 @@ func cmdNext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	resolvers := map[string]*targets.Resolver{}
 	if !*offline {
 		for _, a := range configAccounts(cfg) {
-			cred, err := accountCredential(a, nil)
-			var client *cvm.Client
-			if err == nil {
-				client, err = newCVMClient(o, cred, log, nil)
-			}
+			client, err := newAccountClient(o, a, nil, log, nil)
 			switch {
 			case err != nil && *from != "":
 				// A preview from a given instant needs no API: say so and go on offline.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -68,12 +67,7 @@ func cmdRestoreTest(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	account := cfg.Policy(rt.Policy).Account
 	a := cfg.Account(account)
-	cred, err := accountCredential(a, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "imager restore-test: %v\n", err)
-		return exitFail
-	}
-	client, err := newCVMClient(o, cred, log.With().Str("account", a.Name).Logger(), nil)
+	client, err := newAccountClient(o, a, nil, log, nil)
 	if err != nil {
 		fmt.Fprintf(stderr, "imager restore-test: %v\n", err)
 		return exitFail
@@ -89,11 +83,12 @@ func cmdRestoreTest(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "imager restore-test: migrate: %v\n", err)
 		return exitFail
 	}
+	clock := clockwork.NewRealClock()
 	tester := restore.New(restore.Options{
 		History: store, Account: a.Name, CVM: client, TAT: tat.New(client), Config: func() *policy.Config { return cfg },
-		Clock: clockwork.NewRealClock(), Logger: log.With().Str("component", "restore").Str("account", a.Name).Logger(),
+		Clock: clock, Logger: log.With().Str("component", "restore").Str("account", a.Name).Logger(),
 	})
-	if err := restore.SyncConfigs(ctx, store, cfg, clockwork.NewRealClock().Now()); err != nil {
+	if err := restore.SyncConfigs(ctx, store, cfg, clock.Now()); err != nil {
 		log.Warn().Err(err).Msg("cannot record the loaded restore tests in restore_test_configs")
 	}
 	fmt.Fprintf(stderr, "imager restore-test: running %s (policy %s, account %s): launch, wait for the agent, check, terminate ...\n",
@@ -104,11 +99,8 @@ func cmdRestoreTest(ctx context.Context, args []string, stdout, stderr io.Writer
 		return exitFail
 	}
 	if *format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(restoreJSON(res)); err != nil {
-			fmt.Fprintf(stderr, "imager restore-test: %v\n", err)
-			return exitFail
+		if code := printJSON(stdout, stderr, "restore-test", restoreJSON(res)); code != exitOK {
+			return code
 		}
 	} else {
 		w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)

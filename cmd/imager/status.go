@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -84,13 +83,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return exitFail
 	}
 	if *format == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			fmt.Fprintf(stderr, "imager status: %v\n", err)
-			return exitFail
-		}
-		return exitOK
+		return printJSON(stdout, stderr, "status", rep)
 	}
 	printStatus(stdout, rep)
 	return exitOK

@@ -33,14 +33,18 @@ var (
 	sessionNameRe = regexp.MustCompile(`^[\w+=,.@-]{2,128}$`)
 )
 
-// Account returns the account with that name, or nil. A Config built by hand without Accounts
-// answers DefaultAccount (and "", a hand-built Policy's Account) with the default account over
-// c.API, as Load would have made it.
+// Account returns the account with that name, or nil. "" (a component that serves every policy,
+// or a hand-built Policy's Account) answers the only account when there is one. A Config built by
+// hand without Accounts answers DefaultAccount and "" with the default account over c.API, as
+// Load would have made it.
 func (c *Config) Account(name string) *Account {
 	for _, a := range c.Accounts {
 		if a.Name == name {
 			return a
 		}
+	}
+	if name == "" && len(c.Accounts) == 1 {
+		return c.Accounts[0]
 	}
 	if len(c.Accounts) == 0 && (name == DefaultAccount || name == "") {
 		return &Account{Name: DefaultAccount, API: c.API}

@@ -113,6 +113,7 @@ func TestAccountsDefault(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "prod", cfg.Policy("web").Account)
 	require.Equal(t, DefaultAPI(), cfg.Account("prod").API, "no api blocks: the built-in defaults")
+	require.Same(t, cfg.Account("prod"), cfg.Account(""), "a component serving every policy uses the only account")
 }
 
 func TestAccountsBad(t *testing.T) {

@@ -262,21 +262,19 @@ func (p *Pruner) cfg() *policy.Config {
 	return p.config()
 }
 
-// api returns the api: settings of the Pruner's account (without Options.Account: the only
-// account's when the file names one, else the top-level block); ok is false without a config or
+// api returns the api: settings of the Pruner's account (Config.Account; without
+// Options.Account, the only account's, else the top-level block); ok is false without a config or
 // when it has no such account.
 func (p *Pruner) api() (api policy.API, ok bool) {
 	cfg := p.cfg()
-	switch {
-	case cfg == nil:
+	if cfg == nil {
 		return policy.API{}, false
-	case p.account == "" && len(cfg.Accounts) == 1:
-		return cfg.Accounts[0].API, true
-	case p.account == "":
-		return cfg.API, true
 	}
 	if a := cfg.Account(p.account); a != nil {
 		return a.API, true
+	}
+	if p.account == "" {
+		return cfg.API, true
 	}
 	return policy.API{}, false
 }

@@ -509,20 +509,16 @@ func CheckConfig(cfg *policy.Config) error {
 }
 
 // accountAPI returns the api: settings a scheduler of account uses under cfg: the account's
-// (Config.Account), or for "" (every policy) the only account's when the file names one, else the
-// top-level block. ok is false when cfg has no such account.
+// (Config.Account; for "", serving every policy, the only account's), else for "" the top-level
+// block. ok is false when cfg has no such account.
 func accountAPI(cfg *policy.Config, account string) (api policy.API, ok bool) {
+	if a := cfg.Account(account); a != nil {
+		return a.API, true
+	}
 	if account == "" {
-		if len(cfg.Accounts) == 1 {
-			return cfg.Accounts[0].API, true
-		}
 		return cfg.API, true
 	}
-	a := cfg.Account(account)
-	if a == nil {
-		return policy.API{}, false
-	}
-	return a.API, true
+	return policy.API{}, false
 }
 
 // accountNames lists cfg's account names for messages.
